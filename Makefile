@@ -1,0 +1,26 @@
+# Set-up is part of every target: the project virtualenv is created (or reused) and
+# the package installed into it, with torch pinned for CPU machines.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m colorgan demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache

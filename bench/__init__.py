@@ -1,0 +1,1 @@
+"""Benchmarks of the fused kernels against unfused LoRA and the other baselines."""

@@ -1,0 +1,5 @@
+import sys
+
+from colorgan.cli import main
+
+sys.exit(main())

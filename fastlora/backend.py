@@ -1,0 +1,65 @@
+"""Backend selection: "torch" (pure PyTorch reference), "triton" (fused kernels), "auto".
+
+Triton is imported lazily, only when a Triton backend is asked for or probed, so
+CPU-only, macOS and Windows installs import everything without it. Asking for
+Triton where it cannot run raises; it never silently computes something else.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from typing import Iterable, Optional
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+@functools.lru_cache(maxsize=None)
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreting() -> bool:
+    """True when TRITON_INTERPRET=1 (kernels run on CPU through Triton's interpreter)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _devices(tensors: Iterable[Optional[torch.Tensor]]) -> set[str]:
+    return {t.device.type for t in tensors if isinstance(t, torch.Tensor)}
+
+
+def triton_unavailable_reason(*tensors: Optional[torch.Tensor]) -> Optional[str]:
+    """Why the Triton backend cannot run on these tensors, or None when it can."""
+    if not triton_installed():
+        return ("the triton package is not installed (it is available on Linux x86_64: "
+                "pip install triton==3.7.1)")
+    devices = _devices(tensors)
+    if devices - {"cuda", "cpu"}:
+        return f"Triton kernels run on CUDA tensors, got tensors on {sorted(devices)}"
+    if "cpu" in devices and not triton_interpreting():
+        return ("the tensors are on the CPU; Triton kernels need CUDA tensors "
+                "(or TRITON_INTERPRET=1, set before fastlora is imported, to run them in Triton's slow interpreter)")
+    if "cuda" in devices and triton_interpreting():
+        return "TRITON_INTERPRET=1 is set, so kernels run on the CPU; move the tensors to the CPU or unset it"
+    if len(devices) > 1:
+        return f"all tensors must be on one device, got {sorted(devices)}"
+    return None
+
+
+def resolve_backend(backend: str, *tensors: Optional[torch.Tensor]) -> str:
+    """Turn a user's backend choice into "torch" or "triton" for these tensors."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return "torch"
+    reason = triton_unavailable_reason(*tensors)
+    if backend == "triton":
+        if reason:
+            raise RuntimeError(f"backend='triton' cannot run: {reason}")
+        return "triton"
+    # auto: the fused kernels for CUDA tensors when Triton is there, else the reference.
+    if reason is None and _devices(tensors) == {"cuda"}:
+        return "triton"
+    return "torch"

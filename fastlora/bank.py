@@ -1,0 +1,274 @@
+"""Model-wide task banks: add, activate, save, load, merge and count per-task adapters.
+
+These functions work on any nn.Module tree containing `fastlora.modules.AdaptedLayer`s.
+A task's adapter file is a folder with `adapter.safetensors` (keys
+"<layer path>.<tensor>") and `adapter_config.json` (kind, rank, alphas, act, task
+name, base checksum, file checksum).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from fastlora.config import AdapterConfig
+from fastlora.io import atomic_directory, atomic_save_safetensors, atomic_write_json, load_json, load_safetensors, sha256_file
+from fastlora.modules import AdaptedLayer
+
+ADAPTER_FILE = "adapter.safetensors"
+CONFIG_FILE = "adapter_config.json"
+FORMAT = "fastlora-adapter"
+FORMAT_VERSION = 1
+
+
+def adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLayer]]:
+    """(path, layer) of every adaptable layer, in module order."""
+    for name, m in model.named_modules():
+        if isinstance(m, AdaptedLayer) and m.adaptable:
+            yield name, m
+
+
+def _layers_or_fail(model: nn.Module) -> list[tuple[str, AdaptedLayer]]:
+    layers = list(adapted_layers(model))
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no adaptable fastlora layers")
+    return layers
+
+
+def task_names(model: nn.Module) -> list[str]:
+    """Tasks present on every adaptable layer, in the order they were added."""
+    layers = _layers_or_fail(model)
+    names = list(layers[0][1].adapters)
+    return [t for t in names if all(t in m.adapters for _, m in layers)]
+
+
+def _require_task(model: nn.Module, task: str) -> None:
+    known = task_names(model)
+    if task not in known:
+        raise KeyError(f"unknown task {task!r}; the model has tasks {known}")
+
+
+def add_task(model: nn.Module, task: str, config: AdapterConfig) -> None:
+    """Add fresh adapters for `task` to every adaptable layer."""
+    if not isinstance(task, str) or not task or "/" in task or task.startswith("."):
+        raise ValueError(f"task names must be non-empty strings without '/', got {task!r}")
+    if task in task_names(model):
+        raise ValueError(f"task {task!r} already exists")
+    for _, m in _layers_or_fail(model):
+        m.add_adapter(task, config)
+
+
+def task_config(model: nn.Module, task: str) -> AdapterConfig:
+    _require_task(model, task)
+    return next(adapted_layers(model))[1].adapters[task].config
+
+
+def remove_task(model: nn.Module, task: str) -> None:
+    _require_task(model, task)
+    for _, m in adapted_layers(model):
+        if m.merged == task:
+            raise RuntimeError(f"task {task!r} is merged; unmerge first")
+        del m.adapters[task]
+        if m.active == task or (isinstance(m.active, tuple) and task in m.active):
+            m.active = None
+
+
+def set_task(model: nn.Module, task: Union[None, str, Sequence[Optional[str]]]) -> None:
+    """Activate one task (a name), the base (None), or several (a list, for per-sample task_ids
+    that index into it; None entries stand for the base)."""
+    if isinstance(task, (list, tuple)):
+        for t in task:
+            if t is not None:
+                _require_task(model, t)
+        active = tuple(task)
+    else:
+        if task is not None:
+            _require_task(model, task)
+        active = task
+    for _, m in _layers_or_fail(model):
+        m.active = active
+
+
+def active_task(model: nn.Module):
+    return _layers_or_fail(model)[0][1].active
+
+
+def task_parameters(model: nn.Module, task: str) -> list[nn.Parameter]:
+    """The trainable tensors of one task (what an optimizer adapting that task updates)."""
+    _require_task(model, task)
+    return [p for _, m in adapted_layers(model) for p in m.adapters[task].parameters()]
+
+
+def base_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter that is not an adapter tensor."""
+    adapter_ids = {id(p) for _, m in adapted_layers(model) for p in m.adapters.parameters()}
+    return [p for p in model.parameters() if id(p) not in adapter_ids]
+
+
+def freeze_base(model: nn.Module) -> None:
+    for p in base_parameters(model):
+        p.requires_grad_(False)
+
+
+def task_state_dict(model: nn.Module, task: str) -> dict[str, torch.Tensor]:
+    _require_task(model, task)
+    out = {}
+    for path, m in adapted_layers(model):
+        for pname, p in m.adapters[task].named_parameters():
+            out[f"{path}.{pname}" if path else pname] = p
+    return out
+
+
+def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state without any adapter tensors (refused while a task is merged)."""
+    merged = [p for p, m in adapted_layers(model) if m.merged is not None]
+    if merged:
+        raise RuntimeError(f"layers {merged[:3]}... are merged with a task; unmerge before reading the base")
+    return {k: v for k, v in model.state_dict().items() if ".adapters." not in f".{k}"}
+
+
+def base_checksum(model: nn.Module) -> str:
+    """sha256 over the base state (names, shapes, dtypes, values): adapters name the base they fit."""
+    h = hashlib.sha256()
+    for k, v in sorted(base_state_dict(model).items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{list(t.shape)}|{t.dtype}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def count_parameters(model: nn.Module, task: Optional[str] = None) -> dict[str, int]:
+    """Parameter counts: the base, and (for a task) what it stores and what trains."""
+    base = sum(p.numel() for p in base_parameters(model))
+    out = {"base": base}
+    if task is not None:
+        params = task_parameters(model, task)
+        out["stored"] = sum(p.numel() for p in params)
+        out["trainable"] = sum(p.numel() for p in params if p.requires_grad)
+    return out
+
+
+def save_task(model: nn.Module, task: str, directory: Union[str, os.PathLike], *, overwrite: bool = False,
+              extra: Optional[dict] = None) -> Path:
+    """Write one task's adapters to `directory` atomically (refuses to replace unless `overwrite`)."""
+    tensors = task_state_dict(model, task)
+    config = task_config(model, task)
+    directory = Path(directory)
+    with atomic_directory(directory, overwrite=overwrite) as tmp:
+        atomic_save_safetensors(tensors, tmp / ADAPTER_FILE, metadata={"format": FORMAT, "task": task})
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "task": task, **config.to_dict(),
+                "base_checksum": base_checksum(model), "num_params": sum(t.numel() for t in tensors.values()),
+                "file_sha256": sha256_file(tmp / ADAPTER_FILE), **(extra or {})}
+        atomic_write_json(tmp / CONFIG_FILE, meta)
+    return directory
+
+
+def read_task_config(directory: Union[str, os.PathLike]) -> tuple[dict, AdapterConfig]:
+    """Parse and validate a task folder's adapter_config.json."""
+    directory = Path(directory)
+    meta = load_json(directory / CONFIG_FILE)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{directory / CONFIG_FILE} is not a fastlora adapter config (format={meta.get('format')!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{directory}: adapter format version {meta.get('format_version')} is not supported "
+                         f"(this fastlora reads version {FORMAT_VERSION})")
+    names = set(AdapterConfig.__dataclass_fields__)
+    return meta, AdapterConfig.from_dict({k: v for k, v in meta.items() if k in names})
+
+
+def key_diff(expected: dict[str, tuple], got: dict[str, tuple]) -> str:
+    """A readable diff of missing, unexpected and mis-shaped keys ('' when they match)."""
+    lines = []
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(got) if tuple(expected[k]) != tuple(got[k]))
+
+    def show(keys, fmt):
+        lines.extend(f"    {fmt(k)}" for k in keys[:20])
+        if len(keys) > 20:
+            lines.append(f"    ... and {len(keys) - 20} more")
+
+    if missing:
+        lines.append(f"  missing ({len(missing)}):")
+        show(missing, lambda k: f"{k} {list(expected[k])}")
+    if unexpected:
+        lines.append(f"  unexpected ({len(unexpected)}):")
+        show(unexpected, lambda k: f"{k} {list(got[k])}")
+    if shapes:
+        lines.append(f"  wrong shape ({len(shapes)}):")
+        show(shapes, lambda k: f"{k}: expected {list(expected[k])}, file has {list(got[k])}")
+    return "\n".join(lines)
+
+
+def load_task(model: nn.Module, directory: Union[str, os.PathLike], *, task: Optional[str] = None,
+              check_base: bool = True) -> str:
+    """Load a task folder written by `save_task` into the model's bank (strict); returns the task name.
+
+    Refuses a corrupt file, a base checksum that differs from the model's (unless
+    check_base=False), an existing task of the same name, and any key mismatch.
+    """
+    directory = Path(directory)
+    meta, config = read_task_config(directory)
+    file = directory / ADAPTER_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{directory} has {CONFIG_FILE} but no {ADAPTER_FILE}")
+    if meta.get("file_sha256") and sha256_file(file) != meta["file_sha256"]:
+        raise ValueError(f"{file} does not match the checksum recorded in {CONFIG_FILE}: the file is corrupt "
+                         f"or was changed after saving")
+    if check_base and meta.get("base_checksum") and meta["base_checksum"] != base_checksum(model):
+        raise ValueError(f"the adapters in {directory} were trained on a different base model (base checksum "
+                         f"{meta['base_checksum'][:12]}… vs this model's {base_checksum(model)[:12]}…); load the "
+                         f"matching base, or pass check_base=False to apply them anyway")
+    name = task or meta.get("task")
+    if not name:
+        raise ValueError(f"{directory / CONFIG_FILE} names no task; pass task=")
+    tensors = load_safetensors(file)
+    add_task(model, name, config)
+    try:
+        expected = task_state_dict(model, name)
+        diff = key_diff({k: tuple(v.shape) for k, v in expected.items()}, {k: tuple(v.shape) for k, v in tensors.items()})
+        if diff:
+            raise ValueError(f"the adapters in {directory} do not fit this model:\n{diff}")
+        with torch.no_grad():
+            for k, p in expected.items():
+                p.copy_(tensors[k].to(dtype=p.dtype))
+    except BaseException:
+        remove_task(model, name)
+        raise
+    return name
+
+
+def merge_task(model: nn.Module, task: str) -> None:
+    """Write one task's adapted weights into the base parameters (plain layers afterwards)."""
+    _require_task(model, task)
+    for _, m in adapted_layers(model):
+        m.merge(task)
+        m.active = task
+
+
+def unmerge(model: nn.Module) -> None:
+    """Restore the base weights exactly after `merge_task`."""
+    for _, m in adapted_layers(model):
+        m.unmerge()
+
+
+def merged_state_dict(model: nn.Module, task: Optional[str]) -> dict[str, torch.Tensor]:
+    """The base state with `task` merged (fp32 merge, cast back), without touching the model."""
+    from fastlora.functional import adapted_bias, adapted_weight
+
+    state = {k: v.detach().clone() for k, v in base_state_dict(model).items()}
+    if task is None:
+        return state
+    _require_task(model, task)
+    for path, m in adapted_layers(model):
+        a = m.adapters[task].adapter()
+        prefix = f"{path}." if path else ""
+        with torch.no_grad():
+            state[prefix + "weight"] = adapted_weight(m.weight, a).detach().clone()
+            if m.bias is not None:
+                state[prefix + "bias"] = adapted_bias(m.bias, a).detach().clone()
+    return state

@@ -1,0 +1,374 @@
+"""Functional ops of fastlora: adapter deltas and the StyleGAN2 layers they adapt.
+
+The "torch" backend here is the reference: pure PyTorch, differentiable to any
+order. `modulated_conv2d` and `linear` dispatch to the fused Triton kernels when
+the backend resolves to "triton" (see `fastlora.backend`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fastlora.adapters import ACTS, LEFT_ACTS, Adapter
+from fastlora.backend import resolve_backend
+
+SQRT2 = math.sqrt(2.0)
+DEMOD_EPS = 1e-8
+FORMS = ("shared", "grouped")
+ACTIVATIONS = (None, "lrelu")
+
+AdapterArg = Union[None, Adapter, Sequence[Optional[Adapter]]]
+
+
+# ----------------------------------------------------------------------------- adapter deltas
+
+def lora_delta(A: Tensor, B: Tensor, alpha: float) -> Tensor:
+    """ΔW = α·B·Aᵀ, shape [d_out, d_in]."""
+    return alpha * (B @ A.transpose(0, 1))
+
+
+def llora_delta(A: Tensor, B: Tensor, B_inst: Tensor, alpha: float, act: str = "inner") -> Tensor:
+    """CoLoR-GAN's nested update ΔW, shape [C_out, C_in, k, k] (SPEC §3).
+
+    M[j,o,t] = Σ_m B[o,m]·B_inst[j,m,t]; N = φ_in(M); P[o,c,t] = Σ_j A[c,j]·N[j,o,t];
+    ΔW = α·φ_out(P). act "both": φ_in = φ_out = ReLU; "inner": φ_in = ReLU; "none": neither.
+    """
+    if act not in ACTS:
+        raise ValueError(f"act must be one of {ACTS}, got {act!r}")
+    k = math.isqrt(B_inst.shape[2])
+    M = torch.einsum("om,jmt->jot", B, B_inst)
+    N = torch.relu(M) if act in ("both", "inner") else M
+    P = torch.einsum("cj,jot->oct", A, N)
+    dW = torch.relu(P) if act == "both" else P
+    return (alpha * dW).reshape(B.shape[0], A.shape[0], k, k)
+
+
+def left_linear_weight(W: Tensor, U_out: Tensor, U_in: Tensor, A_out: Tensor, A_in: Tensor) -> Tensor:
+    """LeFT linear: Ŵ = W ⊙ (U_out·U_inᵀ) + A_out·A_inᵀ."""
+    return W * (U_out @ U_in.transpose(0, 1)) + A_out @ A_in.transpose(0, 1)
+
+
+def left_conv_weight(W: Tensor, U: Tensor, T: Tensor, P: Tensor, Q: Tensor, V: Tensor, R: Tensor, S: Tensor,
+                     act: str = "none") -> Tensor:
+    """LeFT conv: mul = U·T + P·Qᵀ, N = φ(mul), G[o,c,t] = Σ_j V[c,j]·N[j,o,t], Ŵ = W ⊙ G + (R·Sᵀ)[c,t]."""
+    if act not in LEFT_ACTS:
+        raise ValueError(f"LeFT act must be one of {LEFT_ACTS}, got {act!r}")
+    c_out, c_in, kh, kw = W.shape
+    mul = torch.einsum("om,jmt->jot", U, T) + (P @ Q.transpose(0, 1)).unsqueeze(0)
+    N = torch.relu(mul) if act == "inner" else mul
+    G = torch.einsum("cj,jot->oct", V, N).reshape(c_out, c_in, kh, kw)
+    add = (R @ S.transpose(0, 1)).reshape(1, c_in, kh, kw)
+    return W * G + add
+
+
+def adapted_weight(weight: Tensor, adapter: Optional[Adapter]) -> Tensor:
+    """The adapted weight Ŵ (stored units). Built in fp32 (or fp64) and cast back, so
+    low-precision layers merge without extra rounding."""
+    if adapter is None:
+        return weight
+    adapter.check(weight)
+    build = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
+    w = adapter.adapted(weight.to(build)) if all(t.dtype == build for t in adapter.tensors()) else \
+        _cast_adapter(adapter, build).adapted(weight.to(build))
+    return w.to(weight.dtype)
+
+
+def adapted_bias(bias: Optional[Tensor], adapter: Optional[Adapter]) -> Optional[Tensor]:
+    return bias if adapter is None else adapter.adapted_bias(bias)
+
+
+def _cast_adapter(adapter: Adapter, dtype: torch.dtype) -> Adapter:
+    import dataclasses
+
+    changes = {f.name: getattr(adapter, f.name).to(dtype) for f in dataclasses.fields(adapter)
+               if isinstance(getattr(adapter, f.name), Tensor)}
+    return dataclasses.replace(adapter, **changes)
+
+
+def _stacked_weights(weight: Tensor, adapter: AdapterArg, task_ids: Optional[Tensor], n: int) -> tuple[Tensor, Optional[Tensor]]:
+    """One adapted weight, or [T, ...] stacked adapted weights when task_ids picks one per sample."""
+    if task_ids is None:
+        if isinstance(adapter, (list, tuple)):
+            raise ValueError("a sequence of adapters needs task_ids [N] choosing one per sample")
+        return adapted_weight(weight, adapter), None
+    if not isinstance(adapter, (list, tuple)) or len(adapter) == 0:
+        raise ValueError("task_ids needs adapter to be a non-empty sequence (one entry per task, None for the base)")
+    check_task_ids(task_ids, n, len(adapter), weight.device)
+    return torch.stack([adapted_weight(weight, a) for a in adapter]), task_ids
+
+
+def check_task_ids(task_ids: Tensor, n: int, n_tasks: int, device: torch.device, bounds: bool = True) -> None:
+    """Validate per-sample task indices (the value check syncs; kernels skip it)."""
+    if task_ids.dtype not in (torch.int64, torch.int32) or task_ids.shape != (n,):
+        raise ValueError(f"task_ids must be an integer tensor of shape [{n}], got {task_ids.dtype} {list(task_ids.shape)}")
+    if task_ids.device != device:
+        raise ValueError(f"task_ids is on {task_ids.device} but the inputs are on {device}")
+    if bounds and n and (int(task_ids.min()) < 0 or int(task_ids.max()) >= n_tasks):
+        raise ValueError(f"task_ids must lie in [0, {n_tasks}), got values in "
+                         f"[{int(task_ids.min())}, {int(task_ids.max())}]")
+
+
+# ----------------------------------------------------------------------------- FIR resampling
+
+def make_blur_kernel(taps: Sequence[float] = (1, 3, 3, 1), device=None, dtype=torch.float32) -> Tensor:
+    """Separable FIR kernel: the outer product of `taps`, normalised to sum 1."""
+    k = torch.tensor(taps, dtype=dtype, device=device)
+    k = torch.outer(k, k)
+    return k / k.sum()
+
+
+def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1,
+              pad: Sequence[int] = (0, 0)) -> Tensor:
+    """Upsample by zero insertion, pad, FIR-filter (true convolution), downsample.
+
+    x [N, C, H, W]; kernel [kh, kw]; pad (p0, p1) for both axes or (x0, x1, y0, y1);
+    negative pads crop. Output height: (H·up + y0 + y1 − kh) // down + 1.
+    """
+    if x.dim() != 4 or kernel.dim() != 2:
+        raise ValueError(f"upfirdn2d expects x [N, C, H, W] and kernel [kh, kw], got {list(x.shape)} and {list(kernel.shape)}")
+    px0, px1, py0, py1 = (pad[0], pad[1], pad[0], pad[1]) if len(pad) == 2 else tuple(pad)
+    n, c, h, w = x.shape
+    if up > 1:
+        x = x.reshape(n, c, h, 1, w, 1)
+        x = F.pad(x, (0, up - 1, 0, 0, 0, up - 1))
+        x = x.reshape(n, c, h * up, w * up)
+    x = F.pad(x, (max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)))
+    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
+    k = torch.flip(kernel, (0, 1)).to(x.dtype)[None, None].expand(c, 1, *kernel.shape)
+    x = F.conv2d(x, k, groups=c)
+    return x[:, :, ::down, ::down]
+
+
+def _up_blur_pad(k: int, taps: int = 4, factor: int = 2) -> tuple[int, int]:
+    p = (taps - factor) - (k - 1)
+    return (p + 1) // 2 + factor - 1, p // 2 + 1
+
+
+def _down_blur_pad(k: int, taps: int = 4, factor: int = 2) -> tuple[int, int]:
+    p = (taps - factor) + (k - 1)
+    return (p + 1) // 2, p // 2
+
+
+def blur_up_after_transpose(y: Tensor, k: int, blur: Tensor) -> Tensor:
+    """The blur that follows a stride-2 transposed conv in StyleGAN2's upsampling conv (gain 4)."""
+    return upfirdn2d(y, blur * 4, pad=_up_blur_pad(k))
+
+
+def blur_before_down(x: Tensor, k: int, blur: Tensor) -> Tensor:
+    """The blur that precedes a stride-2 conv in StyleGAN2's downsampling conv."""
+    return upfirdn2d(x, blur, pad=_down_blur_pad(k))
+
+
+# ----------------------------------------------------------------------------- activation
+
+def fused_leaky_relu(x: Tensor, bias: Optional[Tensor] = None, negative_slope: float = 0.2,
+                     scale: float = SQRT2) -> Tensor:
+    """leaky_relu(x + bias)·scale, bias broadcast along dim 1 (StyleGAN2's bias_act)."""
+    if bias is not None:
+        if bias.dim() != 1 or x.dim() < 2 or bias.shape[0] != x.shape[1]:
+            raise ValueError(f"fused_leaky_relu: bias must be [{x.shape[1] if x.dim() > 1 else '?'}], got {list(bias.shape)}")
+        x = x + bias.reshape(1, -1, *([1] * (x.dim() - 2)))
+    return F.leaky_relu(x, negative_slope) * scale
+
+
+# ----------------------------------------------------------------------------- modulated conv
+
+def _check_modconv(x: Tensor, weight: Tensor, style: Tensor, up: bool, down: bool, form: str) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"modulated_conv2d: x must be [N, C_in, H, W], got {list(x.shape)}")
+    if weight.dim() != 4 or weight.shape[2] != weight.shape[3]:
+        raise ValueError(f"modulated_conv2d: weight must be [C_out, C_in, k, k], got {list(weight.shape)}")
+    n, c_in = x.shape[:2]
+    if weight.shape[1] != c_in:
+        raise ValueError(f"modulated_conv2d: x has {c_in} channels but weight expects C_in={weight.shape[1]}")
+    if style.shape != (n, c_in):
+        raise ValueError(f"modulated_conv2d: style must be [N, C_in] = [{n}, {c_in}], got {list(style.shape)}")
+    for name, t in (("weight", weight), ("style", style)):
+        if t.device != x.device:
+            raise ValueError(f"modulated_conv2d: {name} is on {t.device} but x is on {x.device}")
+        if t.dtype != x.dtype:
+            raise ValueError(f"modulated_conv2d: {name} is {t.dtype} but x is {x.dtype}")
+    if not x.is_floating_point():
+        raise ValueError(f"modulated_conv2d: x must be floating point, got {x.dtype}")
+    if up and down:
+        raise ValueError("modulated_conv2d: up and down cannot both be set")
+    if form not in FORMS:
+        raise ValueError(f"modulated_conv2d: form must be one of {FORMS}, got {form!r}")
+
+
+def _epilogue(y: Tensor, bias: Optional[Tensor], noise: Optional[Tensor], activation: Optional[str],
+              skip: Optional[Tensor]) -> Tensor:
+    if noise is not None:
+        y = y + noise
+    if activation == "lrelu":
+        y = fused_leaky_relu(y, bias)
+    elif bias is not None:
+        y = y + bias.reshape(1, -1, 1, 1)
+    if skip is not None:
+        y = y + skip
+    return y
+
+
+def _check_epilogue(y_shape: tuple, bias, noise, activation, skip) -> None:
+    n, c, h, w = y_shape
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if bias is not None and bias.shape != (c,):
+        raise ValueError(f"bias must be [{c}], got {list(bias.shape)}")
+    if noise is not None and (noise.dim() != 4 or noise.shape[1] not in (1, c) or noise.shape[0] not in (1, n)
+                              or noise.shape[2:] != (h, w)):
+        raise ValueError(f"noise must broadcast to the output [{n}, {c}, {h}, {w}] as [N|1, 1|C, {h}, {w}], "
+                         f"got {list(noise.shape)}")
+    if skip is not None and skip.shape != (n, c, h, w):
+        raise ValueError(f"skip must be [{n}, {c}, {h}, {w}], got {list(skip.shape)}")
+
+
+def modconv_output_size(h: int, w: int, k: int, up: bool, down: bool) -> tuple[int, int]:
+    if up:
+        return 2 * h, 2 * w
+    if down:
+        p0, p1 = _down_blur_pad(k)
+        return (h + p0 + p1 - 4 - k + 1) // 2 + 1, (w + p0 + p1 - 4 - k + 1) // 2 + 1
+    return h, w
+
+
+def modulated_conv2d(x: Tensor, weight: Tensor, style: Tensor, *, adapter: AdapterArg = None,
+                     task_ids: Optional[Tensor] = None, scale: float = 1.0, demodulate: bool = True,
+                     up: bool = False, down: bool = False, bias: Optional[Tensor] = None,
+                     noise: Optional[Tensor] = None, activation: Optional[str] = None,
+                     skip: Optional[Tensor] = None, backend: str = "auto", form: str = "shared") -> Tensor:
+    """StyleGAN2 modulated convolution with the kernel scale·(weight + ΔW) (SPEC §2).
+
+    x [N, C_in, H, W], weight [C_out, C_in, k, k] (raw stored weight), style [N, C_in].
+    Padding k//2; `up`: stride-2 transposed conv then the [1,3,3,1] blur (2H);
+    `down`: blur then stride-2 conv (H/2). `adapter`: one adapter, or a sequence of
+    adapters (None = base) with `task_ids` [N] choosing one per sample.
+    Optional epilogue, in StyledConv/ToRGB order: + noise, bias (+ leaky-ReLU·√2 when
+    activation="lrelu"), + skip. `form` ("shared" or "grouped", the published per-sample
+    weights) only affects the torch backend; both give the same result.
+    """
+    _check_modconv(x, weight, style, up, down, form)
+    oh, ow = modconv_output_size(x.shape[2], x.shape[3], weight.shape[2], up, down)
+    _check_epilogue((x.shape[0], weight.shape[0], oh, ow), bias, noise, activation, skip)
+    chosen = resolve_backend(backend, x, weight, style)
+    if chosen == "triton":
+        from fastlora import _triton
+
+        return _triton.modulated_conv2d(x, weight, style, adapter=adapter, task_ids=task_ids, scale=scale,
+                                        demodulate=demodulate, up=up, down=down, bias=bias, noise=noise,
+                                        activation=activation, skip=skip)
+    w_hat, task_ids = _stacked_weights(weight, adapter, task_ids, x.shape[0])
+    w_hat = w_hat * scale
+    impl = _modconv_shared if form == "shared" else _modconv_grouped
+    y = impl(x, w_hat, style, task_ids, demodulate, up, down)
+    return _epilogue(y, bias, noise, activation, skip)
+
+
+def _conv_resampled(x: Tensor, w: Tensor, up: bool, down: bool, groups: int = 1) -> Tensor:
+    """conv with padding k//2, or StyleGAN2's up (transposed conv + blur) / down (blur + stride-2)."""
+    k = w.shape[-1]
+    blur = make_blur_kernel(device=x.device, dtype=x.dtype)
+    if up:
+        c_out_g, c_in_g = w.shape[0] // groups, w.shape[1]
+        wt = w.reshape(groups, c_out_g, c_in_g, k, k).transpose(1, 2).reshape(groups * c_in_g, c_out_g, k, k)
+        y = F.conv_transpose2d(x, wt, stride=2, padding=0, groups=groups)
+        return blur_up_after_transpose(y, k, blur)
+    if down:
+        return F.conv2d(blur_before_down(x, k, blur), w, stride=2, padding=0, groups=groups)
+    return F.conv2d(x, w, padding=k // 2, groups=groups)
+
+
+def _modconv_shared(x, w_hat, style, task_ids, demodulate, up, down) -> Tensor:
+    """Shared-weight form: y = d ⊙ conv(x ⊙ s, Ŵ); per-sample tasks via one wide conv and a gather."""
+    n = x.shape[0]
+    xs = x * style[:, :, None, None]
+    if task_ids is None:
+        y = _conv_resampled(xs, w_hat, up, down)
+        if demodulate:
+            d = torch.rsqrt(style.square() @ w_hat.square().sum((2, 3)).transpose(0, 1) + DEMOD_EPS)
+            y = y * d[:, :, None, None]
+        return y
+    t, c_out = w_hat.shape[:2]
+    y = _conv_resampled(xs, w_hat.reshape(t * c_out, *w_hat.shape[2:]), up, down)
+    y = y.reshape(n, t, c_out, *y.shape[2:])[torch.arange(n, device=x.device), task_ids]
+    if demodulate:
+        sq = w_hat.square().sum((3, 4))[task_ids]  # [N, C_out, C_in]
+        d = torch.rsqrt(torch.einsum("nc,noc->no", style.square(), sq) + DEMOD_EPS)
+        y = y * d[:, :, None, None]
+    return y
+
+
+def _modconv_grouped(x, w_hat, style, task_ids, demodulate, up, down) -> Tensor:
+    """The published form: one modulated (and demodulated) weight per sample, grouped conv."""
+    n, c_in, h, w = x.shape
+    w_n = w_hat[task_ids] if task_ids is not None else w_hat.unsqueeze(0).expand(n, *w_hat.shape)
+    w_n = w_n * style[:, None, :, None, None]
+    if demodulate:
+        w_n = w_n * torch.rsqrt(w_n.square().sum((2, 3, 4)) + DEMOD_EPS)[:, :, None, None, None]
+    c_out, k = w_n.shape[1], w_n.shape[-1]
+    y = _conv_resampled(x.reshape(1, n * c_in, h, w), w_n.reshape(n * c_out, c_in, k, k), up, down, groups=n)
+    return y.reshape(n, c_out, *y.shape[2:])
+
+
+# ----------------------------------------------------------------------------- linear and plain conv
+
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, adapter: AdapterArg = None,
+           task_ids: Optional[Tensor] = None, scale: float = 1.0, bias_scale: float = 1.0,
+           activation: Optional[str] = None, backend: str = "auto") -> Tensor:
+    """Equalised-LR linear layer with an adapter: y = x·(scale·Ŵ)ᵀ + bias_scale·b̂,
+    then leaky-ReLU·√2 when activation="lrelu". x [N, d_in], weight [d_out, d_in]."""
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"linear: expected x [N, {weight.shape[-1] if weight.dim() == 2 else 'd_in'}] and weight "
+                         f"[d_out, d_in], got x {list(x.shape)}, weight {list(weight.shape)}")
+    if weight.device != x.device or weight.dtype != x.dtype:
+        raise ValueError(f"linear: weight is {weight.dtype} on {weight.device} but x is {x.dtype} on {x.device}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"linear: bias must be [{weight.shape[0]}], got {list(bias.shape)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"linear: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    chosen = resolve_backend(backend, x, weight)
+    if chosen == "triton":
+        from fastlora import _triton
+
+        return _triton.linear(x, weight, bias, adapter=adapter, task_ids=task_ids, scale=scale,
+                              bias_scale=bias_scale, activation=activation)
+    w_hat, task_ids = _stacked_weights(weight, adapter, task_ids, x.shape[0])
+    if task_ids is None:
+        b = adapted_bias(bias, adapter)
+        y = x @ (w_hat * scale).transpose(0, 1)
+    else:
+        biases = [adapted_bias(bias, a) for a in adapter]
+        b = None if all(v is None for v in biases) else torch.stack(
+            [v if v is not None else torch.zeros_like(w_hat[0, :, 0]) for v in biases])[task_ids]
+        y = torch.einsum("ni,noi->no", x, (w_hat * scale)[task_ids])
+    if b is not None:
+        b = b * bias_scale
+    if activation == "lrelu":
+        if b is not None and b.dim() == 2:
+            return fused_leaky_relu(y + b)
+        return fused_leaky_relu(y, b)
+    return y if b is None else y + b
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, adapter: Optional[Adapter] = None,
+           scale: float = 1.0, down: bool = False, padding: Optional[int] = None,
+           activation: Optional[str] = None) -> Tensor:
+    """Equalised-LR conv (discriminator layers) with an adapter: conv(x, scale·Ŵ) + b̂;
+    `down` blurs then convolves with stride 2. Reference backend only."""
+    if x.dim() != 4 or weight.dim() != 4 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"conv2d: expected x [N, C_in, H, W] and weight [C_out, C_in, k, k] with matching C_in, "
+                         f"got x {list(x.shape)}, weight {list(weight.shape)}")
+    w_hat = adapted_weight(weight, adapter) * scale
+    b = adapted_bias(bias, adapter)
+    k = weight.shape[-1]
+    if down:
+        y = _conv_resampled(x, w_hat, False, True)
+    else:
+        y = F.conv2d(x, w_hat, padding=k // 2 if padding is None else padding)
+    if activation == "lrelu":
+        return fused_leaky_relu(y, b)
+    return y if b is None else y + b.reshape(1, -1, 1, 1)
