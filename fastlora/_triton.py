@@ -1,0 +1,173 @@
+"""Bridge between `fastlora.functional` and the Triton kernels in `kernels/`.
+
+`modulated_conv2d` and `linear` are called by the functional ops when the backend resolves to
+"triton" (after the functional wrappers validated shapes). Forward runs the fused kernels.
+When autograd needs gradients, the fused forward is wrapped in an autograd Function whose
+backward recomputes through the PyTorch reference (interim, until fused backward kernels
+exist): plain backward on detached inputs, and, under create_graph, on the saved inputs
+themselves so that double backward (R1, path length) reaches every input correctly.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from fastlora.adapters import LeFT, LLoRA, LoRA
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------- argument handling
+
+def _adapter_list(adapter, task_ids: Optional[Tensor], n: int, device: torch.device) -> List:
+    """One adapter per task (None = base weight), validated like the reference (no bounds check:
+    it would synchronise with the device)."""
+    from fastlora.functional import check_task_ids
+
+    if task_ids is None:
+        if isinstance(adapter, (list, tuple)):
+            raise ValueError("a sequence of adapters needs task_ids [N] choosing one per sample")
+        return [adapter]
+    if not isinstance(adapter, (list, tuple)) or len(adapter) == 0:
+        raise ValueError("task_ids needs adapter to be a non-empty sequence (one entry per task, None for the base)")
+    check_task_ids(task_ids, n, len(adapter), device, bounds=False)
+    return list(adapter)
+
+
+def _check_dtype(op: str, x: Tensor) -> None:
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"{op}: backend='triton' supports float32, float16 and bfloat16 inputs, got {x.dtype} "
+                         "(use backend='torch' for float64)")
+
+
+def _flatten(adapters: Sequence) -> Tuple[List[Tensor], Callable[[Sequence[Tensor]], List]]:
+    """All adapter tensors in one list, and a function rebuilding the adapters from such a list."""
+    layout = []
+    flat: List[Tensor] = []
+    for a in adapters:
+        if a is None:
+            layout.append(None)
+            continue
+        names = [f.name for f in dataclasses.fields(a) if isinstance(getattr(a, f.name), Tensor)]
+        layout.append((a, names))
+        flat.extend(getattr(a, nm) for nm in names)
+
+    def rebuild(tensors: Sequence[Tensor]) -> List:
+        out, i = [], 0
+        for entry in layout:
+            if entry is None:
+                out.append(None)
+                continue
+            a, names = entry
+            out.append(dataclasses.replace(a, **dict(zip(names, tensors[i:i + len(names)]))))
+            i += len(names)
+        return out
+
+    return flat, rebuild
+
+
+class _RecomputeBackward(torch.autograd.Function):
+    """Fused forward; backward by recomputing the torch reference (any order)."""
+
+    @staticmethod
+    def forward(ctx, fused: Callable, reference: Callable, *tensors):  # type: ignore[override]
+        ctx.reference = reference
+        ctx.save_for_backward(*tensors)
+        return fused(tensors)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        saved = list(ctx.saved_tensors)
+        need = ctx.needs_input_grad[2:]
+        create = torch.is_grad_enabled()
+        if create:
+            inputs = saved  # keep the graph to the real inputs: double backward must reach them
+        else:
+            inputs = [t.detach().requires_grad_(nd) if t is not None else None for t, nd in zip(saved, need)]
+        idx = [i for i, nd in enumerate(need) if nd and inputs[i] is not None]
+        with torch.enable_grad():
+            y = ctx.reference(inputs)
+        grads = torch.autograd.grad(y, [inputs[i] for i in idx], grad, create_graph=create, allow_unused=True)
+        out: List[Optional[Tensor]] = [None] * len(saved)
+        for i, g in zip(idx, grads):
+            out[i] = g if g is not None else torch.zeros_like(saved[i])
+        return (None, None, *out)
+
+
+def _run(fused: Callable, reference: Callable, tensors: List[Optional[Tensor]]) -> Tensor:
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _RecomputeBackward.apply(fused, reference, *tensors)
+    with torch.no_grad():
+        return fused(tensors)
+
+
+# ----------------------------------------------------------------------------- ops
+
+def modulated_conv2d(x: Tensor, weight: Tensor, style: Tensor, *, adapter=None, task_ids: Optional[Tensor] = None,
+                     scale: float = 1.0, demodulate: bool = True, up: bool = False, down: bool = False,
+                     bias: Optional[Tensor] = None, noise: Optional[Tensor] = None,
+                     activation: Optional[str] = None, skip: Optional[Tensor] = None) -> Tensor:
+    """Fused modulated conv (see `fastlora.functional.modulated_conv2d`)."""
+    from kernels import modconv
+
+    _check_dtype("modulated_conv2d", x)
+    adapters = _adapter_list(adapter, task_ids, x.shape[0], x.device)
+    for a in adapters:
+        if a is not None:
+            a.check(weight)
+            if isinstance(a, LeFT) and not a.is_conv:
+                raise ValueError("modulated_conv2d: a linear LeFT adapter does not apply to a conv weight")
+    flat, rebuild = _flatten(adapters)
+    head = [x, weight, style, bias, noise, skip]
+
+    def fused(ts):
+        x_, w_, s_, b_, n_, k_ = ts[:6]
+        return modconv.modulated_conv2d(x_, w_, s_, rebuild(ts[6:]), task_ids, scale, demodulate, up, down,
+                                        b_, n_, activation, k_)
+
+    def reference(ts):
+        from fastlora import functional
+
+        x_, w_, s_, b_, n_, k_ = ts[:6]
+        ads = rebuild(ts[6:])
+        return functional.modulated_conv2d(x_, w_, s_, adapter=ads[0] if task_ids is None else ads,
+                                           task_ids=task_ids, scale=scale, demodulate=demodulate, up=up, down=down,
+                                           bias=b_, noise=n_, activation=activation, skip=k_, backend="torch")
+
+    return _run(fused, reference, head + flat)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, adapter=None,
+           task_ids: Optional[Tensor] = None, scale: float = 1.0, bias_scale: float = 1.0,
+           activation: Optional[str] = None) -> Tensor:
+    """Fused linear + low-rank adapter (see `fastlora.functional.linear`)."""
+    from kernels import linear as klinear
+
+    _check_dtype("linear", x)
+    adapters = _adapter_list(adapter, task_ids, x.shape[0], x.device)
+    for a in adapters:
+        if a is not None:
+            if isinstance(a, LLoRA) or (isinstance(a, LeFT) and a.is_conv):
+                raise ValueError(f"linear: a {type(a).__name__} conv adapter does not apply to a linear layer")
+            a.check(weight)
+    flat, rebuild = _flatten(adapters)
+    head = [x, weight, bias]
+
+    def fused(ts):
+        return klinear.linear(ts[0], ts[1], ts[2], rebuild(ts[3:]), task_ids, scale, bias_scale, activation)
+
+    def reference(ts):
+        from fastlora import functional
+
+        ads = rebuild(ts[3:])
+        return functional.linear(ts[0], ts[1], ts[2], adapter=ads[0] if task_ids is None else ads,
+                                 task_ids=task_ids, scale=scale, bias_scale=bias_scale, activation=activation,
+                                 backend="torch")
+
+    return _run(fused, reference, head + flat)
+
+
+__all__ = ["modulated_conv2d", "linear", "LoRA", "LLoRA", "LeFT"]

@@ -1,0 +1,245 @@
+"""Emoji benchmark builder on a tiny fake source tree (a few emoji, fake PNGs and SVGs)."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from colorgan.data import emoji as E
+
+NOTO = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+
+# (unified, name, category, subcategory): BMP symbols that both Noto Color Emoji and DejaVu Sans draw
+SYMBOLS = [
+    ("263A-FE0F", "WHITE SMILING FACE", "Smileys & Emotion", "face-affection"),
+    ("2665-FE0F", "BLACK HEART SUIT", "Activities", "game"),
+    ("2660-FE0F", "BLACK SPADE SUIT", "Activities", "game"),
+    ("2663-FE0F", "BLACK CLUB SUIT", "Activities", "game"),
+    ("2666-FE0F", "BLACK DIAMOND SUIT", "Activities", "game"),
+    ("2600-FE0F", "BLACK SUN WITH RAYS", "Animals & Nature", "animal-mammal"),
+    ("2601-FE0F", "CLOUD", "Animals & Nature", "animal-bird"),
+    ("2602-FE0F", "UMBRELLA", "Travel & Places", "sky & weather"),
+    ("2603-FE0F", "SNOWMAN", "Flags", "flag"),
+    ("260E-FE0F", "BLACK TELEPHONE", "Flags", "flag"),
+    ("2614", "UMBRELLA WITH RAIN DROPS", "Flags", "flag"),
+    ("2615", "HOT BEVERAGE", "Flags", "flag"),
+    ("2744-FE0F", "SNOWFLAKE", "Flags", "flag"),
+    ("2708-FE0F", "AIRPLANE", "Flags", "flag"),
+]
+# rename two to animal "faces" so the animal-faces subset has members
+FACE_NAMES = {"2600-FE0F": "SUN FACE", "2601-FE0F": "CLOUD FACE"}
+SHOTS = 3
+
+
+def _font() -> Path:
+    for f in (NOTO, DEJAVU):
+        if f.is_file():
+            return f
+    pytest.skip(f"no test font: neither {NOTO} (apt-get install fonts-noto-color-emoji) nor {DEJAVU} is installed")
+
+
+def _has_svg() -> bool:
+    try:
+        E.SvgRasteriser()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _make_tree(root: Path) -> Path:
+    """A fake node_modules with emoji-datasource-twitter and openmoji."""
+    nm = root / "node_modules"
+    ds = nm / E.TWEMOJI_PKG
+    (ds / "img" / "twitter" / "64").mkdir(parents=True)
+    (ds / "package.json").write_text(json.dumps({"name": E.TWEMOJI_PKG, "version": "0.0.1-test"}))
+    om = nm / E.OPENMOJI_PKG
+    (om / "data").mkdir(parents=True)
+    (om / "color" / "svg").mkdir(parents=True)
+    (om / "package.json").write_text(json.dumps({"name": E.OPENMOJI_PKG, "version": "0.0.2-test"}))
+    records, om_records = [], []
+    rng = np.random.default_rng(123)
+    entries = SYMBOLS + [("E000", "PRIVATE USE", "Symbols", "other-symbol"),  # no font has it: dropped
+                         ("2B50", "WHITE MEDIUM STAR", "Component", "skin-tone")]  # component: left out
+    for i, (uni, name, cat, sub) in enumerate(entries):
+        img = uni.lower() + ".png"
+        has = uni != "2615"  # one emoji without a Twemoji image
+        records.append({"name": FACE_NAMES.get(uni, name), "unified": uni, "image": img, "short_name": name.lower().replace(" ", "_"),
+                        "category": cat, "subcategory": sub, "has_img_twitter": has})
+        if has:
+            arr = np.zeros((64, 64, 4), np.uint8)
+            arr[8:56, 8:56, :3] = rng.integers(0, 255, 3)
+            arr[8:56, 8:56, 3] = 255
+            Image.fromarray(arr, "RGBA").save(ds / "img" / "twitter" / "64" / img)
+        if i % 4 != 3:  # some emoji have no OpenMoji
+            hexcode = uni
+            om_records.append({"hexcode": hexcode, "group": "x", "subgroups": "y"})
+            colour = "#%02x%02x%02x" % tuple(int(c) for c in rng.integers(0, 255, 3))
+            (om / "color" / "svg" / f"{hexcode}.svg").write_text(
+                f'<svg viewBox="0 0 72 72" xmlns="http://www.w3.org/2000/svg">'
+                f'<circle cx="36" cy="36" r="{10 + i}" fill="{colour}" stroke="#000" stroke-width="2"/></svg>')
+    # a skin-tone variant on the first record
+    records[0]["skin_variations"] = {"1F3FB": {"unified": "263A-1F3FB", "image": "263a-1f3fb.png", "has_img_twitter": False}}
+    (ds / "emoji.json").write_text(json.dumps(records))
+    (om / "data" / "openmoji.json").write_text(json.dumps(om_records))
+    return nm
+
+
+def _tree_bytes(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _tasks() -> list[str]:
+    return ["twemoji", "animal-faces", "flags"] + (["openmoji"] if _has_svg() else [])
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return _make_tree(tmp_path / "npm")
+
+
+def test_build_tiny_tree(tmp_path, tree):
+    font = _font()
+    out = tmp_path / "bench"
+    m = E.build_emoji_benchmark(out, 32, shots=SHOTS, npm_dir=tree, noto_font=font, tasks=_tasks(), progress=False)
+    src = sorted(p.stem for p in (out / "source").iterdir())
+    # every font-drawn symbol is in the source, the private-use and component entries are not
+    assert "e000" not in src and "2b50" not in src
+    assert {u.lower() for u, *_ in SYMBOLS} <= set(src)
+    assert m["source"]["n"] == len(src)
+    # twemoji: all present emoji that have a Twemoji image
+    tw = sorted(p.stem for p in (out / "twemoji" / "full").iterdir())
+    assert "2615" not in tw and "263a-1f3fb" not in tw and len(tw) == m["tasks"]["twemoji"]["n_full"]
+    # (the autouse fixture widens animal-faces to the category plus names ending in FACE)
+    faces = sorted(p.stem for p in (out / "animal-faces" / "full").iterdir())
+    assert faces == [i for i in src if i in {"2600-fe0f", "2601-fe0f", "263a-fe0f", "263a-1f3fb"}]
+    flags = sorted(p.stem for p in (out / "flags" / "full").iterdir())
+    assert flags == sorted(u.lower() for u, _, c, _ in SYMBOLS if c == "Flags")
+    for t, info in m["tasks"].items():
+        train = sorted(p.name for p in (out / t / "train").iterdir())
+        full = {p.name for p in (out / t / "full").iterdir()}
+        assert len(train) == SHOTS == info["n_train"] and set(train) <= full
+        assert [n[:-4] for n in train] == info["train_ids"]
+    for p in (out / "flags" / "full").iterdir():
+        with Image.open(p) as im:
+            assert im.mode == "RGB" and im.size == (32, 32)
+            arr = np.asarray(im)
+            assert (arr[0, 0] == 255).all()  # composited on white with a margin
+            assert arr.min() < 200  # something was drawn
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["seed"] == 0 and man["size"] == 32 and man["sources"]["twemoji"]["version"] == "0.0.1-test"
+    assert "CC-BY-4.0" in man["sources"]["twemoji"]["licence"] and "OFL-1.1" in man["sources"]["noto"]["licence"]
+    assert "Twemoji" in (out / "LICENSES.md").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bench")]  # temp folder gone
+
+
+@pytest.fixture(autouse=True)
+def _two_animal_faces_need_fewer_shots(monkeypatch):
+    # the fake tree has only 2 animal faces: widen the subset to the whole category for SHOTS=3
+    monkeypatch.setitem(E.TASKS, "animal-faces", E.TaskSpec(
+        "animal-faces", "subset", "test", "noto", lambda e: e.category == "Animals & Nature" or e.name.endswith("FACE")))
+
+
+def test_reproducible_and_seeded(tmp_path, tree):
+    font = _font()
+    kw = dict(shots=SHOTS, npm_dir=tree, noto_font=font, tasks=_tasks(), progress=False)
+    E.build_emoji_benchmark(tmp_path / "a", 32, **kw)
+    E.build_emoji_benchmark(tmp_path / "b", 32, **kw)
+    assert _tree_bytes(tmp_path / "a") == _tree_bytes(tmp_path / "b")
+    m2 = E.build_emoji_benchmark(tmp_path / "c", 32, seed=5, **kw)
+    m1 = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert m1["tasks"]["flags"]["train_ids"] != m2["tasks"]["flags"]["train_ids"]
+    assert m1["source"]["sha256"] == m2["source"]["sha256"]
+
+
+def test_overwrite_rules(tmp_path, tree):
+    font = _font()
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    kw = dict(shots=SHOTS, npm_dir=tree, noto_font=font, tasks=["flags"], progress=False)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        E.build_emoji_benchmark(out, 32, **kw)
+    assert (out / "keep.txt").exists()
+    E.build_emoji_benchmark(out, 32, overwrite=True, **kw)
+    assert not (out / "keep.txt").exists() and (out / "flags" / "train").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench", "npm"]
+
+
+def test_missing_sources_say_what_to_install(tmp_path, tree):
+    with pytest.raises(FileNotFoundError, match="apt-get install fonts-noto-color-emoji"):
+        E.build_emoji_benchmark(tmp_path / "o", 32, npm_dir=tree, noto_font=tmp_path / "nope.ttf", progress=False)
+    font = _font()
+    with pytest.raises(FileNotFoundError, match=r"npm install --prefix .* emoji-datasource-twitter openmoji"):
+        E.build_emoji_benchmark(tmp_path / "o", 32, npm_dir=tmp_path / "empty", noto_font=font, progress=False)
+    with pytest.raises(ValueError, match="size must be 32, 64 or 128"):
+        E.build_emoji_benchmark(tmp_path / "o", 48, npm_dir=tree, noto_font=font)
+    with pytest.raises(ValueError, match="unknown task"):
+        E.build_emoji_benchmark(tmp_path / "o", 32, npm_dir=tree, noto_font=font, tasks=["sketches"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_choose_shots():
+    ids = [f"{i:04x}" for i in range(40)]
+    a = E.choose_shots(list(reversed(ids)), 10, 0, "flags")
+    assert a == sorted(a) and len(set(a)) == 10 and set(a) <= set(ids)
+    assert a == E.choose_shots(ids, 10, 0, "flags")
+    assert a != E.choose_shots(ids, 10, 1, "flags")
+    assert a != E.choose_shots(ids, 10, 0, "twemoji")
+    with pytest.raises(ValueError, match="fewer than"):
+        E.choose_shots(ids[:3], 10, 0, "flags")
+
+
+def test_metadata_and_match_key(tree):
+    em = E.load_emoji_metadata(tree / E.TWEMOJI_PKG)
+    ids = [e.id for e in em]
+    assert ids == sorted(ids) and "2b50" not in ids and "263a-1f3fb" in ids
+    variant = next(e for e in em if e.id == "263a-1f3fb")
+    assert variant.category == "Smileys & Emotion" and variant.twemoji_image is None
+    assert E.match_key("1f636-200d-1f32b-fe0f") == "1F636-200D-1F32B"
+    assert sorted(e.id for e in em if E.is_animal_face(e)) == ["2600-fe0f", "2601-fe0f"]
+    assert sorted(e.id for e in em if E.is_flag(e)) == sorted(u.lower() for u, _, c, _ in SYMBOLS if c == "Flags")
+
+
+def test_finish_image_centres_on_white():
+    rgba = Image.new("RGBA", (120, 70), (0, 0, 0, 0))
+    rgba.paste((255, 0, 0, 255), (60, 10, 100, 30))  # 40 x 20 content, off-centre
+    out = np.asarray(E.finish_image(rgba, 32))
+    assert out.shape == (32, 32, 3)
+    red = (out[..., 0] > 200) & (out[..., 1] < 80)
+    ys, xs = np.nonzero(red)
+    assert abs(ys.mean() - 15.5) < 0.6 and abs(xs.mean() - 15.5) < 0.6  # centred
+    assert 0 < xs.min() <= 2 and 29 <= xs.max() < 31  # longer edge fills the canvas less the margin
+    assert (out[0] == 255).all()
+    assert E.finish_image(Image.new("RGBA", (8, 8)), 32) is None
+
+
+@pytest.mark.skipif(not NOTO.is_file(), reason="Noto Color Emoji not installed (apt-get install fonts-noto-color-emoji)")
+def test_real_noto_font_renders_colour():
+    r = E.NotoRenderer(NOTO)
+    img = r.render("\U0001F600")
+    assert img is not None
+    arr = np.asarray(img)
+    opaque = arr[arr[..., 3] > 200][:, :3].astype(int)
+    assert len(opaque) > 1000 and (opaque[:, 0] - opaque[:, 2]).mean() > 50  # yellow-ish, i.e. colour glyphs
+    assert r.render("\ue000") is None  # not in the font
+    assert r.render("\U0001F600\U0001F600") is None  # two glyphs are not one emoji
+
+
+def test_cli_data_emoji(tmp_path, tree, capsys):
+    font = _font()
+    from colorgan.commands import data
+
+    p = argparse.ArgumentParser()
+    data.register(p.add_subparsers(dest="command"))
+    args = p.parse_args(["data", "emoji", "--out", str(tmp_path / "cli"), "--size", "32", "--shots", str(SHOTS),
+                         "--npm-dir", str(tree), "--noto-font", str(font), "--tasks", "flags", "--no-progress"])
+    assert args.func(args) == 0
+    assert "flags" in capsys.readouterr().out
+    assert len(list((tmp_path / "cli" / "flags" / "train").iterdir())) == SHOTS
