@@ -36,6 +36,7 @@ def llora_delta(A: Tensor, B: Tensor, B_inst: Tensor, alpha: float, act: str = "
 
     M[j,o,t] = Σ_m B[o,m]·B_inst[j,m,t]; N = φ_in(M); P[o,c,t] = Σ_j A[c,j]·N[j,o,t];
     ΔW = α·φ_out(P). act "both": φ_in = φ_out = ReLU; "inner": φ_in = ReLU; "none": neither.
+    The outer ReLU's derivative at exactly 0 is taken as 1 (see below); values are unchanged.
     """
     if act not in ACTS:
         raise ValueError(f"act must be one of {ACTS}, got {act!r}")
@@ -43,7 +44,9 @@ def llora_delta(A: Tensor, B: Tensor, B_inst: Tensor, alpha: float, act: str = "
     M = torch.einsum("om,jmt->jot", B, B_inst)
     N = torch.relu(M) if act in ("both", "inner") else M
     P = torch.einsum("cj,jot->oct", A, N)
-    dW = torch.relu(P) if act == "both" else P
+    # Outer ReLU with ReLU'(0) := 1: the default initialisation (A = 0) puts every P at exactly 0, where
+    # torch.relu would pass no gradient and the adapter would never train; the forward value is the same.
+    dW = torch.where(P >= 0, P, torch.zeros_like(P)) if act == "both" else P
     return (alpha * dW).reshape(B.shape[0], A.shape[0], k, k)
 
 

@@ -55,10 +55,12 @@ class LLoRAParams(AdapterParams):
             self.B = nn.Parameter(torch.randn(c_out, rank) / rank ** (2.0 / 3.0))
             self.B_inst = nn.Parameter(torch.zeros(rank, rank, k * k))
         else:
-            # Default: A zero (ΔW = 0 at init), B and B_inst random so dA ≠ 0 from step one.
+            # Default: A zero (ΔW = 0 at init); B and B_inst positive, so M = B·B_inst > 0 and the inner
+            # ReLU passes everything (a random sign could zero a whole small layer, e.g. a 3-channel ToRGB,
+            # and leave it dead); dA ≠ 0 from step one, B and B_inst follow once A moves.
             self.A = nn.Parameter(torch.zeros(c_in, rank))
-            self.B = nn.Parameter(torch.randn(c_out, rank))
-            self.B_inst = nn.Parameter(torch.randn(rank, rank, k * k) / math.sqrt(rank))
+            self.B = nn.Parameter(torch.randn(c_out, rank).abs())
+            self.B_inst = nn.Parameter(torch.randn(rank, rank, k * k).abs() / math.sqrt(rank))
 
     def adapter(self) -> LLoRA:
         return LLoRA(self.A, self.B, self.B_inst, self.alpha, self.act)

@@ -16,6 +16,7 @@ from tests.helpers import rel_err
 CONFIGS = {
     "llora": fl.AdapterConfig(kind="llora", rank=2),
     "llora-none": fl.AdapterConfig(kind="llora", rank=2, act="none"),
+    "llora-rank1": fl.AdapterConfig(kind="llora", rank=1),
     "lora": fl.AdapterConfig(kind="lora", rank=2),
     "left": fl.AdapterConfig(kind="left", rank=2),
     "left-inner": fl.AdapterConfig(kind="left", rank=2, act="inner"),
@@ -91,6 +92,18 @@ def test_published_configuration_has_dead_llora_gradients():
     base = model(x, z)
     fl.set_task(model, "up")
     assert not torch.allclose(model(x, z), base)
+
+
+def test_outer_relu_passes_gradient_at_zero_but_keeps_values():
+    torch.manual_seed(9)
+    A = torch.zeros(3, 2, dtype=torch.float64, requires_grad=True)
+    B, Bi = torch.randn(4, 2, dtype=torch.float64).abs(), torch.randn(2, 2, 9, dtype=torch.float64).abs()
+    d = FL.llora_delta(A, B, Bi, 0.5, "both")
+    assert torch.count_nonzero(d) == 0
+    (d * torch.randn_like(d)).sum().backward()
+    assert torch.count_nonzero(A.grad) == A.numel()
+    A2 = torch.randn(3, 2, dtype=torch.float64)
+    assert torch.equal(FL.llora_delta(A2, B, Bi, 0.5, "both"), FL.llora_delta(A2, B, Bi, 0.5, "none").clamp_min(0))
 
 
 def test_alpha_routing_default_vs_upstream():

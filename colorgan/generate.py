@@ -1,0 +1,143 @@
+"""Batched image generation from a checkpoint folder, one fixed z per seed for every task."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import fastlora
+from colorgan.checkpoint import load_checkpoint, read_checkpoint_config
+from colorgan.generator import NOISE_MODES, Generator
+from colorgan.seeds import parse_seeds, seed_noise, seeds_to_z
+
+BASE = "base"
+
+
+def resolve_tasks(spec: Union[str, Sequence[str]], available: Sequence[str]) -> list[str]:
+    """"a,b" | "all" | "base" (and mixes such as "base,all") → task names in order, "base" for the base."""
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
+    if not items or any(not s for s in items):
+        raise ValueError(f"--task must be NAME[,NAME...], 'all' or 'base', got {spec!r}")
+    out: list[str] = []
+    for s in items:
+        names = list(available) if s == "all" else [s]
+        if s == "all" and not names:
+            raise ValueError("--task all: the checkpoint has no tasks (use --task base for the base model)")
+        for n in names:
+            if n != BASE and n not in available:
+                raise KeyError(f"unknown task {n!r}; the checkpoint has tasks {list(available)} "
+                               f"(or use 'base' / 'all')")
+            if n not in out:
+                out.append(n)
+    return out
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """[N, 3, H, W] in [-1, 1] → uint8 [N, H, W, 3]."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def seed_file(outdir: Path, task: str, seed: int) -> Path:
+    return outdir / task / f"seed{seed:04d}.png"
+
+
+def _device(device: str) -> torch.device:
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} was requested but no CUDA device is available (torch "
+                           f"{torch.__version__}); use --device cpu")
+    return torch.device(device)
+
+
+def activate(G: Generator, task: Optional[str]) -> None:
+    """Make `task` (None = the base) the generator's active task."""
+    if task is None and not any(True for _ in fastlora.adapted_layers(G)):
+        return
+    fastlora.set_task(G, task)
+
+
+def _batch_noise(G: Generator, seeds: Sequence[int], device: torch.device) -> list[Tensor]:
+    shapes = [(1, 2 ** ((i + 5) // 2), 2 ** ((i + 5) // 2)) for i in range(G.num_layers)]
+    per_seed = [seed_noise(s, shapes) for s in seeds]
+    return [torch.stack([p[i] for p in per_seed]).to(device, G.input.input.dtype) for i in range(G.num_layers)]
+
+
+def render(G: Generator, task: Optional[str], seeds: Sequence[int], *, truncation: float = 1.0,
+           center: Optional[Tensor] = None, noise_mode: str = "const", backend: str = "auto") -> Tensor:
+    """Images of `seeds` under `task` (None = base) as one batch [N, 3, S, S]."""
+    activate(G, task)
+    dev = G.device
+    z = seeds_to_z(seeds, G.style_dim, device=dev, dtype=G.input.input.dtype)
+    noise = _batch_noise(G, seeds, dev) if noise_mode == "random" else None
+    mode = "const" if noise_mode == "random" else noise_mode
+    return G(z, truncation=truncation, truncation_latent=center, noise_mode=mode, noise=noise, backend=backend)
+
+
+def generate(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequence[str]], seeds: Union[str, Sequence[int]],
+             outdir: Union[str, os.PathLike], *, truncation: float = 1.0, batch: int = 32, grid: bool = False,
+             device: str = "cpu", noise_mode: str = "const", backend: str = "auto", overwrite: bool = False,
+             progress: bool = True) -> dict[str, Any]:
+    """Write `<outdir>/<task>/seedNNNN.png` for every task and seed (and `<outdir>/grid.png`,
+    a row per task and a column per seed, with grid=True). Returns the written paths."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    seed_list = parse_seeds(seeds) if isinstance(seeds, str) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ValueError("no seeds given")
+    if batch < 1:
+        raise ValueError(f"--batch must be a positive integer, got {batch}")
+    if not math.isfinite(truncation) or truncation < 0:
+        raise ValueError(f"--trunc must be a non-negative number (psi toward w_avg; 1 = none), got {truncation}")
+    if noise_mode not in NOISE_MODES:
+        raise ValueError(f"--noise must be one of {NOISE_MODES}, got {noise_mode!r}")
+    dev = _device(device)
+    cfg = read_checkpoint_config(ckpt)
+    available = [e["name"] for e in cfg["tasks"]]
+    task_list = resolve_tasks(tasks, available)
+    outdir = Path(outdir)
+    files = [seed_file(outdir, t, s) for t in task_list for s in seed_list]
+    grid_path = outdir / "grid.png"
+    if not overwrite:
+        existing = [p for p in files + ([grid_path] if grid else []) if p.exists()]
+        if existing:
+            raise FileExistsError(f"{len(existing)} output file(s) already exist, e.g. {existing[0]}; pass --overwrite "
+                                  f"to replace them or choose another --outdir")
+    G, _, _ = load_checkpoint(ckpt, dev, tasks=[t for t in task_list if t != BASE], load_d=False)
+    rows: list[np.ndarray] = []
+    chunks = [seed_list[i:i + batch] for i in range(0, len(seed_list), batch)]
+    written: list[str] = []
+    with torch.inference_mode(), tqdm(total=len(task_list) * len(chunks), desc="generate", unit="batch",
+                                      disable=not progress) as bar:
+        for t in task_list:
+            task = None if t == BASE else t
+            activate(G, task)
+            center = (G.task_w_avg() if task is not None else None) if truncation != 1 else None
+            (outdir / t).mkdir(parents=True, exist_ok=True)
+            row = []
+            for chunk in chunks:
+                imgs = to_uint8(render(G, task, chunk, truncation=truncation, center=center, noise_mode=noise_mode,
+                                       backend=backend))
+                for s, arr in zip(chunk, imgs):
+                    p = seed_file(outdir, t, s)
+                    Image.fromarray(arr).save(p)
+                    written.append(str(p))
+                if grid:
+                    row.append(imgs)
+                bar.update(1)
+            if grid:
+                rows.append(np.concatenate(row))
+    result: dict[str, Any] = {"files": written, "tasks": task_list, "seeds": seed_list}
+    if grid:
+        n, h, w, c = rows[0].shape
+        canvas = np.stack(rows).transpose(0, 2, 1, 3, 4).reshape(len(rows) * h, n * w, c)
+        Image.fromarray(np.ascontiguousarray(canvas)).save(grid_path)
+        result["grid"] = str(grid_path)
+    return result
