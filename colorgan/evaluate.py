@@ -64,3 +64,48 @@ def evaluate_checkpoint(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequenc
                                                   f"(pass --shots or a data root with {name}/train)")
         out["tasks"][name] = res
     return out
+
+
+def evaluate_run(run: Union[str, os.PathLike], real: Union[str, os.PathLike], *, n: int = 5000,
+                 truncation: float = 1.0, **metric_kw: Any) -> dict:
+    """The forgetting table of a `colorgan train` run: every seen task's scores after each task was learned.
+
+    Adapter methods keep one bank whose earlier adapters are never touched again, so task i scores the
+    same after every later task: each task is scored once from the bank and its column repeated.
+    Full fine-tuning methods (ewc, distill) keep one generator per task (RUN/checkpoints/<t>): the
+    generator after task t is scored on every task learned so far.
+    """
+    from fastlora.io import load_json
+
+    run = Path(run)
+    summary = load_json(run / "summary.json")
+    if summary.get("kind") != "train":
+        raise ValueError(f"{run} is not a `colorgan train` run (summary kind {summary.get('kind')!r})")
+    tasks = list(summary.get("tasks", []))
+    table: dict[str, dict[str, dict]] = {}
+    if "checkpoint" in summary:  # one adapter bank
+        scores = evaluate_checkpoint(run / "checkpoint", tasks, real, n=n, truncation=truncation, **metric_kw)
+        for t_i, after in enumerate(tasks):
+            table[after] = {task: scores["tasks"][task] for task in tasks[: t_i + 1]}
+    else:
+        for t_i, after in enumerate(tasks):
+            ckpt = run / "checkpoints" / after
+            table[after] = {}
+            for task in tasks[: t_i + 1]:
+                full, shots = real_folders(real, task, None)
+                res = evaluate_checkpoint(ckpt, BASE, full, n=n, truncation=truncation, shots=shots, **metric_kw)
+                table[after][task] = res["tasks"][BASE]
+    return {"run": str(run), "method": summary.get("method"), "tasks": tasks, "n": n, "after": table}
+
+
+def format_forgetting(result: dict, metric: str = "fid") -> str:
+    """Rows: after learning task t; columns: every task; cells: the metric (blank before the task is learned)."""
+    tasks = result["tasks"]
+    w = max(12, *(len(t) + 2 for t in tasks))
+    head = "after \\ task".ljust(w) + "".join(t.rjust(w) for t in tasks)
+    lines = [f"{metric.upper()} per task after each task was learned ({result['method']})", head]
+    for after in tasks:
+        row = result["after"].get(after, {})
+        cells = [(f"{row[t][metric]:.2f}" if t in row and row[t].get(metric) is not None else "") for t in tasks]
+        lines.append(after.ljust(w) + "".join(c.rjust(w) for c in cells))
+    return "\n".join(lines)

@@ -91,3 +91,37 @@ def test_eval_ckpt_is_deterministic_and_errors_are_clear(setup, tmp_path):
         real_folders(tmp_path, "zzz", None)
     assert real_folders(data, "base", None) == (data / "source", None)
     assert real_folders(data, "a", None) == (data / "a" / "full", data / "a" / "train")
+
+
+@pytest.mark.parametrize("method", ["color", "ewc"])
+def test_forgetting_table_of_a_train_run(setup, tmp_path, method):
+    from colorgan import Discriminator
+    from colorgan.evaluate import evaluate_run, format_forgetting
+    from colorgan.train.continual import TrainConfig, train
+    from colorgan.train.pretrain import RunOptions
+
+    ckpt, data, net = setup
+    torch.manual_seed(1)
+    G, D = Generator(16, 16, 2, channels=CH), Discriminator(16, channels=CH)
+    base = save_checkpoint(tmp_path / "base", G, D)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(TrainConfig(ckpt=str(base), tasks=f"a={data / 'a' / 'train'},b={data / 'b' / 'train'}", method=method,
+                          iter=2, batch=2, n_sample=2, sample_every=100, save_every=100, log_every=1,
+                          fisher_batches=1, d_reg_every=4, g_reg_every=2, subspace_freq=2, n_anchors=2),
+              tmp_path / "run", options=RunOptions(progress=False, device="cpu"))
+    finally:
+        torch.set_num_threads(n)
+    res = evaluate_run(tmp_path / "run", data, n=6, inception=net, kid_subsets=3, use_cache=False, progress=False,
+                       batch_size=3)
+    assert res["tasks"] == ["a", "b"] and list(res["after"]) == ["a", "b"]
+    assert list(res["after"]["a"]) == ["a"] and list(res["after"]["b"]) == ["a", "b"]
+    fid_a = [res["after"][t]["a"]["fid"] for t in ("a", "b")]
+    if method == "color":  # one bank, frozen earlier adapters: task a is unchanged after task b
+        assert fid_a[0] == fid_a[1]
+    else:  # full fine-tuning: task a is rendered by the generator after b (a different network)
+        assert fid_a[0] != fid_a[1]
+    table = format_forgetting(res)
+    assert table.splitlines()[1].split() == ["after", "\\", "task", "a", "b"]
+    assert len(table.splitlines()[2].split()) == 2 and len(table.splitlines()[3].split()) == 3

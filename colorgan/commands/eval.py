@@ -19,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--fake", help="folder of generated images")
     src.add_argument("--ckpt", help="checkpoint folder: generate --n images per task (seeds 0..n-1) and evaluate")
+    src.add_argument("--run", help="a `colorgan train` run: the forgetting table (every seen task after each task)")
     p.add_argument("--task", default="all", help="with --ckpt: task name(s), comma-separated, 'all' or 'base'")
     p.add_argument("--real", required=True,
                    help="folder of real images (e.g. DATA/<task>/full); with --ckpt it may be a data root "
@@ -72,6 +73,13 @@ def run(args: argparse.Namespace) -> int:
     if args.fake:
         result = evaluate_images(args.fake, args.real, n_fake=args.n, shots_dir=args.shots, **common)
         print(format_table(result))
+    elif args.run:
+        from colorgan.evaluate import evaluate_run, format_forgetting
+
+        result = evaluate_run(args.run, args.real, n=args.n or 5000, truncation=args.trunc, **common)
+        print(format_forgetting(result, "fid"))
+        print(format_forgetting(result, "kid_mean"))
+        args.out = args.out or str(Path(args.run) / "eval.json")
     else:
         from colorgan.evaluate import evaluate_checkpoint
 

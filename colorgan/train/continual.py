@@ -1,0 +1,534 @@
+"""`colorgan train`: continual few-shot adaptation of a frozen base, one task after another.
+
+Adapter methods ("color": CoLoR-GAN, "lfs": LFS-GAN) add fresh adapters per task to the frozen
+base (the checkpoint's EMA generator) and train only them and the discriminator; every task ends
+up in one bank (RUN/checkpoint). The full fine-tuning baselines ("ewc", "distill") keep one
+generator per task (RUN/checkpoints/<task>). Recipe (SPEC §4): every `subspace_freq`-th
+iteration latents near fixed anchors with the image-level D output, otherwise free latents with
+style mixing and a patch-level output; lazy R1 and path length; lazy-regularisation Adam.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+import fastlora
+from colorgan.checkpoint import check_task_name, load_checkpoint, parameter_report, save_checkpoint
+from colorgan.data.folder import ImageFolder, list_images
+from colorgan.discriminator import Discriminator
+from colorgan.generator import Generator
+from colorgan.train import baselines as bl
+from colorgan.train import state as st
+from colorgan.train.augment import DEFAULT_POLICY, DiffAugment, parse_policy
+from colorgan.train.data import BatchStream
+from colorgan.train.distributed import DistInfo, barrier, gather_objects, init_distributed
+from colorgan.train.ema import copy_tensors, ema_update
+from colorgan.train.loop import (CHECKPOINT_DIR, RunFolder, RunOptions, Timer, every, format_losses, make_z, progress,
+                                 resolve_amp)
+from colorgan.train.losses import lazy_adam_params
+from colorgan.train.steps import GANSteps, RegConfig
+
+METHODS = ("color", "lfs", "ewc", "distill")
+ADAPTER_METHODS = ("color", "lfs")
+PER_TASK_DIR = "checkpoints"
+
+
+def parse_tasks(text: str | Sequence[str]) -> list[list[str]]:
+    """"name=DIR,name=DIR" (or a list of "name=DIR") → [[name, dir], ...], names checked and unique."""
+    items = [p for t in ([text] if isinstance(text, str) else text) for p in t.split(",") if p.strip()]
+    if not items:
+        raise ValueError("--tasks needs at least one name=DIR")
+    out, seen = [], set()
+    for item in items:
+        name, sep, folder = item.strip().partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"bad task {item!r} in --tasks: expected name=DIR (e.g. twemoji=data/twemoji/train)")
+        check_task_name(name)
+        if name in seen:
+            raise ValueError(f"task {name!r} appears twice in --tasks")
+        seen.add(name)
+        out.append([name, folder])
+    return out
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a continual run (saved as RUN/config.json)."""
+
+    ckpt: str
+    tasks: list
+    method: str = "color"
+    kind: Optional[str] = None          # adapter kind: llora (color default), left (lfs default), lora
+    rank: int = 1
+    alpha_conv: float = 0.1
+    alpha_linear: float = 4.0
+    act: str = "inner"
+    compat: str = "default"
+    iter: int = 3002
+    batch: int = 4
+    lr: float = 0.002
+    r1: float = 10.0
+    path_regularize: float = 2.0
+    path_batch_shrink: int = 2
+    d_reg_every: int = 16
+    g_reg_every: int = 4
+    mixing: float = 0.9
+    subspace_freq: int = 4
+    subspace_std: float = 0.1
+    n_anchors: int = 10
+    highp: int = 1
+    augment: bool = False
+    augment_policy: str = DEFAULT_POLICY
+    ema_decay: float = 0.995
+    ms_weight: float = 1.0
+    ms_batch_mult: int = 4
+    lpips: Optional[str] = None
+    ewc_lambda: float = 5e8
+    fisher_batches: int = 16
+    distill_weight: float = 1.0
+    n_sample: int = 16
+    sample_every: int = 500
+    save_every: int = 1000
+    log_every: int = 50
+    seed: int = 0
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}")
+        self.tasks = parse_tasks([f"{n}={d}" for n, d in self.tasks]) if self.tasks and \
+            isinstance(self.tasks[0], (list, tuple)) else parse_tasks(self.tasks)
+        if self.kind is None and self.method in ADAPTER_METHODS:
+            self.kind = "left" if self.method == "lfs" else "llora"
+        parse_policy(self.augment_policy)
+        for name in ("iter", "batch", "d_reg_every", "g_reg_every", "subspace_freq", "n_anchors", "highp",
+                     "n_sample", "ms_batch_mult", "fisher_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.method in ADAPTER_METHODS:
+            self.adapter_config()  # validate kind/rank/act/compat now
+
+    def adapter_config(self) -> fastlora.AdapterConfig:
+        return fastlora.AdapterConfig(kind=self.kind, rank=self.rank, alpha_conv=self.alpha_conv,
+                                      alpha_linear=self.alpha_linear, act=self.act, compat=self.compat)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def train(cfg: Optional[TrainConfig], out: str | Path, *, options: Optional[RunOptions] = None,
+          overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Run (or with resume=True continue) a continual run in folder `out`; returns the summary."""
+    options = options or RunOptions()
+    info = init_distributed(options.device)
+    if cfg is not None and not resume:
+        _check_inputs(cfg)
+    run = RunFolder(out, kind="train", overwrite=overwrite, resume=resume, is_main=info.is_main)
+    barrier(info)
+    if resume:
+        cfg = TrainConfig.from_dict(run.read_config())
+    elif cfg is None:
+        raise ValueError("a new training run needs a config")
+    try:
+        return Continual(cfg, run, info, options, resume).run()
+    finally:
+        run.close()
+
+
+def _check_inputs(cfg: TrainConfig) -> None:
+    """Fail before any training: base checkpoint readable with a discriminator, every data folder
+    non-empty, no task name already in the base's bank."""
+    from colorgan.checkpoint import read_checkpoint_config
+
+    bcfg = read_checkpoint_config(cfg.ckpt)
+    if bcfg.get("discriminator") is None:
+        raise ValueError(f"the base checkpoint {cfg.ckpt} has no discriminator; `colorgan train` initialises each "
+                         f"task's D from it (pretrain with `colorgan pretrain`, or convert with the 'd' weights)")
+    existing = {e["name"] for e in bcfg["tasks"]}
+    for name, folder in cfg.tasks:
+        if name in existing:
+            raise ValueError(f"task {name!r} is already in the base checkpoint's bank ({sorted(existing)}); "
+                             f"choose another name")
+        list_images(folder)
+    if cfg.lpips is not None and not Path(cfg.lpips).is_file():
+        raise FileNotFoundError(f"--lpips {cfg.lpips}: no such file")
+
+
+class Continual:
+    """State and loop of one continual run."""
+
+    def __init__(self, cfg: TrainConfig, run: RunFolder, info: DistInfo, options: RunOptions, resume: bool) -> None:
+        self.cfg, self.folder, self.info, self.options, self.resume = cfg, run, info, options, resume
+        self.device = info.device
+        self.amp = resolve_amp(options.amp, self.device)
+        self.adapters = cfg.method in ADAPTER_METHODS
+        base, base_d, binfo = load_checkpoint(cfg.ckpt, self.device)
+        if base_d is None:
+            raise ValueError(f"the base checkpoint {cfg.ckpt} has no discriminator")
+        self.base_tasks = list(binfo["tasks"])
+        self.base_G = base                      # frozen source generator (its EMA)
+        self.base_D_state = {k: v.clone() for k, v in base_d.state_dict().items()}
+        self.d_config = {**base_d.config(), "patch_heads": True}
+        for p in self.base_G.parameters():
+            p.requires_grad_(False)
+        # "latent": per-rank draws (latents, noise, mixing); "shared": choices every rank must agree on
+        self.gens = {"latent": torch.Generator().manual_seed(cfg.seed * 7919 + 11 + info.rank),
+                     "shared": torch.Generator().manual_seed(cfg.seed * 7919 + 13)}
+        self.sample_z = make_z(cfg.n_sample, base.style_dim, torch.Generator().manual_seed(cfg.seed + 12345),
+                               self.device)
+        self.fisher: Optional[list[Tensor]] = None
+        self.distance = bl.pixel_distance
+        if cfg.method == "lfs" and cfg.lpips:
+            from colorgan.metrics.lpips import load_lpips
+
+            self.distance = bl.lpips_distance(load_lpips(cfg.lpips, self.device).eval())
+        if self.adapters:
+            self.G = base                       # adapters are added to the base generator itself
+            fastlora.freeze_base(self.G)
+            self.g_ema = copy.deepcopy(base)
+        self.task_seconds: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ set-up per task
+    @contextlib.contextmanager
+    def _task_rng(self, t: int):
+        """A forked global RNG seeded by (seed, task): fresh adapters/heads are the same in every run,
+        and building them leaves the global RNG untouched."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed * 1_000_003 + 17 * (t + 1))
+            yield
+
+    def _add_adapters(self, t: int, name: str) -> None:
+        if name not in fastlora.task_names(self.G):
+            with self._task_rng(t):
+                acfg = self.cfg.adapter_config()
+                fastlora.add_task(self.G, name, acfg)
+                fastlora.add_task(self.g_ema, name, acfg)
+            copy_tensors(fastlora.task_parameters(self.g_ema, name), fastlora.task_parameters(self.G, name))
+        for p in fastlora.task_parameters(self.g_ema, name):
+            p.requires_grad_(False)
+        for task in fastlora.task_names(self.G):
+            for p in fastlora.task_parameters(self.G, task):
+                p.requires_grad_(task == name)
+
+    def _fresh_d(self, t: int) -> Discriminator:
+        with self._task_rng(t):
+            D = Discriminator.from_config(self.d_config)
+        missing, unexpected = D.load_state_dict(self.base_D_state, strict=False)
+        bad = [k for k in missing if not k.startswith("extra.")]
+        if bad or unexpected:
+            raise ValueError(f"the base discriminator does not fit: missing {bad[:5]}, unexpected {unexpected[:5]}")
+        return D.to(self.device)
+
+    def _full_generators(self, previous: Generator) -> tuple[Generator, Generator]:
+        G = copy.deepcopy(previous)
+        for p in G.parameters():
+            p.requires_grad_(True)
+        g_ema = copy.deepcopy(previous)
+        for p in g_ema.parameters():
+            p.requires_grad_(False)
+        return G, g_ema
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> dict[str, Any]:
+        cfg, run, info = self.cfg, self.folder, self.info
+        n_tasks, iters = len(cfg.tasks), cfg.iter
+        if not self.resume:
+            run.write_config({**asdict(cfg), "world_size": info.world_size, "base_tasks": self.base_tasks})
+            run.info(f"train --method {cfg.method} on {n_tasks} task(s) from {cfg.ckpt}; device={self.device}; "
+                     f"world={info.world_size}")
+        start_task, start_step, state = 0, 0, None
+        if self.resume:
+            state = st.load_state(run.state_file)
+            if state.get("kind") != "train":
+                raise ValueError(f"{run.state_file} is not a continual-training state")
+            if state["world_size"] != info.world_size:
+                raise ValueError(f"the run was saved with {state['world_size']} process(es); resume it with the "
+                                 f"same number (got {info.world_size})")
+            start_task, start_step = int(state["task_index"]), int(state["step"])
+            self.task_seconds = dict(state.get("task_seconds", {}))
+            run.info(f"resumed at task {start_task} step {start_step}")
+        if cfg.method == "ewc":
+            self.fisher = state["fisher"] if state is not None else None
+            if self.fisher is None:
+                self.fisher = self._compute_fisher()
+            self.fisher = [f.to(self.device) for f in self.fisher]
+        previous = self.base_G
+        if self.adapters and state is not None:
+            for t in range(min(start_task + (1 if start_step > 0 else 0), n_tasks)):
+                self._add_adapters(t, cfg.tasks[t][0])
+            _load_adapter_state(self.G, state["adapters"])
+            _load_adapter_state(self.g_ema, state["adapters_ema"])
+        elif state is not None and state.get("previous") is not None:
+            previous = copy.deepcopy(self.base_G)
+            previous.load_state_dict(state["previous"])
+        total = n_tasks * iters
+        bar = progress(total, start_task * iters + start_step, f"train[{cfg.method}]",
+                       self.options.progress and info.is_main)
+        stopped = False
+        try:
+            for t in range(start_task, n_tasks):
+                resumed = state if (state is not None and t == start_task) else None
+                stopped, previous = self._task(t, start_step if resumed else 0, resumed, previous, bar)
+                if stopped:
+                    break
+        finally:
+            bar.close()
+        return self._finish(stopped)
+
+    def _task(self, t: int, start: int, state: Optional[dict], previous: Generator, bar) -> tuple[bool, Generator]:
+        cfg, info = self.cfg, self.info
+        name, folder = cfg.tasks[t]
+        if self.adapters:
+            self._add_adapters(t, name)
+            fastlora.set_task(self.G, name)
+            fastlora.set_task(self.g_ema, name)
+            G, g_ema = self.G, self.g_ema
+            g_params = fastlora.task_parameters(G, name)
+            ema_pairs = (fastlora.task_parameters(g_ema, name), g_params)
+        else:
+            G, g_ema = self._full_generators(previous)
+            g_params = list(G.parameters())
+            ema_pairs = (list(g_ema.parameters()), g_params)
+        D = self._fresh_d(t)
+        dataset = ImageFolder(folder, G.size)
+        g_lr, g_betas = lazy_adam_params(cfg.lr, cfg.g_reg_every)
+        d_lr, d_betas = lazy_adam_params(cfg.lr, cfg.d_reg_every)
+        g_optim = torch.optim.Adam(g_params, lr=g_lr, betas=g_betas)
+        d_optim = torch.optim.Adam(D.parameters(), lr=d_lr, betas=d_betas)
+        augment = DiffAugment(cfg.augment_policy, seed=cfg.seed * 7919 + 100 * (t + 1) + info.rank) \
+            if cfg.augment else None
+        stream = BatchStream(dataset, cfg.batch, cfg.seed + 7 * (t + 1), info)
+        reg = RegConfig(cfg.r1, cfg.path_regularize, cfg.path_batch_shrink, cfg.d_reg_every, cfg.g_reg_every,
+                        cfg.mixing)
+        steps = GANSteps(G, D, g_params, list(D.parameters()), g_optim, d_optim, reg, self.gens["latent"],
+                         self.device, info, augment, self.amp, cfg.backend)
+        anchors = make_z(cfg.n_anchors, G.style_dim, torch.Generator().manual_seed(cfg.seed * 31 + t + 1),
+                         self.device)
+        n_heads = min(cfg.highp, D.num_patch_heads)
+        source = [p.detach().clone() for p in self.base_G.parameters()] if cfg.method == "ewc" else None
+        if state is not None:
+            self._restore(state, G, g_ema, D, g_optim, d_optim, augment, stream, steps)
+        if self.adapters and start == 0:
+            self.folder.info(f"task {t + 1}/{len(cfg.tasks)} {name!r}: {len(dataset)} images, "
+                          f"{sum(p.numel() for p in g_params)} trainable adapter parameters")
+        elif start == 0:
+            self.folder.info(f"task {t + 1}/{len(cfg.tasks)} {name!r}: {len(dataset)} images, full fine-tuning of "
+                          f"{sum(p.numel() for p in g_params)} generator parameters")
+
+        def extra(fake: Tensor, zs, kw) -> dict[str, Tensor]:
+            out: dict[str, Tensor] = {}
+            if cfg.method == "lfs" and cfg.ms_weight > 0:
+                ms = bl.generator_mode_seeking(G, real, cfg.ms_batch_mult * cfg.batch, self.gens["latent"],
+                                               self.distance, cfg.backend)
+                if ms is not None:
+                    out["mode_seeking"] = cfg.ms_weight * ms
+            if cfg.method == "ewc":
+                out["ewc"] = bl.ewc_penalty(g_params, source, self.fisher, cfg.ewc_lambda)
+            if cfg.method == "distill":
+                out["distill"] = cfg.distill_weight * bl.distill_loss(fake, previous, zs, kw, cfg.backend)
+            return out
+
+        def snapshot(step: int, task_done: bool) -> None:
+            self._snapshot(t, step, task_done, G, g_ema, D, g_optim, d_optim, augment, stream, steps, previous)
+
+        timer = Timer()
+        spent = self.task_seconds.get(name, 0.0)
+        losses: dict[str, float] = {}
+        step = start
+        while step < cfg.iter:
+            global_step = t * cfg.iter + step
+            if self.options.stop_at is not None and global_step >= self.options.stop_at:
+                self.task_seconds[name] = spent + timer.elapsed()
+                if not (step == 0 and self.folder.state_file.exists()):  # at a task start the last state stands
+                    snapshot(step, False)
+                return True, previous
+            real = stream.next_batch(self.device)
+            which = step % cfg.subspace_freq
+            patch = int(torch.randint(0, n_heads, (), generator=self.gens["shared"])) if which > 0 else None
+            anch = anchors if which == 0 else None
+            now = steps.d_step(real, steps.sample_latents(cfg.batch, anch, cfg.subspace_std), patch)
+            if every(step, cfg.d_reg_every):
+                now.update(steps.r1_step(real, patch))
+            now.update(steps.g_step(steps.sample_latents(cfg.batch, anch, cfg.subspace_std), patch, extra))
+            if every(step, cfg.g_reg_every) and cfg.path_regularize > 0:
+                now.update(steps.pl_step(cfg.batch))
+            ema_update(ema_pairs[0], ema_pairs[1], cfg.ema_decay)
+            losses.update(now)
+            step += 1
+            bar.update(1)
+            bar.set_postfix_str(f"{name} " + format_losses(losses), refresh=False)
+            if every(step, cfg.log_every) or step == cfg.iter:
+                self.folder.log({"task": name, "task_index": t, "step": step, "global_step": t * cfg.iter + step,
+                              **now, "time": spent + timer.elapsed()})
+            if every(step, cfg.sample_every) or step == cfg.iter:
+                self._samples(g_ema, f"{name}_{step:07d}.png")
+            if every(step, cfg.save_every) and step < cfg.iter:
+                self.task_seconds[name] = spent + timer.elapsed()
+                snapshot(step, False)
+        self.task_seconds[name] = spent + timer.elapsed()
+        if self.adapters:
+            fastlora.set_task(self.G, None)
+            fastlora.set_task(self.g_ema, None)
+        else:
+            g_ema.update_w_avg()
+            previous = g_ema
+        self._after_task_grid(t, g_ema)
+        snapshot(cfg.iter, True)
+        self.folder.info(f"task {name!r} done in {self.task_seconds[name]:.1f}s")
+        return False, previous
+
+    # ------------------------------------------------------------------ pieces
+    def _compute_fisher(self) -> list[Tensor]:
+        cfg = self.cfg
+        D = self._fresh_d(-1)
+        g = torch.Generator().manual_seed(cfg.seed * 7919 + 5)
+        self.folder.info(f"EWC: Fisher information of the base from {cfg.fisher_batches} batches of {cfg.batch}")
+        return bl.compute_fisher(self.base_G, D, cfg.fisher_batches, cfg.batch, g, cfg.backend)
+
+    @torch.no_grad()
+    def _samples(self, g_ema: Generator, name: str) -> None:
+        if self.info.is_main:
+            self.folder.save_grid(g_ema(self.sample_z, noise_mode="const", backend=self.cfg.backend), name)
+
+    @torch.no_grad()
+    def _after_task_grid(self, t: int, g_ema: Generator) -> None:
+        """After task t: one row per model (base, then every task so far) on the same latents."""
+        if not self.info.is_main:
+            return
+        z = self.sample_z[:8]
+        rows = [self.base_G(z, noise_mode="const", backend=self.cfg.backend)] if not self.adapters else []
+        if self.adapters:
+            fastlora.set_task(self.g_ema, None)
+            rows.append(self.g_ema(z, noise_mode="const", backend=self.cfg.backend))
+            for name, _ in self.cfg.tasks[:t + 1]:
+                fastlora.set_task(self.g_ema, name)
+                rows.append(self.g_ema(z, noise_mode="const", backend=self.cfg.backend))
+            fastlora.set_task(self.g_ema, None)
+        else:
+            rows.append(g_ema(z, noise_mode="const", backend=self.cfg.backend))
+        self.folder.save_grid(torch.cat(rows), f"after_{self.cfg.tasks[t][0]}.png", nrow=z.shape[0])
+
+    def _snapshot(self, t: int, step: int, task_done: bool, G, g_ema, D, g_optim, d_optim, augment, stream, steps,
+                  previous: Generator) -> None:
+        """Write the checkpoint(s) and RUN/state/state.pt. After a finished task the state points at
+        the next task's start."""
+        cfg, info = self.cfg, self.info
+        rng = gather_objects({"global": st.global_rng_state(), "gens": st.generator_states(self.gens),
+                              "augment": augment.state_dict() if augment is not None else None,
+                              "data": stream.state_dict()}, info)
+        if info.is_main:
+            source = {"kind": "train", "method": cfg.method, "base": str(cfg.ckpt)}
+            name = cfg.tasks[t][0]
+            if self.adapters:
+                done = [n for n, _ in cfg.tasks[:t + (1 if task_done or step > 0 else 0)]]
+                save_checkpoint(self.folder.path / CHECKPOINT_DIR, self.g_ema, self._base_d(), overwrite=True,
+                                tasks=self.base_tasks + done, source={**source, "partial": not task_done})
+            else:
+                save_checkpoint(self.folder.path / PER_TASK_DIR / name, g_ema, self._base_d(), overwrite=True,
+                                source={**source, "task": name, "partial": not task_done})
+            state: dict[str, Any] = {"kind": "train", "world_size": info.world_size, "ranks": rng,
+                                     "task_seconds": self.task_seconds}
+            if task_done or step == 0:  # a task boundary: the next (or this) task starts fresh
+                index = t + 1 if task_done else t
+                state.update(task_index=index, step=0)
+                kept = self.base_tasks + [n for n, _ in cfg.tasks[:index]]
+            else:
+                state.update(task_index=t, step=step, d=D.state_dict(), g_optim=g_optim.state_dict(),
+                             d_optim=d_optim.state_dict(), mean_path_length=steps.mean_path_length.detach().cpu())
+                kept = self.base_tasks + [n for n, _ in cfg.tasks[:t + 1]]
+                if not self.adapters:
+                    state["g"] = G.state_dict()
+                    state["g_ema"] = g_ema.state_dict()
+            if self.adapters:
+                state["adapters"] = _adapter_state(self.G, kept)
+                state["adapters_ema"] = _adapter_state(self.g_ema, kept)
+            else:
+                prev = g_ema if task_done else previous
+                if prev is not self.base_G:
+                    state["previous"] = prev.state_dict()
+            if cfg.method == "ewc":
+                state["fisher"] = [f.detach().cpu() for f in self.fisher]
+            st.save_state(self.folder.state_file, state)
+        barrier(info)
+
+    def _base_d(self) -> Discriminator:
+        with torch.random.fork_rng(devices=[]):
+            D = Discriminator.from_config({**self.d_config, "patch_heads": False})
+        D.load_state_dict({k: v for k, v in self.base_D_state.items() if not k.startswith("extra.")})
+        return D
+
+    def _restore(self, state: dict, G, g_ema, D, g_optim, d_optim, augment, stream, steps) -> None:
+        mine = state["ranks"][self.info.rank]
+        st.set_global_rng_state(mine["global"])
+        st.set_generator_states(self.gens, mine["gens"])
+        if int(state["step"]) == 0:
+            return  # the state of a finished task: the next task starts fresh
+        if not self.adapters:
+            G.load_state_dict(state["g"])
+            g_ema.load_state_dict(state["g_ema"])
+        D.load_state_dict(state["d"])
+        g_optim.load_state_dict(state["g_optim"])
+        d_optim.load_state_dict(state["d_optim"])
+        steps.mean_path_length = state["mean_path_length"].to(self.device)
+        if augment is not None:
+            augment.load_state_dict(mine["augment"])
+        stream.load_state_dict(mine["data"])
+
+    def _finish(self, stopped: bool) -> dict[str, Any]:
+        cfg, run = self.cfg, self.folder
+        summary: dict[str, Any] = {"kind": "train", "method": cfg.method, "finished": not stopped,
+                                   "tasks": [n for n, _ in cfg.tasks], "seconds": self.task_seconds,
+                                   "world_size": self.info.world_size}
+        if self.adapters:
+            summary["checkpoint"] = str(run.path / CHECKPOINT_DIR)
+            report = parameter_report(self.g_ema)
+            per_task = {k: v["stored"] for k, v in report["tasks"].items()}
+            summary["storage"] = {"base_generator_params": report["generator"], "per_task_params": per_task,
+                                  "per_task_fraction_of_base": {k: v / report["generator"]
+                                                                for k, v in per_task.items()},
+                                  "note": "one bank: the base once plus each task's adapters"}
+        else:
+            per_task = {}
+            n_params = sum(p.numel() for p in self.base_G.parameters())
+            for name, _ in cfg.tasks:
+                folder = run.path / PER_TASK_DIR / name
+                if folder.is_dir():
+                    per_task[name] = {"checkpoint": str(folder), "generator_params": n_params,
+                                      "bytes": sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())}
+            summary["checkpoints"] = per_task
+            summary["storage"] = {"base_generator_params": n_params,
+                                  "per_task_params": {k: n_params for k in per_task},
+                                  "total_params_stored": n_params * len(per_task),
+                                  "note": "full fine-tuning keeps one whole generator per task"}
+        if stopped:
+            run.info(f"stopped (--stop-at {self.options.stop_at}); continue with --resume {run.path}")
+        run.write_summary(summary)
+        barrier(self.info)
+        return summary
+
+
+def _adapter_state(model, tasks: Sequence[str]) -> dict[str, Tensor]:
+    """Adapter tensors of `tasks` (state-dict keys containing ".adapters.<task>.")."""
+    marks = tuple(f".adapters.{t}." for t in tasks)
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if any(m in f".{k}" for m in marks)}
+
+
+def _load_adapter_state(model, tensors: dict[str, Tensor]) -> None:
+    expected = {k: v for k, v in model.state_dict().items() if ".adapters." in f".{k}"}
+    if set(expected) != set(tensors):
+        extra, missing = sorted(set(tensors) - set(expected)), sorted(set(expected) - set(tensors))
+        raise ValueError(f"the saved adapters do not match the rebuilt bank (missing {missing[:3]}, "
+                         f"unexpected {extra[:3]})")
+    with torch.no_grad():
+        for k, v in expected.items():
+            v.copy_(tensors[k])

@@ -1,0 +1,206 @@
+"""Shared run machinery: the run folder (config, JSONL + text logs, sample grids, snapshots),
+progress bar, schedules, latent/noise sampling from explicit generators."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from fastlora.io import atomic_write_bytes, atomic_write_json, load_json
+
+CONFIG_FILE = "config.json"
+LOG_FILE = "log.jsonl"
+TEXT_LOG = "train.log"
+SAMPLES_DIR = "samples"
+STATE_DIR = "state"
+STATE_FILE = "state.pt"
+CHECKPOINT_DIR = "checkpoint"
+SUMMARY_FILE = "summary.json"
+RUN_KIND_KEY = "run_kind"
+
+
+@dataclass
+class RunOptions:
+    """Per-invocation settings that do not change results (not part of the saved config)."""
+
+    device: str = "auto"
+    amp: str = "auto"
+    progress: bool = True
+    stop_at: Optional[int] = None
+
+
+class RunFolder:
+    """The output folder of one training run (all writes on the main rank only).
+
+    A new run refuses an existing non-empty folder unless `overwrite` (which deletes it, and only if
+    it is a colorgan run folder); `resume` reuses the folder and appends to the logs."""
+
+    def __init__(self, path: Union[str, Path], *, kind: str, overwrite: bool = False, resume: bool = False,
+                 is_main: bool = True) -> None:
+        self.path = Path(path)
+        self.kind, self.is_main = kind, is_main
+        if resume:
+            cfg = self.path / CONFIG_FILE
+            if not cfg.is_file():
+                raise FileNotFoundError(f"--resume {self.path}: no {CONFIG_FILE} there; is it a run folder?")
+            found = load_json(cfg).get(RUN_KIND_KEY)
+            if found != kind:
+                raise ValueError(f"--resume {self.path}: that run is a {found!r} run, not {kind!r}")
+        elif is_main and self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            if not overwrite:
+                raise FileExistsError(f"output folder {self.path} already exists and is not empty; pass --overwrite "
+                                      f"to replace it or --resume {self.path} to continue it")
+            known = {CONFIG_FILE, LOG_FILE, TEXT_LOG, SAMPLES_DIR, STATE_DIR, CHECKPOINT_DIR, "checkpoints",
+                     SUMMARY_FILE}
+            if not (self.path / CONFIG_FILE).is_file() and not {p.name for p in self.path.iterdir()} <= known:
+                raise FileExistsError(f"refusing to --overwrite {self.path}: it is not a colorgan run folder "
+                                      f"(no {CONFIG_FILE}); choose another --out")
+            shutil.rmtree(self.path)
+        self.logger = logging.getLogger(f"colorgan.train.{id(self)}")
+        self.logger.propagate = False
+        self.logger.setLevel(logging.INFO)
+        if is_main:
+            (self.path / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
+            (self.path / STATE_DIR).mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(self.path / TEXT_LOG)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            self.logger.addHandler(handler)
+
+    # -- files
+    @property
+    def state_file(self) -> Path:
+        return self.path / STATE_DIR / STATE_FILE
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        if self.is_main:
+            atomic_write_json(self.path / CONFIG_FILE, {RUN_KIND_KEY: self.kind, **config})
+
+    def read_config(self) -> dict[str, Any]:
+        cfg = load_json(self.path / CONFIG_FILE)
+        cfg.pop(RUN_KIND_KEY, None)
+        return cfg
+
+    def log(self, record: dict[str, Any]) -> None:
+        """One JSON line in log.jsonl (floats rounded for readability)."""
+        if not self.is_main:
+            return
+        clean = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
+        with open(self.path / LOG_FILE, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+
+    def info(self, msg: str) -> None:
+        if self.is_main:
+            self.logger.info(msg)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        if self.is_main:
+            atomic_write_json(self.path / SUMMARY_FILE, summary)
+
+    def save_grid(self, images: Tensor, name: str, nrow: Optional[int] = None) -> Optional[Path]:
+        if not self.is_main:
+            return None
+        path = self.path / SAMPLES_DIR / name
+        atomic_write_bytes(path, png_bytes(make_grid(images, nrow)))
+        return path
+
+    def close(self) -> None:
+        for h in list(self.logger.handlers):
+            h.close()
+            self.logger.removeHandler(h)
+
+
+def make_grid(images: Tensor, nrow: Optional[int] = None, pad: int = 2) -> np.ndarray:
+    """[N, 3, H, W] in [-1, 1] → one HxWx3 uint8 grid (white padding), `nrow` images per row."""
+    x = images.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    n, _, h, w = x.shape
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
+    rows = int(math.ceil(n / nrow))
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), 255, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = \
+            x[i].permute(1, 2, 0).numpy()
+    return grid
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def every(step: int, interval: int) -> bool:
+    """True on steps 0, interval, 2·interval, ... (never when interval ≤ 0)."""
+    return interval > 0 and step % interval == 0
+
+
+def progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)
+
+
+def format_losses(losses: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.3f}" for k, v in losses.items())
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+# ----------------------------------------------------------------------------- latents and noise
+
+def make_z(n: int, dim: int, gen: torch.Generator, device: torch.device) -> Tensor:
+    return torch.randn(n, dim, generator=gen).to(device)
+
+
+def mixing_z(n: int, dim: int, prob: float, gen: torch.Generator, device: torch.device) -> list[Tensor]:
+    """rosinality's mixing_noise: two latents with probability `prob`, else one (drawn from `gen`)."""
+    two = prob > 0 and float(torch.rand((), generator=gen)) < prob
+    return [make_z(n, dim, gen, device) for _ in range(2 if two else 1)]
+
+
+def style_kwargs(G, zs: Sequence[Tensor], gen: torch.Generator) -> dict[str, Any]:
+    """forward kwargs with an explicit mixing cut and explicit noise maps (no global RNG)."""
+    kw: dict[str, Any] = {"noise": G.make_noise(zs[0].shape[0], generator=gen)}
+    if len(zs) == 2:
+        kw["inject_index"] = int(torch.randint(1, G.n_latent, (), generator=gen))
+    return kw
+
+
+def requires_grad(params, flag: bool) -> None:
+    for p in params:
+        p.requires_grad_(flag)
+
+
+def autocast_ctx(device: torch.device, amp: str):
+    """bf16 autocast on CUDA for the main loss passes when amp == "bf16" (regularisers run in fp32)."""
+    import contextlib
+
+    if amp == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    if amp not in ("auto", "off", "bf16"):
+        raise ValueError(f"--amp must be auto, off or bf16, got {amp!r}")
+    if amp == "auto":
+        return "bf16" if device.type == "cuda" else "off"
+    return amp

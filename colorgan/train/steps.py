@@ -1,0 +1,131 @@
+"""One GAN iteration's pieces (rosinality train.py order): D step, lazy R1, G step, lazy path
+length. Shared by `pretrain` and `continual`; every random draw comes from explicit generators."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from colorgan.train.augment import DiffAugment
+from colorgan.train.distributed import DistInfo, all_mean, average_gradients
+from colorgan.train.loop import autocast_ctx, mixing_z, requires_grad, style_kwargs
+from colorgan.train.losses import (d_logistic_loss, g_nonsaturating_loss, path_length_penalty, per_image_logits,
+                                   r1_penalty)
+
+# extra generator loss: (fake images, latents list, forward kwargs) -> {name: scalar tensor}
+ExtraLoss = Callable[[Tensor, Sequence[Tensor], dict], dict[str, Tensor]]
+
+
+@dataclass
+class RegConfig:
+    r1: float = 10.0
+    path_regularize: float = 2.0
+    path_batch_shrink: int = 2
+    d_reg_every: int = 16
+    g_reg_every: int = 4
+    mixing: float = 0.9
+
+
+class GANSteps:
+    """Holds G (the trained generator), D, their trainable tensors and optimizers, the augmenter,
+    the latent RNG stream and the path-length mean; each method runs one update."""
+
+    def __init__(self, G: nn.Module, D: nn.Module, g_params: Sequence[Tensor], d_params: Sequence[Tensor],
+                 g_optim: torch.optim.Optimizer, d_optim: torch.optim.Optimizer, reg: RegConfig,
+                 gen: torch.Generator, device: torch.device, info: DistInfo, augment: Optional[DiffAugment] = None,
+                 amp: str = "off", backend: str = "auto") -> None:
+        self.G, self.D = G, D
+        self.g_params, self.d_params = list(g_params), list(d_params)
+        self.g_optim, self.d_optim = g_optim, d_optim
+        self.reg, self.gen, self.device, self.info = reg, gen, device, info
+        self.augment, self.amp, self.backend = augment, amp, backend
+        self.mean_path_length = torch.zeros((), device=device)
+
+    # -- helpers
+    def _aug(self, x: Tensor) -> Tensor:
+        return self.augment(x) if self.augment is not None else x
+
+    def _d(self, x: Tensor, patch: Optional[int]) -> Tensor:
+        return self.D(self._aug(x), patch=patch).float()
+
+    def sample_latents(self, n: int, anchors: Optional[Tensor] = None, anchor_std: float = 0.1) -> list[Tensor]:
+        """Free latents with style mixing, or (anchors given) z near randomly chosen anchors."""
+        dim = self.G.style_dim
+        if anchors is None:
+            return mixing_z(n, dim, self.reg.mixing, self.gen, self.device)
+        idx = torch.randint(0, anchors.shape[0], (n,), generator=self.gen)
+        z = anchors.cpu()[idx] + anchor_std * torch.randn(n, dim, generator=self.gen)
+        return [z.to(self.device)]
+
+    def generate(self, zs: Sequence[Tensor], return_latents: bool = False):
+        kw = style_kwargs(self.G, zs, self.gen)
+        out = self.G(list(zs), noise_mode="random", return_latents=return_latents, backend=self.backend, **kw)
+        return out, kw
+
+    def _step(self, optim: torch.optim.Optimizer, params: Sequence[Tensor]) -> None:
+        average_gradients([p for p in params if p.grad is not None], self.info)
+        optim.step()
+
+    # -- updates
+    def d_step(self, real: Tensor, zs: Sequence[Tensor], patch: Optional[int] = None) -> dict[str, float]:
+        requires_grad(self.d_params, True)
+        with torch.no_grad(), autocast_ctx(self.device, self.amp):
+            fake, _ = self.generate(zs)
+        with autocast_ctx(self.device, self.amp):
+            fake_pred = self._d(fake.detach().float(), patch)
+            real_pred = self._d(real, patch)
+        loss = d_logistic_loss(real_pred, fake_pred)
+        self.d_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self._step(self.d_optim, self.d_params)
+        return {"d": loss.item(), "real_score": real_pred.mean().item(), "fake_score": fake_pred.mean().item()}
+
+    def r1_step(self, real: Tensor, patch: Optional[int] = None) -> dict[str, float]:
+        requires_grad(self.d_params, True)
+        real = real.detach().requires_grad_(True)
+        real_pred = per_image_logits(self._d(real, patch))
+        r1 = r1_penalty(real_pred, real)
+        self.d_optim.zero_grad(set_to_none=True)
+        (self.reg.r1 / 2 * r1 * self.reg.d_reg_every + 0 * real_pred[0, 0]).backward()
+        self._step(self.d_optim, self.d_params)
+        return {"r1": r1.item()}
+
+    def g_step(self, zs: Sequence[Tensor], patch: Optional[int] = None,
+               extra: Optional[ExtraLoss] = None) -> dict[str, float]:
+        requires_grad(self.d_params, False)
+        with autocast_ctx(self.device, self.amp):
+            fake, kw = self.generate(zs)
+            fake_pred = self._d(fake, patch)
+        loss = g_nonsaturating_loss(fake_pred)
+        out = {"g": loss.item()}
+        total = loss
+        if extra is not None:
+            for name, value in extra(fake.float(), zs, kw).items():
+                total = total + value
+                out[name] = value.item()
+        self.g_optim.zero_grad(set_to_none=True)
+        total.backward()
+        self._step(self.g_optim, self.g_params)
+        requires_grad(self.d_params, True)
+        return out
+
+    def pl_step(self, batch: int) -> dict[str, float]:
+        requires_grad(self.d_params, False)
+        n = max(1, batch // max(1, self.reg.path_batch_shrink))
+        zs = self.sample_latents(n)
+        (fake, latents), _ = self.generate(zs, return_latents=True)
+        if not latents.requires_grad:  # nothing upstream of w trains: no path-length gradient to apply
+            return {}
+        noise = torch.randn(fake.shape, generator=self.gen).to(fake)
+        penalty, self.mean_path_length, lengths = path_length_penalty(fake, latents, self.mean_path_length, noise)
+        weighted = self.reg.path_regularize * self.reg.g_reg_every * penalty
+        if self.reg.path_batch_shrink > 1:
+            weighted = weighted + 0 * fake[0, 0, 0, 0]
+        self.g_optim.zero_grad(set_to_none=True)
+        weighted.backward()
+        self._step(self.g_optim, self.g_params)
+        self.mean_path_length = all_mean(self.mean_path_length, self.info)
+        requires_grad(self.d_params, True)
+        return {"path": penalty.item(), "path_length": lengths.mean().item()}

@@ -1,0 +1,307 @@
+"""Training: losses against hand computations, augmentation, pretrain and continual runs of every
+method on tiny models, no forgetting, frozen base, exact resume, clear errors, CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fastlora
+from colorgan import Discriminator, Generator, load_checkpoint, save_checkpoint
+from colorgan.cli import main
+from colorgan.train.augment import DiffAugment
+from colorgan.train.continual import TrainConfig, parse_tasks, train
+from colorgan.train.losses import (d_logistic_loss, g_nonsaturating_loss, lazy_adam_params, path_length_penalty,
+                                   r1_penalty)
+from colorgan.train.pretrain import PretrainConfig, RunOptions, pretrain
+from colorgan.train.state import load_state
+
+CH = {4: 16, 8: 16, 16: 8}
+STYLE = 16
+OPTS = RunOptions(progress=False, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny models run far faster on one thread (and the machine is shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_folder(path, n, seed, size=20):
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path / f"{i:02d}.png")
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    torch.manual_seed(0)
+    G = Generator(16, STYLE, 2, channels=CH)
+    D = Discriminator(16, channels=CH)
+    with torch.no_grad():  # non-trivial noise strengths and biases
+        for name, p in G.named_parameters():
+            if name.endswith("noise.weight"):
+                p.fill_(0.1)
+    ckpt = save_checkpoint(root / "base", G, D)
+    return {"root": root, "ckpt": str(ckpt), "src": make_folder(root / "src", 12, 0),
+            "a": make_folder(root / "a", 6, 1), "b": make_folder(root / "b", 5, 2)}
+
+
+def small_cfg(setup, method="color", **kw):
+    base = dict(ckpt=setup["ckpt"], tasks=f"a={setup['a']},b={setup['b']}", method=method, iter=5, batch=2,
+                n_sample=4, sample_every=3, save_every=100, log_every=1, fisher_batches=2, d_reg_every=4,
+                g_reg_every=2, subspace_freq=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def adapter_tensors(G, task):
+    return {k: v.detach().clone() for k, v in fastlora.task_state_dict(G, task).items()}
+
+
+# ----------------------------------------------------------------------------- losses
+
+def test_logistic_losses_by_hand():
+    real, fake = torch.tensor([[0.5], [-1.0]]), torch.tensor([[2.0], [0.0]])
+    sp = lambda v: math.log1p(math.exp(v))  # noqa: E731
+    expect_d = (sp(-0.5) + sp(1.0)) / 2 + (sp(2.0) + sp(0.0)) / 2
+    assert d_logistic_loss(real, fake).item() == pytest.approx(expect_d, rel=1e-6)
+    assert g_nonsaturating_loss(fake).item() == pytest.approx((sp(-2.0) + sp(0.0)) / 2, rel=1e-6)
+
+
+def test_r1_by_hand():
+    w = torch.randn(3, 4, 4, dtype=torch.float64)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    pred = (x * w).sum((1, 2, 3)) ** 2  # d pred_b / dx_b = 2 (x_b·w) w
+    r1 = r1_penalty(pred, x)
+    s = (x * w).sum((1, 2, 3)).detach()
+    expect = ((2 * s) ** 2 * w.square().sum()).mean()
+    assert r1.item() == pytest.approx(expect.item(), rel=1e-10)
+    r1.backward()  # create_graph: the penalty is differentiable
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_path_length_by_hand():
+    b, L, d, h = 3, 4, 5, 2
+    W = torch.randn(d, h * h, dtype=torch.float64)
+    latents = torch.randn(b, L, d, dtype=torch.float64, requires_grad=True)
+    img = torch.einsum("bld,dp->bp", latents, W).reshape(b, 1, h, h)
+    noise = torch.randn(b, 1, h, h, dtype=torch.float64)
+    mean0 = torch.tensor(0.3, dtype=torch.float64)
+    pen, mean, lengths = path_length_penalty(img, latents, mean0, noise)
+    g = W @ (noise.reshape(b, -1) / h).T  # [d, b], the same for every latent l
+    exp_len = g.square().sum(0).sqrt()
+    assert torch.allclose(lengths, exp_len)
+    exp_mean = mean0 + 0.01 * (exp_len.mean() - mean0)
+    assert mean.item() == pytest.approx(exp_mean.item())
+    assert pen.item() == pytest.approx((exp_len - exp_mean).square().mean().item())
+
+
+def test_lazy_regularisation_scaling():
+    lr, betas = lazy_adam_params(0.002, 16)
+    assert lr == pytest.approx(0.002 * 16 / 17)
+    assert betas == pytest.approx((0.0, 0.99 ** (16 / 17)))
+
+
+def test_r1_and_path_length_through_the_models():
+    torch.manual_seed(1)
+    G, D = Generator(16, STYLE, 2, channels=CH), Discriminator(16, channels=CH, patch_heads=True)
+    real = torch.randn(2, 3, 16, 16, requires_grad=True)
+    for patch in (None, 0):
+        pred = D(real, patch=patch)
+        r1 = r1_penalty(pred.reshape(2, -1).mean(1), real)
+        D.zero_grad()
+        r1.backward()
+        grads = [p.grad for p in D.parameters() if p.grad is not None]
+        assert torch.isfinite(r1) and r1 > 0 and grads and all(torch.isfinite(g).all() for g in grads)
+        assert sum(g.abs().sum() for g in grads) > 0
+    fake, latents = G(torch.randn(2, STYLE), return_latents=True, noise=G.make_noise(2))
+    pen, _, lengths = path_length_penalty(fake, latents, torch.zeros(()), torch.randn_like(fake))
+    pen.backward()
+    assert torch.isfinite(pen) and pen > 0 and (lengths > 0).all()
+    g = G.convs[0].conv.weight.grad
+    assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_diffaugment_is_seeded_resumable_and_differentiable():
+    x = (torch.rand(3, 3, 16, 16) * 2 - 1).requires_grad_(True)
+    a1, a2 = DiffAugment(seed=5), DiffAugment(seed=5)
+    assert torch.equal(a1(x), a2(x))
+    saved = a1.state_dict()
+    y1 = a1(x)
+    a2.load_state_dict(saved)
+    assert torch.equal(y1, a2(x))
+    assert y1.shape == x.shape
+    y1.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    t = DiffAugment("translation", seed=0, translation=0.25)
+    ones = torch.ones(8, 1, 8, 8)
+    out = t(ones)  # shifted copies of a constant: zeros fill what came from outside
+    assert set(out.unique().tolist()) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="policy"):
+        DiffAugment("blur")
+
+
+# ----------------------------------------------------------------------------- pretrain
+
+def test_pretrain_writes_run_and_resumes_exactly(setup, tmp_path):
+    cfg = PretrainConfig(data=str(setup["src"]), size=16, iter=4, batch=2, style_dim=STYLE, n_mlp=2, channels=CH,
+                         n_sample=4, sample_every=2, save_every=100, log_every=1, augment="on", d_reg_every=2,
+                         g_reg_every=2)
+    s = pretrain(cfg, tmp_path / "A", options=OPTS)
+    A = tmp_path / "A"
+    assert s["finished"] and s["step"] == 4
+    for f in ("config.json", "log.jsonl", "train.log", "summary.json", "samples/0000002.png", "samples/0000004.png",
+              "state/state.pt", "checkpoint/config.json"):
+        assert (A / f).exists(), f
+    assert len((A / "log.jsonl").read_text().splitlines()) == 4
+    G, D, info = load_checkpoint(A / "checkpoint", load_g_train=True)
+    assert D is not None and info["g"] is not None and not torch.isnan(G.w_avg).any()
+    # resume: 1 + 1 + 2 iterations equal 4 straight, bit for bit
+    pretrain(cfg, tmp_path / "B", options=RunOptions(progress=False, stop_at=1))
+    pretrain(None, tmp_path / "B", options=RunOptions(progress=False, stop_at=2), resume=True)
+    pretrain(None, tmp_path / "B", options=OPTS, resume=True)
+    a, b = load_state(A / "state/state.pt"), load_state(tmp_path / "B/state/state.pt")
+    for key in ("g_ema", "d", "g"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]) or (k == "w_avg"), (key, k)
+    assert torch.equal(a["mean_path_length"], b["mean_path_length"])
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        pretrain(cfg, A, options=OPTS)
+
+
+# ----------------------------------------------------------------------------- continual
+
+@pytest.mark.parametrize("method", ["color", "lfs"])
+def test_adapter_methods_keep_base_and_earlier_tasks(setup, tmp_path, method):
+    out = tmp_path / "run"
+    base, base_d, _ = load_checkpoint(setup["ckpt"])
+    base_sd = fastlora.base_state_dict(base)
+    # stop at the task boundary: the checkpoint then holds task a only
+    train(small_cfg(setup, method), out, options=RunOptions(progress=False, stop_at=5))
+    G1, _, info1 = load_checkpoint(out / "checkpoint")
+    assert info1["tasks"] == ["a"]
+    a_after_1 = adapter_tensors(G1, "a")
+    s = train(None, out, options=OPTS, resume=True)
+    assert s["finished"]
+    G2, D2, info2 = load_checkpoint(out / "checkpoint")
+    assert info2["tasks"] == ["a", "b"]
+    # no forgetting by construction: task a's adapters are bit-identical after task b
+    a_after_2 = adapter_tensors(G2, "a")
+    assert all(torch.equal(a_after_1[k], a_after_2[k]) for k in a_after_1)
+    # the base generator and the stored base D never change
+    assert all(torch.equal(base_sd[k], v) for k, v in fastlora.base_state_dict(G2).items() if k != "w_avg")
+    assert all(torch.equal(base_d.state_dict()[k], v) for k, v in D2.state_dict().items())
+    # the adapters trained (they start as the identity: the images must differ from the base's)
+    z = torch.randn(2, STYLE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fastlora.set_task(G2, None)
+        ref = G2(z)
+        for t in ("a", "b"):
+            fastlora.set_task(G2, t)
+            assert (G2(z) - ref).abs().max() > 1e-6
+    kind = fastlora.task_config(G2, "a").kind
+    assert kind == ("left" if method == "lfs" else "llora")
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in log] == list(range(1, 11))
+    if method == "lfs":
+        assert any("mode_seeking" in r for r in log)
+    for f in ("samples/after_a.png", "samples/after_b.png", "samples/b_0000003.png", "summary.json", "config.json"):
+        assert (out / f).exists(), f
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["storage"]["per_task_params"]) == {"a", "b"}
+
+
+@pytest.mark.parametrize("method", ["ewc", "distill"])
+def test_full_finetuning_baselines(setup, tmp_path, method):
+    out = tmp_path / "run"
+    s = train(small_cfg(setup, method, iter=3), out, options=OPTS)
+    assert s["finished"] and set(s["checkpoints"]) == {"a", "b"}
+    base, _, _ = load_checkpoint(setup["ckpt"])
+    n = sum(p.numel() for p in base.parameters())
+    assert s["storage"]["total_params_stored"] == 2 * n
+    Ga, _, _ = load_checkpoint(out / "checkpoints" / "a")
+    Gb, _, _ = load_checkpoint(out / "checkpoints" / "b")
+    assert not torch.equal(Ga.conv1.conv.weight, base.conv1.conv.weight)
+    assert not torch.equal(Ga.conv1.conv.weight, Gb.conv1.conv.weight)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    term = "ewc" if method == "ewc" else "distill"
+    assert all(term in r for r in log) and any(r[term] > 0 for r in log)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,stops", [("color", [3, 5, 7]), ("distill", [2, 8])])
+def test_resume_is_bit_identical(setup, tmp_path, method, stops):
+    cfg = lambda: small_cfg(setup, method, augment=True, save_every=2)  # noqa: E731
+    train(cfg(), tmp_path / "A", options=OPTS)
+    train(cfg(), tmp_path / "B", options=RunOptions(progress=False, stop_at=stops[0]))
+    for s in stops[1:] + [None]:
+        train(None, tmp_path / "B", options=RunOptions(progress=False, stop_at=s), resume=True)
+    if method == "color":
+        Ga, _, _ = load_checkpoint(tmp_path / "A/checkpoint")
+        Gb, _, _ = load_checkpoint(tmp_path / "B/checkpoint")
+        sa, sb = Ga.state_dict(), Gb.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+        a, b = load_state(tmp_path / "A/state/state.pt"), load_state(tmp_path / "B/state/state.pt")
+        for key in ("adapters", "adapters_ema"):
+            assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    else:
+        for t in ("a", "b"):
+            Ga, _, _ = load_checkpoint(tmp_path / "A/checkpoints" / t)
+            Gb, _, _ = load_checkpoint(tmp_path / "B/checkpoints" / t)
+            sa, sb = Ga.state_dict(), Gb.state_dict()
+            assert all(torch.equal(sa[k], sb[k]) for k in sa), t
+
+
+def test_parse_tasks_and_errors(setup, tmp_path):
+    assert parse_tasks("x=/d1,y=/d2") == [["x", "/d1"], ["y", "/d2"]]
+    for bad, msg in [("x", "name=DIR"), ("x=/a,x=/b", "twice"), ("all=/a", "reserved"), ("", "at least one")]:
+        with pytest.raises(ValueError, match=msg):
+            parse_tasks(bad)
+    with pytest.raises(ValueError, match="method"):
+        small_cfg(setup, "bogus")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train(small_cfg(setup, tasks=f"a={tmp_path / 'missing'}"), tmp_path / "r1", options=OPTS)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no image"):
+        train(small_cfg(setup, tasks=f"a={tmp_path / 'empty'}"), tmp_path / "r2", options=OPTS)
+    (tmp_path / "r3").mkdir()
+    (tmp_path / "r3" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        train(small_cfg(setup), tmp_path / "r3", options=OPTS)
+    with pytest.raises(FileExistsError, match="not a colorgan run folder"):
+        train(small_cfg(setup), tmp_path / "r3", options=OPTS, overwrite=True)
+    with pytest.raises(FileNotFoundError, match="run folder"):
+        train(None, tmp_path / "r3", options=OPTS, resume=True)
+    G = Generator(16, STYLE, 2, channels=CH)
+    save_checkpoint(tmp_path / "nod", G)
+    with pytest.raises(ValueError, match="no discriminator"):
+        train(small_cfg(setup, ckpt=str(tmp_path / "nod")), tmp_path / "r4", options=OPTS)
+
+
+def test_cli_train_and_upstream_flag_spellings(setup, tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = main(["train", "--ckpt", setup["ckpt"], "--tasks", f"a={setup['a']}", "--out", str(out), "--iter", "2",
+               "--batch", "2", "--lora_alpha_conv", "0.5", "--lora_alpha_fc", "2", "--use_act", "--rank", "2",
+               "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["alpha_conv"], cfg["alpha_linear"], cfg["act"], cfg["rank"]) == (0.5, 2.0, "both", 2)
+    G, _, _ = load_checkpoint(out / "checkpoint")
+    assert fastlora.task_config(G, "a").act == "both"
+    rc = main(["train", "--ckpt", setup["ckpt"], "--tasks", f"a={setup['a']}", "--out", str(out), "--no-progress"])
+    assert rc == 1 and "--overwrite" in capsys.readouterr().err
+    rc = main(["pretrain", "--data", str(setup["src"]), "--size", "16", "--out", str(tmp_path / "pt"), "--iter", "1",
+               "--batch", "2", "--style-dim", str(STYLE), "--n-mlp", "2", "--channels", "4:16,8:16,16:8",
+               "--no-progress"])
+    assert rc == 0 and (tmp_path / "pt" / "checkpoint" / "config.json").is_file()
