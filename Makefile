@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m colorgan demo
+	$(PY) -m colorgan demo --overwrite
 
 clean:
 	rm -rf $(VENV) .pytest_cache

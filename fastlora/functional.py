@@ -146,24 +146,26 @@ def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1,
     return x[:, :, ::down, ::down]
 
 
-def _up_blur_pad(k: int, taps: int = 4, factor: int = 2) -> tuple[int, int]:
+def up_blur_pad(k: int, taps: int = 4, factor: int = 2) -> tuple[int, int]:
+    """(pad0, pad1) of the blur after a stride-2 transposed conv with a k×k kernel (output 2H)."""
     p = (taps - factor) - (k - 1)
     return (p + 1) // 2 + factor - 1, p // 2 + 1
 
 
-def _down_blur_pad(k: int, taps: int = 4, factor: int = 2) -> tuple[int, int]:
+def down_blur_pad(k: int, taps: int = 4, factor: int = 2) -> tuple[int, int]:
+    """(pad0, pad1) of the blur before a stride-2 k×k conv (output H/2)."""
     p = (taps - factor) + (k - 1)
     return (p + 1) // 2, p // 2
 
 
 def blur_up_after_transpose(y: Tensor, k: int, blur: Tensor) -> Tensor:
     """The blur that follows a stride-2 transposed conv in StyleGAN2's upsampling conv (gain 4)."""
-    return upfirdn2d(y, blur * 4, pad=_up_blur_pad(k))
+    return upfirdn2d(y, blur * 4, pad=up_blur_pad(k))
 
 
 def blur_before_down(x: Tensor, k: int, blur: Tensor) -> Tensor:
     """The blur that precedes a stride-2 conv in StyleGAN2's downsampling conv."""
-    return upfirdn2d(x, blur, pad=_down_blur_pad(k))
+    return upfirdn2d(x, blur, pad=down_blur_pad(k))
 
 
 # ----------------------------------------------------------------------------- activation
@@ -234,7 +236,7 @@ def modconv_output_size(h: int, w: int, k: int, up: bool, down: bool) -> tuple[i
     if up:
         return 2 * h, 2 * w
     if down:
-        p0, p1 = _down_blur_pad(k)
+        p0, p1 = down_blur_pad(k)
         return (h + p0 + p1 - 4 - k + 1) // 2 + 1, (w + p0 + p1 - 4 - k + 1) // 2 + 1
     return h, w
 
