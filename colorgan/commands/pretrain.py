@@ -68,29 +68,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from colorgan.train.pretrain import PretrainConfig, RunOptions, pretrain
+FIELDS = ("iter", "batch", "lr", "style_dim", "n_mlp", "channel_multiplier", "r1", "path_regularize",
+          "path_batch_shrink", "d_reg_every", "g_reg_every", "mixing", "augment", "augment_policy", "ema_kimg",
+          "n_sample", "sample_every", "save_every", "log_every", "seed", "backend")
+
+
+def start_or_resume(args: argparse.Namespace, fn, required: tuple[str, ...], make_config) -> dict | None:
+    """Run `fn` (pretrain or train) as a new run or with --resume; None on ranks other than 0."""
+    from colorgan.train.loop import RunOptions
 
     options = RunOptions(device=args.device, amp=args.amp, progress=not args.no_progress, stop_at=args.stop_at)
     if args.resume:
         if args.out and args.out != args.resume:
             raise ValueError("give either --resume RUN or --out RUN, not both")
-        summary = pretrain(None, args.resume, options=options, resume=True)
+        summary = fn(None, args.resume, options=options, resume=True)
     else:
-        missing = [f for f in ("data", "size", "out") if getattr(args, f) is None]
+        missing = [f for f in required if getattr(args, f) is None]
         if missing:
             raise ValueError(f"a new run needs {', '.join('--' + m for m in missing)} (or --resume RUN)")
-        cfg = PretrainConfig(
-            data=args.data, size=args.size, iter=args.iter, batch=args.batch, lr=args.lr, style_dim=args.style_dim,
-            n_mlp=args.n_mlp, channel_multiplier=args.channel_multiplier, channels=parse_channels(args.channels),
-            r1=args.r1, path_regularize=args.path_regularize, path_batch_shrink=args.path_batch_shrink,
-            d_reg_every=args.d_reg_every, g_reg_every=args.g_reg_every, mixing=args.mixing, augment=args.augment,
-            augment_policy=args.augment_policy, ema_kimg=args.ema_kimg, n_sample=args.n_sample,
-            sample_every=args.sample_every, save_every=args.save_every, log_every=args.log_every, seed=args.seed,
-            backend=args.backend)
-        summary = pretrain(cfg, args.out, options=options, overwrite=args.overwrite)
-    if os.environ.get("RANK", "0") != "0":
-        return 0
-    state = "finished" if summary["finished"] else "stopped"
-    print(f"{state} at step {summary['step']}; checkpoint: {summary['checkpoint']}")
+        summary = fn(make_config(), args.out, options=options, overwrite=args.overwrite)
+    return summary if os.environ.get("RANK", "0") == "0" else None
+
+
+def run(args: argparse.Namespace) -> int:
+    from colorgan.train.pretrain import PretrainConfig, pretrain
+
+    summary = start_or_resume(args, pretrain, ("data", "size", "out"), lambda: PretrainConfig(
+        data=args.data, size=args.size, channels=parse_channels(args.channels), **{f: getattr(args, f) for f in FIELDS}))
+    if summary is not None:
+        state = "finished" if summary["finished"] else "stopped"
+        print(f"{state} at step {summary['step']}; checkpoint: {summary['checkpoint']}")
     return 0

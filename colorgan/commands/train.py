@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-from colorgan.commands.pretrain import add_run_options
+from colorgan.commands.pretrain import add_run_options, start_or_resume
 from colorgan.train.augment import DEFAULT_POLICY
 
 
@@ -77,20 +76,10 @@ FIELDS = ("method", "kind", "rank", "alpha_conv", "alpha_linear", "act", "compat
 
 def run(args: argparse.Namespace) -> int:
     from colorgan.train.continual import TrainConfig, train
-    from colorgan.train.loop import RunOptions
 
-    options = RunOptions(device=args.device, amp=args.amp, progress=not args.no_progress, stop_at=args.stop_at)
-    if args.resume:
-        if args.out and args.out != args.resume:
-            raise ValueError("give either --resume RUN or --out RUN, not both")
-        summary = train(None, args.resume, options=options, resume=True)
-    else:
-        missing = [f for f in ("ckpt", "tasks", "out") if getattr(args, f) is None]
-        if missing:
-            raise ValueError(f"a new run needs {', '.join('--' + m for m in missing)} (or --resume RUN)")
-        cfg = TrainConfig(ckpt=args.ckpt, tasks=args.tasks, **{f: getattr(args, f) for f in FIELDS})
-        summary = train(cfg, args.out, options=options, overwrite=args.overwrite)
-    if os.environ.get("RANK", "0") != "0":
+    summary = start_or_resume(args, train, ("ckpt", "tasks", "out"), lambda: TrainConfig(
+        ckpt=args.ckpt, tasks=args.tasks, **{f: getattr(args, f) for f in FIELDS}))
+    if summary is None:
         return 0
     state = "finished" if summary["finished"] else "stopped"
     where = summary.get("checkpoint") or ", ".join(v["checkpoint"] for v in summary.get("checkpoints", {}).values())
