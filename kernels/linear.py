@@ -1,0 +1,162 @@
+"""Fused equalised-LR linear + low-rank adapter (mapping network, style affines).
+
+y = scale·x·Ŵᵀ + bias_scale·b̂ [then leaky-ReLU·√2], with the adapter in the general form
+Ŵ = W ⊙ (U_o·U_iᵀ) [LeFT only] + α·A_o·A_iᵀ (LoRA: A_o = B, A_i = A; LeFT: A_out, A_in).
+The multiplicative factor is rebuilt per weight tile inside the K loop (a rank-r dot), the
+additive term follows the LoRAFusion pattern: xa = x·A_i accumulated alongside the main GEMM,
+then acc += α·xa·A_oᵀ before the epilogue; ranks are zero-padded to >= 16 for the dots.
+With task_ids, grid axis 2 runs over tasks and each program keeps only the rows of its task
+(programs without such rows do nothing): one launch renders several tasks.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from fastlora.adapters import LeFT, LoRA
+from kernels import tiles
+
+
+@triton.jit
+def _linear_kernel(
+    x_ptr, w_ptr, ui_ptr, uo_ptr, ai_ptr, ao_ptr, b_ptr, tid_ptr, out_ptr,
+    N, D_IN, D_OUT, R1, R2, st_ui, st_uo, st_ai, st_ao, st_b,
+    scale, alpha, bias_scale,
+    TASKS: tl.constexpr, MUL: tl.constexpr, LOW: tl.constexpr, HAS_BIAS: tl.constexpr, LRELU: tl.constexpr,
+    PREC: tl.constexpr, R1P: tl.constexpr, R2P: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    t = tl.program_id(2).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mm = offs_m < N
+    mn = offs_n < D_OUT
+    if TASKS:
+        tids = tl.load(tid_ptr + offs_m, mask=mm, other=-1)
+        mm = mm & (tids == t)
+    if tl.sum(mm.to(tl.int32), axis=0) > 0:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        r1 = tl.arange(0, R1P)
+        r2 = tl.arange(0, R2P)
+        if MUL:
+            uo = tl.load(uo_ptr + t * st_uo + offs_n[None, :] * R1 + r1[:, None],
+                         mask=mn[None, :] & (r1[:, None] < R1), other=0.0).to(tl.float32)  # [R1P, BN]
+        if LOW:
+            xa = tl.zeros((BLOCK_M, R2P), dtype=tl.float32)
+        for k0 in range(0, D_IN, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mk = offs_k < D_IN
+            a = tl.load(x_ptr + offs_m[:, None] * D_IN + offs_k[None, :], mask=mm[:, None] & mk[None, :], other=0.0)
+            w = tl.load(w_ptr + offs_n[None, :] * D_IN + offs_k[:, None], mask=mk[:, None] & mn[None, :],
+                        other=0.0).to(tl.float32)  # [BK, BN] = Wᵀ tile
+            if MUL:
+                ui = tl.load(ui_ptr + t * st_ui + offs_k[:, None] * R1 + r1[None, :],
+                             mask=mk[:, None] & (r1[None, :] < R1), other=0.0).to(tl.float32)
+                w = w * tl.dot(ui, uo, input_precision=PREC)
+            acc = tl.dot(a, w.to(a.dtype), acc, input_precision=PREC)
+            if LOW:
+                ai = tl.load(ai_ptr + t * st_ai + offs_k[:, None] * R2 + r2[None, :],
+                             mask=mk[:, None] & (r2[None, :] < R2), other=0.0)
+                xa = tl.dot(a, ai.to(a.dtype), xa, input_precision=PREC)
+        if LOW:
+            ao = tl.load(ao_ptr + t * st_ao + offs_n[None, :] * R2 + r2[:, None],
+                         mask=mn[None, :] & (r2[:, None] < R2), other=0.0).to(tl.float32)  # [R2P, BN]
+            acc += alpha * tl.dot(xa, ao, input_precision=PREC)
+        acc = acc * scale
+        if HAS_BIAS:
+            acc += bias_scale * tl.load(b_ptr + t * st_b + offs_n, mask=mn, other=0.0).to(tl.float32)[None, :]
+        if LRELU:
+            acc = tl.where(acc >= 0, acc, acc * 0.2) * 1.4142135623730951
+        tl.store(out_ptr + offs_m[:, None] * D_OUT + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=mm[:, None] & mn[None, :])
+
+
+def _pad_stack(mats: Sequence[Optional[torch.Tensor]], rows: int, device, fill_first: float = 0.0) -> torch.Tensor:
+    """[T, rows, R] fp32, zero-padded to the largest rank; a None entry becomes a rank-1 column of fill_first."""
+    r = max([m.shape[1] for m in mats if m is not None] + [1])
+    out = torch.zeros((len(mats), rows, r), device=device, dtype=torch.float32)
+    for i, m in enumerate(mats):
+        if m is None:
+            out[i, :, 0] = fill_first
+        else:
+            out[i, :, : m.shape[1]] = m
+    return out
+
+
+def _factors(adapters: Sequence, d_out: int, d_in: int, device):
+    """(ui, uo, ai, ao, alpha) in the general form, or None for absent terms."""
+    if len(adapters) == 1:
+        a = adapters[0]
+        if a is None:
+            return None, None, None, None, 1.0
+        if isinstance(a, LoRA):
+            return None, None, a.A.contiguous(), a.B.contiguous(), float(a.alpha)
+        return a.U_in.contiguous(), a.U_out.contiguous(), a.A_in.contiguous(), a.A_out.contiguous(), 1.0
+    mul = any(isinstance(a, LeFT) for a in adapters)
+    low = any(a is not None for a in adapters)
+    ui = uo = ai = ao = None
+    if mul:
+        ui = _pad_stack([a.U_in if isinstance(a, LeFT) else None for a in adapters], d_in, device, 1.0)
+        uo = _pad_stack([a.U_out if isinstance(a, LeFT) else None for a in adapters], d_out, device, 1.0)
+    if low:
+        ai = _pad_stack([None if a is None else (a.A if isinstance(a, LoRA) else a.A_in) for a in adapters],
+                        d_in, device)
+        ao = _pad_stack([None if a is None else (a.alpha * a.B if isinstance(a, LoRA) else a.A_out)
+                         for a in adapters], d_out, device)
+    return ui, uo, ai, ao, 1.0
+
+
+def _biases(bias: Optional[torch.Tensor], adapters: Sequence, d_out: int) -> Optional[torch.Tensor]:
+    """Adapted bias, [T, d_out] (the reference's semantics: None entries keep the base bias)."""
+    bs = [bias if a is None else a.adapted_bias(bias) for a in adapters]
+    if all(b is None for b in bs):
+        return None
+    ref = next(b for b in bs if b is not None)
+    return torch.stack([b if b is not None else torch.zeros_like(ref) for b in bs]).contiguous()
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], adapters: Sequence,
+           task_ids: Optional[torch.Tensor], scale: float, bias_scale: float, activation: Optional[str],
+           config: Optional[tiles.Config] = None) -> torch.Tensor:
+    """Launch the fused linear. `adapters`: one entry per task (None = base); one entry without task_ids."""
+    n, d_in = x.shape
+    d_out = weight.shape[0]
+    x = x.contiguous()
+    weight = weight.contiguous()
+    ui, uo, ai, ao, alpha = _factors(adapters, d_out, d_in, x.device)
+    b = _biases(bias, adapters, d_out)
+    n_t = len(adapters) if task_ids is not None else 1
+    out = tiles.empty((n, d_out), device=x.device, dtype=x.dtype)
+    r1 = ui.shape[-1] if ui is not None else 1
+    r2 = ai.shape[-1] if ai is not None else 1
+    st = lambda v: (v.shape[-2] * v.shape[-1]) if (v is not None and v.dim() == 3) else 0  # noqa: E731
+    prec = "ieee" if (x.dtype == torch.float32 and x.device.type == "cuda"
+                      and not torch.backends.cuda.matmul.allow_tf32) else "tf32"
+
+    def grid_of(cf):
+        return (triton.cdiv(n, cf.block_m), triton.cdiv(d_out, cf.block_n), n_t)
+
+    def launch(cf):
+        _linear_kernel[grid_of(cf)](
+            x, weight, ui if ui is not None else x, uo if uo is not None else x,
+            ai if ai is not None else x, ao if ao is not None else x, b if b is not None else x,
+            task_ids if task_ids is not None else x, out,
+            n, d_in, d_out, r1, r2, st(ui), st(uo), st(ai), st(ao), d_out if (b is not None and n_t > 1) else 0,
+            float(scale), alpha, float(bias_scale),
+            TASKS=task_ids is not None, MUL=ui is not None, LOW=ai is not None, HAS_BIAS=b is not None,
+            LRELU=activation == "lrelu", PREC=prec,
+            R1P=max(16, triton.next_power_of_2(r1)), R2P=max(16, triton.next_power_of_2(r2)),
+            BLOCK_M=cf.block_m, BLOCK_N=cf.block_n, BLOCK_K=cf.block_k, **cf.launch_kwargs(),
+        )
+
+    key = (n, d_in, d_out, n_t, str(x.dtype))
+    cfg = config or tiles.choose("linear", key, tiles.LINEAR_CONFIGS,
+                                 lambda cf: grid_of(cf)[0] * grid_of(cf)[1] * grid_of(cf)[2], n, d_out, x.device,
+                                 bench=launch)
+    launch(cfg)
+    return out

@@ -1,0 +1,224 @@
+"""Tile configurations of the fused kernels: a small fixed table per kernel family,
+a per-shape heuristic, an optional autotuner with an in-process (and optional on-disk)
+cache, and a way to force one configuration (tests exercise every entry).
+
+Nothing here synchronises with the device except autotuning itself, which runs once
+per shape key (off by default; `FASTLORA_AUTOTUNE=1` or `set_autotune(True)`); once a key
+is cached, launches are free of host synchronisation and can be captured in a CUDA graph.
+Under the Triton interpreter autotuning is disabled: every launch runs exactly one config.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import threading
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One launch configuration. Fields unused by a kernel family are ignored."""
+
+    name: str
+    block_m: int = 0
+    block_n: int = 0
+    block_k: int = 0
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def launch_kwargs(self) -> dict:
+        return {"num_warps": self.num_warps, "num_stages": self.num_stages}
+
+
+# Implicit-GEMM conv: M = output pixels of one sample (one polyphase phase for up), N = C_out,
+# K = C_in per tap. Every dot dimension is >= 16. k x k convs never use 8 warps (a known
+# Triton miscompile of k x k conv loops at 8 warps); the 8-warp entry is restricted to k = 1.
+CONV_CONFIGS: Tuple[Config, ...] = (
+    Config("conv_16x32x32", 16, 32, 32, num_warps=2, num_stages=2),
+    Config("conv_32x64x32", 32, 64, 32, num_warps=4, num_stages=3),
+    Config("conv_64x64x32", 64, 64, 32, num_warps=4, num_stages=3),
+    Config("conv_128x64x32", 128, 64, 32, num_warps=4, num_stages=3),
+    Config("conv_128x128x32_k1", 128, 128, 32, num_warps=8, num_stages=3),
+)
+# Prologue (adapted weight + sums of squares): tiles of [C_out, C_in].
+PROLOGUE_CONFIGS: Tuple[Config, ...] = (
+    Config("pro_32x32", 32, 32, num_warps=4, num_stages=1),
+    Config("pro_64x64", 64, 64, num_warps=4, num_stages=1),
+)
+# FIR blur (+ epilogue): block_m output pixels of one (sample, channel) plane.
+FIR_CONFIGS: Tuple[Config, ...] = (
+    Config("fir_256", 256, num_warps=4, num_stages=1),
+    Config("fir_1024", 1024, num_warps=4, num_stages=1),
+)
+# Linear + low-rank: [rows, d_out] tiles, K = d_in.
+LINEAR_CONFIGS: Tuple[Config, ...] = (
+    Config("lin_16x32x64", 16, 32, 64, num_warps=4, num_stages=2),
+    Config("lin_32x64x64", 32, 64, 64, num_warps=4, num_stages=3),
+    Config("lin_64x128x32", 64, 128, 32, num_warps=4, num_stages=3),
+)
+
+TABLES: Dict[str, Tuple[Config, ...]] = {
+    "conv": CONV_CONFIGS, "prologue": PROLOGUE_CONFIGS, "fir": FIR_CONFIGS, "linear": LINEAR_CONFIGS,
+}
+
+_state = threading.local()
+_cache: Dict[tuple, str] = {}
+_autotune = os.environ.get("FASTLORA_AUTOTUNE", "0") not in ("", "0")
+_cache_file = os.environ.get("FASTLORA_TUNE_CACHE")
+_cache_loaded = False
+
+
+def get(family: str, name: str) -> Config:
+    for c in TABLES[family]:
+        if c.name == name:
+            return c
+    raise ValueError(f"no {family} config named {name!r}; known: {[c.name for c in TABLES[family]]}")
+
+
+@contextlib.contextmanager
+def force(**names: Optional[str]) -> Iterator[None]:
+    """Force configs by family for launches inside the block, e.g. `force(conv="conv_16x32x32")`."""
+    for fam, name in names.items():
+        if name is not None:
+            get(fam, name)
+    old = dict(getattr(_state, "forced", {}))
+    _state.forced = {**old, **{k: v for k, v in names.items() if v is not None}}
+    try:
+        yield
+    finally:
+        _state.forced = old
+
+
+def forced(family: str) -> Optional[Config]:
+    name = getattr(_state, "forced", {}).get(family)
+    return None if name is None else get(family, name)
+
+
+def set_autotune(on: bool) -> None:
+    """Turn GPU autotuning on/off (each new shape key is benchmarked once, then cached)."""
+    global _autotune
+    _autotune = bool(on)
+
+
+def cache() -> Dict[tuple, str]:
+    """The autotune cache: shape key -> config name."""
+    return _cache
+
+
+def _load_cache() -> None:
+    global _cache_loaded
+    if _cache_loaded or not _cache_file or not os.path.exists(_cache_file):
+        _cache_loaded = True
+        return
+    with open(_cache_file) as f:
+        for rec in json.load(f):
+            _cache[tuple(rec["key"])] = rec["config"]
+    _cache_loaded = True
+
+
+def _save_cache() -> None:
+    if not _cache_file:
+        return
+    recs = [{"key": list(k), "config": v} for k, v in _cache.items()]
+    tmp = _cache_file + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(recs, f)
+    os.replace(tmp, _cache_file)
+
+
+def num_sms(device) -> int:
+    if interpreting() or getattr(device, "type", "cpu") != "cuda":
+        return 1
+    return _sm_count(device.index if device.index is not None else -1)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    import torch
+
+    dev = torch.cuda.current_device() if index < 0 else index
+    return torch.cuda.get_device_properties(dev).multi_processor_count
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << max(0, int(v - 1).bit_length())
+
+
+def choose(family: str, key: tuple, eligible: Sequence[Config], grid_size: Callable[[Config], int],
+           m_extent: int, n_extent: int, device, bench: Optional[Callable[[Config], None]] = None) -> Config:
+    """Pick a config: forced > autotune cache > (autotune) > heuristic.
+
+    Heuristic on GPU: the largest tile that still gives at least one program per SM (small
+    layers at small batch get small tiles), never a tile much larger than the problem.
+    Under the interpreter: the largest tile (fewest sequential programs).
+    """
+    f = forced(family)
+    if f is not None:
+        return f
+    full_key = (family,) + tuple(key)
+    if _autotune and not interpreting() and bench is not None:
+        _load_cache()
+        name = _cache.get(full_key)
+        if name is None:
+            name = _tune(eligible, bench)
+            _cache[full_key] = name
+            _save_cache()
+        return get(family, name)
+    if interpreting():  # programs run one after another: fewest programs is fastest
+        return max(eligible, key=lambda c: (c.block_m * max(c.block_n, 1), -c.num_warps))
+    target = num_sms(device)
+    fits = [c for c in eligible if c.block_m <= max(16, _next_pow2(m_extent))
+            and (c.block_n == 0 or c.block_n <= max(64, _next_pow2(n_extent)))] or [eligible[0]]
+    fits = sorted(fits, key=lambda c: (c.block_m * max(c.block_n, 1), c.num_warps))
+    for c in reversed(fits):
+        if grid_size(c) >= target:
+            return c
+    return fits[0]
+
+
+def _tune(eligible: Sequence[Config], bench: Callable[[Config], None]) -> str:
+    from triton.testing import do_bench
+
+    best, best_t = eligible[0].name, float("inf")
+    for c in eligible:
+        try:
+            t = do_bench(lambda: bench(c), warmup=5, rep=20)
+        except Exception:  # a config that does not compile on this device is skipped
+            continue
+        if t < best_t:
+            best, best_t = c.name, t
+    return best
+
+
+# ----------------------------------------------------------------------------- output poisoning (tests)
+
+_poison = os.environ.get("FASTLORA_POISON", "0") not in ("", "0")
+
+
+@contextlib.contextmanager
+def poison(on: bool = True) -> Iterator[None]:
+    """Fill every buffer the launchers allocate (outputs and intermediates) with NaN before the
+    kernels run, so an element a kernel fails to write cannot pass a comparison."""
+    global _poison
+    old, _poison = _poison, on
+    try:
+        yield
+    finally:
+        _poison = old
+
+
+def empty(shape, *, device, dtype):
+    """torch.empty, NaN-filled while poisoning is on."""
+    import torch
+
+    t = torch.empty(shape, device=device, dtype=dtype)
+    if _poison:
+        t.fill_(float("nan"))
+    return t

@@ -1,0 +1,79 @@
+"""Opt-in (FASTLORA_COMPILE_CHECK=1, ~5-15 min on 2 cores): compile kernel specialisations for sm_90
+(TTIR → PTX → cubin with Triton's bundled ptxas) without a GPU. Catches front-end and lowering errors
+the interpreter hides (e.g. tensor/constexpr operator forms, dot shapes). Runs in a subprocess because
+the interpreter flag is fixed at import time."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("FASTLORA_COMPILE_CHECK") != "1",
+                                                    reason="opt-in: set FASTLORA_COMPILE_CHECK=1")]
+
+SCRIPT = textwrap.dedent('''
+    import itertools, os
+    os.environ["TRITON_INTERPRET"] = "0"
+    import triton
+    from triton.compiler import ASTSource
+    from triton.backends.compiler import GPUTarget
+    from kernels import fir, linear, modconv, prologue, tiles
+
+    TARGET = GPUTarget("cuda", 90, 32)
+
+    def build(fn, types, consts, warps, stages):
+        names = fn.arg_names
+        sig = {n: ("constexpr" if n in consts else types[n]) for n in names}
+        src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+        triton.compile(src, target=TARGET, options={"num_warps": warps, "num_stages": stages})
+
+    P = lambda dt: "*" + dt
+    n = 0
+    for dt, mode, k, cfg in itertools.product(["fp32", "bf16"], [0, 1, 2], [1, 3], tiles.CONV_CONFIGS):
+        if k == 3 and cfg.num_warps > 4:
+            continue
+        if dt == "bf16" and cfg.name != "conv_32x64x32":
+            continue
+        for tasks, demod, epi in ([(False, True, 0), (True, True, 1), (False, False, 2)]
+                                  if cfg.name == "conv_128x64x32" else [(False, True, 0)]):
+            types = dict(x_ptr=P("fp32" if mode == 1 else dt), s_ptr=P(dt), w_ptr=P(dt), sq_ptr="*fp32",
+                         tid_ptr="*i64", out_ptr=P("fp32" if mode == 2 else dt), noise_ptr=P(dt), bias_ptr=P(dt),
+                         skip_ptr=P(dt), **{a: "i32" for a in "C_IN C_OUT H W OH OW QH QW sn_b sn_c sn_y sn_x".split()})
+            consts = dict(K=k, MODE=mode, PHASES=4 if mode == 2 else 1, TASKS=tasks, DEMOD=demod,
+                          HAS_NOISE=epi == 1, HAS_BIAS=epi > 0, LRELU=epi == 1, HAS_SKIP=epi == 2,
+                          PREC="ieee" if dt == "fp32" else "tf32", BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                          BLOCK_K=cfg.block_k)
+            build(modconv._modconv_kernel, types, consts, cfg.num_warps, cfg.num_stages); n += 1
+    for kind, ai, ao in [(0, 0, 0), (1, 0, 0), (2, 1, 1), (2, 1, 0), (2, 0, 0), (3, 1, 0), (3, 0, 0)]:
+        types = dict(w_ptr="*fp32", w_out_ptr="*bf16", sq_out_ptr="*fp32", **{f"f{i}": "*fp32" for i in range(7)},
+                     C_OUT="i32", C_IN="i32", R="i32", scale="fp32", alpha="fp32")
+        consts = dict(KK=9, KIND=kind, ACT_IN=bool(ai), ACT_OUT=bool(ao), BLOCK_O=32, BLOCK_C=32, R_PAD=8)
+        build(prologue._prologue_kernel, types, consts, 4, 1); n += 1
+    for cfg, flags in zip(tiles.FIR_CONFIGS, [(0, 0, 0, 0), (1, 1, 1, 1)]):
+        types = dict(x_ptr="*fp32", out_ptr="*bf16", noise_ptr="*fp32", bias_ptr="*fp32", skip_ptr="*fp32",
+                     gain="fp32", **{a: "i32" for a in "TOTAL C H W OH OW PAD_Y PAD_X sn_b sn_c sn_y sn_x".split()})
+        consts = dict(HAS_NOISE=bool(flags[0]), HAS_BIAS=bool(flags[1]), LRELU=bool(flags[2]),
+                      HAS_SKIP=bool(flags[3]), BLOCK=cfg.block_m)
+        build(fir._fir_kernel, types, consts, cfg.num_warps, 1); n += 1
+    for cfg, tasks, dt in itertools.product(tiles.LINEAR_CONFIGS, [False, True], ["fp32", "bf16"]):
+        types = dict(x_ptr=P(dt), w_ptr=P(dt), ui_ptr="*fp32", uo_ptr="*fp32", ai_ptr="*fp32", ao_ptr="*fp32",
+                     b_ptr=P(dt), tid_ptr="*i64", out_ptr=P(dt), scale="fp32", alpha="fp32", bias_scale="fp32",
+                     **{a: "i32" for a in "N D_IN D_OUT R1 R2 st_ui st_uo st_ai st_ao st_b".split()})
+        consts = dict(TASKS=tasks, MUL=True, LOW=True, HAS_BIAS=True, LRELU=True,
+                      PREC="ieee" if dt == "fp32" else "tf32", R1P=16, R2P=16, BLOCK_M=cfg.block_m,
+                      BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
+        build(linear._linear_kernel, types, consts, cfg.num_warps, cfg.num_stages); n += 1
+    print("compiled", n)
+''')
+
+
+def test_kernels_compile_for_sm90():
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "compiled" in proc.stdout
