@@ -224,10 +224,12 @@ class ModulatedConv2d(AdaptedLayer):
         self.modulation = AdaptedLinear(style_dim, in_channels, bias_init=1.0, role="style")
         self.scale = 1.0 / math.sqrt(in_channels * kernel_size ** 2)
         self.demodulate, self.up, self.down = demodulate, up, down
+        self.form = "shared"  # torch backend only: "grouped" runs the published per-sample-weight computation
 
     def forward(self, x: Tensor, w: Tensor, *, task_ids: Optional[Tensor] = None, bias: Optional[Tensor] = None,
                 noise: Optional[Tensor] = None, activation: Optional[str] = None, skip: Optional[Tensor] = None,
-                backend: str = "auto", form: str = "shared") -> Tensor:
+                backend: str = "auto", form: Optional[str] = None) -> Tensor:
+        form = self.form if form is None else form
         style = self.modulation(w, task_ids=task_ids, backend=backend)
         return FL.modulated_conv2d(x, self.weight, style, adapter=self.current_adapter(task_ids), task_ids=task_ids,
                                    scale=self.scale, demodulate=self.demodulate, up=self.up, down=self.down,
