@@ -7,6 +7,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import torch  # noqa: E402  (torch itself does not import the project's kernels)
 
+# The tests use tiny tensors: one intra-op thread is faster than two and cannot oversubscribe the CPU.
+torch.set_num_threads(1)
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -104,15 +104,10 @@ def test_forgetting_table_of_a_train_run(setup, tmp_path, method):
     torch.manual_seed(1)
     G, D = Generator(16, 16, 2, channels=CH), Discriminator(16, channels=CH)
     base = save_checkpoint(tmp_path / "base", G, D)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(TrainConfig(ckpt=str(base), tasks=f"a={data / 'a' / 'train'},b={data / 'b' / 'train'}", method=method,
-                          iter=2, batch=2, n_sample=2, sample_every=100, save_every=100, log_every=1,
-                          fisher_batches=1, d_reg_every=4, g_reg_every=2, subspace_freq=2, n_anchors=2),
-              tmp_path / "run", options=RunOptions(progress=False, device="cpu"))
-    finally:
-        torch.set_num_threads(n)
+    train(TrainConfig(ckpt=str(base), tasks=f"a={data / 'a' / 'train'},b={data / 'b' / 'train'}", method=method,
+                      iter=2, batch=2, n_sample=2, sample_every=100, save_every=100, log_every=1,
+                      fisher_batches=1, d_reg_every=4, g_reg_every=2, subspace_freq=2, n_anchors=2),
+          tmp_path / "run", options=RunOptions(progress=False, device="cpu"))
     res = evaluate_run(tmp_path / "run", data, n=6, inception=net, kid_subsets=3, use_cache=False, progress=False,
                        batch_size=3)
     assert res["tasks"] == ["a", "b"] and list(res["after"]) == ["a", "b"]

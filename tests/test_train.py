@@ -25,15 +25,6 @@ STYLE = 16
 OPTS = RunOptions(progress=False, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny models run far faster on one thread (and the machine is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_folder(path, n, seed, size=20):
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
