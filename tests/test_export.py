@@ -25,14 +25,6 @@ CHANNELS = {4: 16, 8: 16, 16: 8}
 COMBOS = [("z", False, "const"), ("z", True, "input"), ("w", False, "input"), ("w", True, "const")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convs on a shared 2-core machine are fastest (and steadiest) single-threaded."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 @pytest.fixture(scope="module")
 def G() -> Generator:
