@@ -7,6 +7,7 @@ and the bank operations (`add_task`, `set_task`, `save_task`, `load_task`,
 `merge_task`, `unmerge`, ...). Triton is imported only when a Triton backend is used.
 """
 from fastlora import functional
+from fastlora._triton_autograd import deterministic, set_deterministic
 from fastlora.adapters import LeFT, LLoRA, LoRA
 from fastlora.backend import BACKENDS, resolve_backend
 from fastlora.bank import (
@@ -39,5 +40,5 @@ __all__ = [
     "AdaptedLayer", "AdaptedLinear", "ModulatedConv2d", "AdaptedConv2d",
     "adapted_layers", "add_task", "remove_task", "set_task", "active_task", "task_names", "task_config",
     "task_parameters", "base_parameters", "freeze_base", "task_state_dict", "base_state_dict", "base_checksum",
-    "count_parameters", "save_task", "load_task", "read_task_config", "merge_task", "unmerge", "merged_state_dict",
+    "count_parameters", "set_deterministic", "deterministic", "save_task", "load_task", "read_task_config", "merge_task", "unmerge", "merged_state_dict",
 ]

@@ -2,10 +2,10 @@
 
 `modulated_conv2d` and `linear` are called by the functional ops when the backend resolves to
 "triton" (after the functional wrappers validated shapes). Forward runs the fused kernels.
-When autograd needs gradients, the fused forward is wrapped in an autograd Function whose
-backward recomputes through the PyTorch reference (interim, until fused backward kernels
-exist): plain backward on detached inputs, and, under create_graph, on the saved inputs
-themselves so that double backward (R1, path length) reaches every input correctly.
+When autograd needs gradients, the fused forward runs inside an autograd Function
+(`fastlora._triton_autograd`): first-order backward runs the fused backward kernels; under
+create_graph (R1, path length) the backward recomputes the PyTorch reference on the saved inputs
+themselves, so double backward reaches every input with exact second-order gradients.
 """
 from __future__ import annotations
 
@@ -43,17 +43,20 @@ def _check_dtype(op: str, x: Tensor) -> None:
                          "(use backend='torch' for float64)")
 
 
-def _flatten(adapters: Sequence) -> Tuple[List[Tensor], Callable[[Sequence[Tensor]], List]]:
-    """All adapter tensors in one list, and a function rebuilding the adapters from such a list."""
+def _flatten(adapters: Sequence) -> Tuple[List[Tensor], Callable[[Sequence[Tensor]], List], List[tuple]]:
+    """All adapter tensors in one list, a function rebuilding the adapters from such a list, and the
+    (task index, field name) of each flat tensor."""
     layout = []
     flat: List[Tensor] = []
-    for a in adapters:
+    names_flat: List[tuple] = []
+    for i, a in enumerate(adapters):
         if a is None:
             layout.append(None)
             continue
         names = [f.name for f in dataclasses.fields(a) if isinstance(getattr(a, f.name), Tensor)]
         layout.append((a, names))
         flat.extend(getattr(a, nm) for nm in names)
+        names_flat.extend((i, nm) for nm in names)
 
     def rebuild(tensors: Sequence[Tensor]) -> List:
         out, i = [], 0
@@ -66,42 +69,11 @@ def _flatten(adapters: Sequence) -> Tuple[List[Tensor], Callable[[Sequence[Tenso
             i += len(names)
         return out
 
-    return flat, rebuild
+    return flat, rebuild, names_flat
 
 
-class _RecomputeBackward(torch.autograd.Function):
-    """Fused forward; backward by recomputing the torch reference (any order)."""
-
-    @staticmethod
-    def forward(ctx, fused: Callable, reference: Callable, *tensors):  # type: ignore[override]
-        ctx.reference = reference
-        ctx.save_for_backward(*tensors)
-        return fused(tensors)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        saved = list(ctx.saved_tensors)
-        need = ctx.needs_input_grad[2:]
-        create = torch.is_grad_enabled()
-        if create:
-            inputs = saved  # keep the graph to the real inputs: double backward must reach them
-        else:
-            inputs = [t.detach().requires_grad_(nd) if t is not None else None for t, nd in zip(saved, need)]
-        idx = [i for i, nd in enumerate(need) if nd and inputs[i] is not None]
-        with torch.enable_grad():
-            y = ctx.reference(inputs)
-        grads = torch.autograd.grad(y, [inputs[i] for i in idx], grad, create_graph=create, allow_unused=True)
-        out: List[Optional[Tensor]] = [None] * len(saved)
-        for i, g in zip(idx, grads):
-            out[i] = g if g is not None else torch.zeros_like(saved[i])
-        return (None, None, *out)
-
-
-def _run(fused: Callable, reference: Callable, tensors: List[Optional[Tensor]]) -> Tensor:
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _RecomputeBackward.apply(fused, reference, *tensors)
-    with torch.no_grad():
-        return fused(tensors)
+def _needs_grad(tensors: List[Optional[Tensor]]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 # ----------------------------------------------------------------------------- ops
@@ -120,13 +92,13 @@ def modulated_conv2d(x: Tensor, weight: Tensor, style: Tensor, *, adapter=None, 
             a.check(weight)
             if isinstance(a, LeFT) and not a.is_conv:
                 raise ValueError("modulated_conv2d: a linear LeFT adapter does not apply to a conv weight")
-    flat, rebuild = _flatten(adapters)
+    flat, rebuild, layout = _flatten(adapters)
     head = [x, weight, style, bias, noise, skip]
 
-    def fused(ts):
+    def fused(ts, saved=None):
         x_, w_, s_, b_, n_, k_ = ts[:6]
         return modconv.modulated_conv2d(x_, w_, s_, rebuild(ts[6:]), task_ids, scale, demodulate, up, down,
-                                        b_, n_, activation, k_)
+                                        b_, n_, activation, k_, saved=saved)
 
     def reference(ts):
         from fastlora import functional
@@ -137,7 +109,15 @@ def modulated_conv2d(x: Tensor, weight: Tensor, style: Tensor, *, adapter=None, 
                                            task_ids=task_ids, scale=scale, demodulate=demodulate, up=up, down=down,
                                            bias=b_, noise=n_, activation=activation, skip=k_, backend="torch")
 
-    return _run(fused, reference, head + flat)
+    tensors = head + flat
+    if not _needs_grad(tensors):
+        with torch.no_grad():
+            return fused(tensors)
+    from fastlora._triton_autograd import ModConvFn, OpSpec
+
+    spec = OpSpec(6, rebuild, layout, fused, reference, task_ids=task_ids, scale=float(scale),
+                  demodulate=demodulate, up=up, down=down, activation=activation)
+    return ModConvFn.apply(spec, *tensors)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, adapter=None,
@@ -153,7 +133,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, adapter=
             if isinstance(a, LLoRA) or (isinstance(a, LeFT) and a.is_conv):
                 raise ValueError(f"linear: a {type(a).__name__} conv adapter does not apply to a linear layer")
             a.check(weight)
-    flat, rebuild = _flatten(adapters)
+    flat, rebuild, layout = _flatten(adapters)
     head = [x, weight, bias]
 
     def fused(ts):
@@ -167,7 +147,15 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, adapter=
                                  task_ids=task_ids, scale=scale, bias_scale=bias_scale, activation=activation,
                                  backend="torch")
 
-    return _run(fused, reference, head + flat)
+    tensors = head + flat
+    if not _needs_grad(tensors):
+        with torch.no_grad():
+            return fused(tensors)
+    from fastlora._triton_autograd import LinearFn, OpSpec
+
+    spec = OpSpec(3, rebuild, layout, fused, reference, task_ids=task_ids, scale=float(scale),
+                  bias_scale=float(bias_scale), activation=activation)
+    return LinearFn.apply(spec, *tensors)
 
 
 __all__ = ["modulated_conv2d", "linear", "LoRA", "LLoRA", "LeFT"]

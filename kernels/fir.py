@@ -17,11 +17,11 @@ SQRT2 = 1.4142135623730951
 
 @triton.jit
 def _fir_kernel(
-    x_ptr, out_ptr, noise_ptr, bias_ptr, skip_ptr,
+    x_ptr, out_ptr, noise_ptr, bias_ptr, skip_ptr, pre_ptr,
     TOTAL, C, H, W, OH, OW, PAD_Y, PAD_X, gain,
     sn_b, sn_c, sn_y, sn_x,
     HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, LRELU: tl.constexpr, HAS_SKIP: tl.constexpr,
-    BLOCK: tl.constexpr,
+    SAVE_PRE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)  # flat over all output elements (planes may be tiny)
@@ -44,6 +44,8 @@ def _fir_kernel(
             v = tl.load(base + iy * W + ix, mask=m, other=0.0).to(tl.float32)
             acc += v * (wy * wx)
     y = acc * gain
+    if SAVE_PRE:  # the blurred value before the epilogue (fp32), kept for the fused backward
+        tl.store(pre_ptr + offs, y, mask=mo)
     b = plane // C
     c = plane % C
     if HAS_NOISE:
@@ -59,9 +61,11 @@ def _fir_kernel(
 
 def blur(x: torch.Tensor, pad: tuple[int, int], gain: float, out: torch.Tensor, *,
          noise: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None, lrelu: bool = False,
-         skip: Optional[torch.Tensor] = None, config: Optional[tiles.Config] = None) -> torch.Tensor:
+         skip: Optional[torch.Tensor] = None, pre: Optional[torch.Tensor] = None,
+         config: Optional[tiles.Config] = None) -> torch.Tensor:
     """out = epilogue(upfirdn2d(x, blur·gain, pad=(p0, p1))); x [N, C, H, W] contiguous.
-    `noise` may broadcast ([N|1, 1|C, OH, OW]); `skip` is [N, C, OH, OW]."""
+    `noise` may broadcast ([N|1, 1|C, OH, OW]); `skip` is [N, C, OH, OW]; `pre` (fp32, like out) also
+    receives the blurred value before the epilogue."""
     n, c, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
     sn = noise.expand(n, c, oh, ow).stride() if noise is not None else (0, 0, 0, 0)
@@ -72,9 +76,9 @@ def blur(x: torch.Tensor, pad: tuple[int, int], gain: float, out: torch.Tensor, 
     grid = (triton.cdiv(total, cfg.block_m),)
     _fir_kernel[grid](
         x, out, noise if noise is not None else x, bias if bias is not None else x,
-        skip if skip is not None else x,
+        skip if skip is not None else x, pre if pre is not None else x,
         total, c, h, w, oh, ow, pad[0], pad[0], float(gain), *sn,
         HAS_NOISE=noise is not None, HAS_BIAS=bias is not None, LRELU=lrelu, HAS_SKIP=skip is not None,
-        BLOCK=cfg.block_m, num_warps=cfg.num_warps,
+        SAVE_PRE=pre is not None, BLOCK=cfg.block_m, num_warps=cfg.num_warps,
     )
     return out

@@ -45,13 +45,13 @@ def _tap_accumulate(acc, x_base, s_base, w_tap, iy, ix, mm, offs_n, mn, C_IN, C_
 
 @triton.jit
 def _modconv_kernel(
-    x_ptr, s_ptr, w_ptr, sq_ptr, tid_ptr, out_ptr, noise_ptr, bias_ptr, skip_ptr,
+    x_ptr, s_ptr, w_ptr, sq_ptr, tid_ptr, out_ptr, noise_ptr, bias_ptr, skip_ptr, pre_ptr,
     C_IN, C_OUT, H, W, OH, OW, QH, QW,
     sn_b, sn_c, sn_y, sn_x,
     K: tl.constexpr, MODE: tl.constexpr, PHASES: tl.constexpr,
     TASKS: tl.constexpr, DEMOD: tl.constexpr,
     HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, LRELU: tl.constexpr, HAS_SKIP: tl.constexpr,
-    PREC: tl.constexpr,
+    SAVE_PRE: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -114,6 +114,9 @@ def _modconv_kernel(
         oy = q
         ox = p
     m2 = mm[:, None] & mn[None, :]
+    out_off = (b * C_OUT + offs_n[None, :]) * (OH * OW) + (oy * OW + ox)[:, None]
+    if SAVE_PRE:  # demodulated conv output before the epilogue (fp32), kept for the fused backward
+        tl.store(pre_ptr + out_off, acc, mask=m2)
     if HAS_NOISE:
         acc += tl.load(noise_ptr + b * sn_b + offs_n[None, :] * sn_c + (oy * sn_y + ox * sn_x)[:, None],
                        mask=m2, other=0.0).to(tl.float32)
@@ -121,7 +124,6 @@ def _modconv_kernel(
         acc += tl.load(bias_ptr + offs_n, mask=mn, other=0.0).to(tl.float32)[None, :]
     if LRELU:
         acc = tl.where(acc >= 0, acc, acc * 0.2) * 1.4142135623730951
-    out_off = (b * C_OUT + offs_n[None, :]) * (OH * OW) + (oy * OW + ox)[:, None]
     if HAS_SKIP:
         acc += tl.load(skip_ptr + out_off, mask=m2, other=0.0).to(tl.float32)
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=m2)
@@ -146,9 +148,11 @@ def _precision(dtype: torch.dtype, device: torch.device) -> str:
 def conv(xin: torch.Tensor, style: torch.Tensor, w_k: torch.Tensor, sq: torch.Tensor, k: int, mode: int,
          out: torch.Tensor, *, task_ids: Optional[torch.Tensor] = None, demodulate: bool = True,
          noise: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None, lrelu: bool = False,
-         skip: Optional[torch.Tensor] = None, config: Optional[tiles.Config] = None) -> torch.Tensor:
+         skip: Optional[torch.Tensor] = None, pre: Optional[torch.Tensor] = None,
+         config: Optional[tiles.Config] = None) -> torch.Tensor:
     """Launch the implicit-GEMM conv. xin [N, C_in, H, W] contiguous; w_k [T, k·k·C_in, C_out];
-    sq [T, C_in, C_out] fp32; out [N, C_out, OH, OW] (for MODE_UP: the transposed-conv size)."""
+    sq [T, C_in, C_out] fp32; out [N, C_out, OH, OW] (for MODE_UP: the transposed-conv size);
+    `pre` (fp32, like out): also store the demodulated output before the epilogue."""
     n, c_in, h, w = xin.shape
     c_out, oh, ow = out.shape[1], out.shape[2], out.shape[3]
     phases = 4 if mode == MODE_UP else 1
@@ -166,11 +170,11 @@ def conv(xin: torch.Tensor, style: torch.Tensor, w_k: torch.Tensor, sq: torch.Te
         _modconv_kernel[grid_of(cf)](
             xin, style, w_k, sq, task_ids if task_ids is not None else style, out,
             noise if noise is not None else out, bias if bias is not None else out,
-            skip if skip is not None else out,
+            skip if skip is not None else out, pre if pre is not None else out,
             c_in, c_out, h, w, oh, ow, qh, qw, *sn,
             K=k, MODE=mode, PHASES=phases, TASKS=task_ids is not None, DEMOD=demodulate,
             HAS_NOISE=noise is not None, HAS_BIAS=bias is not None, LRELU=lrelu, HAS_SKIP=skip is not None,
-            PREC=_precision(w_k.dtype, xin.device),
+            SAVE_PRE=pre is not None, PREC=_precision(w_k.dtype, xin.device),
             BLOCK_M=cf.block_m, BLOCK_N=cf.block_n, BLOCK_K=cf.block_k, **cf.launch_kwargs(),
         )
 
@@ -184,10 +188,11 @@ def conv(xin: torch.Tensor, style: torch.Tensor, w_k: torch.Tensor, sq: torch.Te
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, style: torch.Tensor, adapters: Sequence,
                      task_ids: Optional[torch.Tensor], scale: float, demodulate: bool, up: bool, down: bool,
                      bias: Optional[torch.Tensor], noise: Optional[torch.Tensor], activation: Optional[str],
-                     skip: Optional[torch.Tensor]) -> torch.Tensor:
+                     skip: Optional[torch.Tensor], saved: Optional[dict] = None) -> torch.Tensor:
     """Fused forward (no autograd). `adapters`: one entry per task (None = base weight);
     with task_ids None, exactly one entry. Launches: one prologue per task, the conv, and the
-    blur for up/down. No host synchronisation."""
+    blur for up/down. No host synchronisation. `saved` (a dict, for the fused backward) receives
+    "pre" (fp32 output before noise/bias/activation/skip) and, for down, "xb" (the blurred input)."""
     n, c_in, h, w = x.shape
     c_out, k = weight.shape[0], weight.shape[2]
     dev = x.device
@@ -200,20 +205,29 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, style: torch.Tensor,
     for i, a in enumerate(adapters):
         prologue.build_weight(weight, a, scale, w_k[i], sq[i], config=tiles.forced("prologue"))
     lrelu = activation == "lrelu"
+    pre = None
+    if saved is not None:
+        oh, ow = (2 * h, 2 * w) if up else (h, w)
+        if down:
+            p0, p1 = _down_blur_pad(k)
+            oh, ow = (h + p0 + p1 - 3 - k) // 2 + 1, (w + p0 + p1 - 3 - k) // 2 + 1
+        pre = saved["pre"] = tiles.empty((n, c_out, oh, ow), device=dev, dtype=torch.float32)
     if up:
         th, tw = 2 * h + k - 2, 2 * w + k - 2
         tmp = tiles.empty((n, c_out, th, tw), device=dev, dtype=torch.float32)
         conv(x, style, w_k, sq, k, MODE_UP, tmp, task_ids=task_ids, demodulate=demodulate)
         out = tiles.empty((n, c_out, 2 * h, 2 * w), device=dev, dtype=x.dtype)
-        return fir.blur(tmp, _up_blur_pad(k), 4.0, out, noise=noise, bias=bias, lrelu=lrelu, skip=skip)
+        return fir.blur(tmp, _up_blur_pad(k), 4.0, out, noise=noise, bias=bias, lrelu=lrelu, skip=skip, pre=pre)
     if down:
         p0, p1 = _down_blur_pad(k)
         bh, bw = h + p0 + p1 - 3, w + p0 + p1 - 3
         xb = tiles.empty((n, c_in, bh, bw), device=dev, dtype=torch.float32)
         fir.blur(x, (p0, p1), 1.0, xb)
+        if saved is not None:
+            saved["xb"] = xb
         out = tiles.empty((n, c_out, (bh - k) // 2 + 1, (bw - k) // 2 + 1), device=dev, dtype=x.dtype)
         return conv(xb, style, w_k, sq, k, MODE_DOWN, out, task_ids=task_ids, demodulate=demodulate,
-                    noise=noise, bias=bias, lrelu=lrelu, skip=skip)
+                    noise=noise, bias=bias, lrelu=lrelu, skip=skip, pre=pre)
     out = tiles.empty((n, c_out, h, w), device=dev, dtype=x.dtype)
     return conv(x, style, w_k, sq, k, MODE_PLAIN, out, task_ids=task_ids, demodulate=demodulate,
-                noise=noise, bias=bias, lrelu=lrelu, skip=skip)
+                noise=noise, bias=bias, lrelu=lrelu, skip=skip, pre=pre)

@@ -66,7 +66,13 @@ LINEAR_CONFIGS: Tuple[Config, ...] = (
 
 TABLES: Dict[str, Tuple[Config, ...]] = {
     "conv": CONV_CONFIGS, "prologue": PROLOGUE_CONFIGS, "fir": FIR_CONFIGS, "linear": LINEAR_CONFIGS,
+    # backward families share the forward tables (forced separately: force(dgrad=..., wgrad=..., reduce=...))
+    "dgrad": CONV_CONFIGS, "wgrad": CONV_CONFIGS, "reduce": PROLOGUE_CONFIGS, "linear_bwd": LINEAR_CONFIGS,
 }
+
+# How often each backward reduction strategy ran ("..._partials": deterministic two-stage reduction,
+# "..._atomic": atomics). Tests read it to check that deterministic mode takes the deterministic path.
+COUNTERS: Dict[str, int] = {}
 
 _state = threading.local()
 _cache: Dict[tuple, str] = {}

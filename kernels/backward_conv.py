@@ -1,0 +1,547 @@
+"""Fused backward of the modulated conv (frozen or trainable base, adapters trainable).
+
+Forward (per sample b, task t = task_ids[b]): y0 = d ⊙ c, c = conv(x ⊙ s, Ŵ_t) (Ŵ_t = scale·(W ⊕ adapter)),
+d = rsqrt(Σ_c s²·Q_t + 1e-8), Q_t[c, o] = Σ_taps Ŵ_t², then the epilogue (+noise, bias [+lrelu·√2], +skip).
+The forward saved y0 ("pre", fp32) and, for down, the blurred input xb.
+
+Kernels (none synchronises with the host):
+
+1. `_epi_bwd_kernel`, one program per (sample, C_out) plane: the epilogue backward (lrelu′ from
+   z = y0 + noise + bias; ReLU-style derivative at 0 like torch: slope), stores gd = gz·d (the conv-output
+   gradient dc at the output resolution) and optionally gz (for the noise gradient), and reduces per plane
+   Σ gz (bias gradient) and Σ gz·y0 (so dd = Σ gz·y0 / d, and e = dd·d³ = Σ gz·y0 · d²).
+   For up, dc at the transposed-conv resolution is the blur's adjoint of gd (`fir.blur`, mirrored padding).
+2. `_dgrad_kernel`: implicit GEMM of the conv's adjoint, M = input pixels of one sample, N = C_in,
+   K = C_out per tap: plain → stride-1 conv with mirrored offsets; up (forward stride-2 transposed conv)
+   → stride-2 conv; down (forward stride-2 conv) → four polyphase sub-convolutions (one per input parity).
+   Epilogue: dx = s ⊙ dxs, and the style gradient ds[b, c] = Σ_pix x·dxs − s·Σ_o e[b,o]·Q_t[c,o]
+   reduced in the same pass (per-program partials summed in a fixed order, or atomics).
+3. `_wgrad_kernel`: the full kernel gradient per task, G_t[tap, c, o] = Σ_{b∈t, pix} dc·(x⊙s) patches
+   − Ŵ_t·Σ_{b∈t} e[b,o]·s[b,c]² (the demodulation term), fp32, layout [T, k·k, C_in, C_out] (like Ŵ).
+   Each program owns an output tile and loops over the samples of its task: no atomics.
+4. `_factor_reduce_kernel` (LLoRA all acts, LeFT conv): reduces G_t to the factor gradients without writing
+   anything else full-size: one program per (C_out block, tap) loops over C_in, rebuilds P = A·N on the fly for
+   the outer-ReLU mask (ReLU′(0) := 1 as in the reference), and produces dN[tap, o, :] (complete) and dA / dV
+   (per-program partials or atomics), plus for LeFT Σ_o G (the additive term's gradient).
+   The remaining chain rule (through the inner ReLU to B, B_inst; LeFT's U, T, P, Q, R, S; LoRA's A, B as
+   GEMMs of G with the rank-r factors) is O(r·C·k²·r) and runs as small torch ops in `adapter_grads`.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import fir, modconv, prologue, tiles
+
+SQRT2 = 1.4142135623730951
+
+
+# ----------------------------------------------------------------------------- 1. epilogue backward
+
+@triton.jit
+def _epi_bwd_kernel(
+    gy_ptr, pre_ptr, noise_ptr, bias_ptr, d_ptr, gd_ptr, gz_ptr, sums_ptr,
+    C, HW, OW, sn_b, sn_c, sn_y, sn_x,
+    HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, LRELU: tl.constexpr, DEMOD: tl.constexpr,
+    STORE_GZ: tl.constexpr, BLOCK: tl.constexpr,
+):
+    plane = tl.program_id(0).to(tl.int64)
+    b = plane // C
+    c = plane % C
+    if DEMOD:
+        dval = tl.load(d_ptr + plane)
+    else:
+        dval = 1.0
+    if HAS_BIAS:
+        bval = tl.load(bias_ptr + c).to(tl.float32)
+    else:
+        bval = 0.0
+    s_gz = tl.zeros((BLOCK,), dtype=tl.float32)
+    s_gy = tl.zeros((BLOCK,), dtype=tl.float32)
+    base = plane * HW
+    for p0 in range(0, HW, BLOCK):
+        offs = p0 + tl.arange(0, BLOCK)
+        m = offs < HW
+        g = tl.load(gy_ptr + base + offs, mask=m, other=0.0).to(tl.float32)
+        y0 = tl.load(pre_ptr + base + offs, mask=m, other=0.0)
+        if LRELU:
+            z = y0 + bval
+            if HAS_NOISE:
+                oy = offs // OW
+                ox = offs % OW
+                z += tl.load(noise_ptr + b * sn_b + c * sn_c + oy * sn_y + ox * sn_x, mask=m,
+                             other=0.0).to(tl.float32)
+            g = tl.where(z > 0, g, g * 0.2) * 1.4142135623730951
+        s_gz += g
+        s_gy += g * y0
+        tl.store(gd_ptr + base + offs, g * dval, mask=m)
+        if STORE_GZ:
+            tl.store(gz_ptr + base + offs, g, mask=m)
+    tl.store(sums_ptr + plane * 2, tl.sum(s_gz, axis=0))
+    tl.store(sums_ptr + plane * 2 + 1, tl.sum(s_gy, axis=0))
+
+
+# ----------------------------------------------------------------------------- 2. dgrad (+ style gradient)
+
+@triton.jit
+def _dgrad_tap(acc, g_base, w_tap, sy, sx, mm, offs_n, mn, C_OUT, GH, GW,
+               PREC: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc[pix, c] += Σ_o dc[o, sy, sx] · Ŵ_tap[c, o] over all C_out blocks."""
+    ma = mm & (sy >= 0) & (sy < GH) & (sx >= 0) & (sx < GW)
+    pix = sy * GW + sx
+    for o0 in range(0, C_OUT, BLOCK_K):
+        offs_k = o0 + tl.arange(0, BLOCK_K)
+        mk = offs_k < C_OUT
+        a = tl.load(g_base + offs_k[None, :] * (GH * GW) + pix[:, None], mask=ma[:, None] & mk[None, :], other=0.0)
+        wt = tl.load(w_tap + offs_n[None, :] * C_OUT + offs_k[:, None], mask=mk[:, None] & mn[None, :], other=0.0)
+        acc = tl.dot(a.to(wt.dtype), wt, acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _dgrad_kernel(
+    g_ptr, w_ptr, x_ptr, s_ptr, sq_ptr, e_ptr, tid_ptr, dx_ptr, ds_ptr,
+    C_IN, C_OUT, H, W, GH, GW, N_MB,
+    K: tl.constexpr, MODE: tl.constexpr, PHASES: tl.constexpr, TASKS: tl.constexpr, DEMOD: tl.constexpr,
+    NEED_DX: tl.constexpr, NEED_DS: tl.constexpr, ATOMIC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_z = tl.program_id(2)
+    b = (pid_z // PHASES).to(tl.int64)
+    phase = pid_z % PHASES
+    py = phase // 2
+    px = phase % 2
+    if MODE == 1:  # polyphase over the (blurred) input's parities
+        qh = (H - py + 1) // 2
+        qw = (W - px + 1) // 2
+    else:
+        qh = H
+        qw = W
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mm = offs_m < qh * qw
+    mn = offs_n < C_IN
+    q = offs_m // qw
+    p = offs_m % qw
+    if TASKS:
+        t = tl.load(tid_ptr + b).to(tl.int64)
+    else:
+        t = 0
+    KK: tl.constexpr = K * K
+    g_base = g_ptr + b * C_OUT * GH * GW
+    w_base = w_ptr + t * (KK * C_IN * C_OUT)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for ky in tl.static_range(K):
+        for kx in tl.static_range(K):
+            w_tap = w_base + (ky * K + kx) * C_IN * C_OUT
+            if MODE == 0:
+                acc = _dgrad_tap(acc, g_base, w_tap, q - (ky - K // 2), p - (kx - K // 2), mm, offs_n, mn,
+                                 C_OUT, GH, GW, PREC, BLOCK_K)
+            elif MODE == 2:  # adjoint of the stride-2 transposed conv: a stride-2 conv
+                acc = _dgrad_tap(acc, g_base, w_tap, 2 * q + ky, 2 * p + kx, mm, offs_n, mn,
+                                 C_OUT, GH, GW, PREC, BLOCK_K)
+            else:  # adjoint of the stride-2 conv: input parity (py, px) only sees taps of that parity
+                if (py == (ky % 2)) & (px == (kx % 2)):
+                    acc = _dgrad_tap(acc, g_base, w_tap, q - (ky - py) // 2, p - (kx - px) // 2, mm, offs_n, mn,
+                                     C_OUT, GH, GW, PREC, BLOCK_K)
+    if MODE == 1:
+        iy = 2 * q + py
+        ix = 2 * p + px
+    else:
+        iy = q
+        ix = p
+    m2 = mm[:, None] & mn[None, :]
+    s = tl.load(s_ptr + b * C_IN + offs_n, mask=mn, other=0.0).to(tl.float32)
+    off = (b * C_IN + offs_n[None, :]) * (H * W) + (iy * W + ix)[:, None]
+    if NEED_DX:
+        tl.store(dx_ptr + off, acc * s[None, :], mask=m2)
+    if NEED_DS:
+        xv = tl.load(x_ptr + off, mask=m2, other=0.0).to(tl.float32)
+        part = tl.sum(xv * acc, axis=0)
+        if DEMOD:
+            if (pid_m == 0) & (phase == 0):  # −s·Σ_o e[b, o]·Q_t[c, o], once per (sample, C_in block)
+                dm = tl.zeros((BLOCK_N,), dtype=tl.float32)
+                sq_base = sq_ptr + t * (C_IN * C_OUT)
+                for o0 in range(0, C_OUT, BLOCK_K):
+                    offs_k = o0 + tl.arange(0, BLOCK_K)
+                    mk = offs_k < C_OUT
+                    ev = tl.load(e_ptr + b * C_OUT + offs_k, mask=mk, other=0.0)
+                    qv = tl.load(sq_base + offs_n[:, None] * C_OUT + offs_k[None, :],
+                                 mask=mn[:, None] & mk[None, :], other=0.0)
+                    dm += tl.sum(qv * ev[None, :], axis=1)
+                part -= s * dm
+        if ATOMIC:
+            tl.atomic_add(ds_ptr + b * C_IN + offs_n, part, mask=mn)
+        else:  # partial buffer [N, PHASES·N_MB, C_in], summed in a fixed order afterwards
+            tl.store(ds_ptr + ((b * PHASES + phase) * N_MB + pid_m) * C_IN + offs_n, part, mask=mn)
+
+
+# ----------------------------------------------------------------------------- 3. wgrad (full kernel gradient)
+
+@triton.jit
+def _wgrad_kernel(
+    g_ptr, x_ptr, s_ptr, w_ptr, e_ptr, tid_ptr, out_ptr,
+    NB, C_IN, C_OUT, H, W, GH, GW, PH, PW,
+    K: tl.constexpr, MODE: tl.constexpr, TASKS: tl.constexpr, DEMOD: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """out[t, tap, c, o] = Σ_{b∈t} Σ_p (x⊙s)[b, c, src_x(p)]·dc[b, o, src_g(p)] − Ŵ·Σ_{b∈t} e[b,o]·s[b,c]²."""
+    pid_c = tl.program_id(0)
+    pid_o = tl.program_id(1)
+    pid_z = tl.program_id(2)
+    KK: tl.constexpr = K * K
+    tap = pid_z % KK
+    task = (pid_z // KK).to(tl.int64)
+    ky = tap // K
+    kx = tap % K
+    offs_c = pid_c * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_o = pid_o * BLOCK_N + tl.arange(0, BLOCK_N)
+    mc = offs_c < C_IN
+    mo = offs_o < C_OUT
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    dm = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    w_tile = tl.load(w_ptr + (task * KK + tap) * C_IN * C_OUT + offs_c[:, None] * C_OUT + offs_o[None, :],
+                     mask=mc[:, None] & mo[None, :], other=0.0)
+    for b in range(NB):
+        if TASKS:
+            own = tl.load(tid_ptr + b).to(tl.int64) == task
+        else:
+            own = True
+        if own:
+            bb = (pid_c * 0 + b).to(tl.int64)  # 64-bit sample offsets (b is a plain int in the interpreter)
+            s = tl.load(s_ptr + bb * C_IN + offs_c, mask=mc, other=0.0).to(tl.float32)
+            x_base = x_ptr + bb * C_IN * H * W
+            g_base = g_ptr + bb * C_OUT * GH * GW
+            for p0 in range(0, PH * PW, BLOCK_K):
+                offs_p = p0 + tl.arange(0, BLOCK_K)
+                mp = offs_p < PH * PW
+                qy = offs_p // PW
+                qx = offs_p % PW
+                if MODE == 0:
+                    xy = qy + (ky - K // 2)
+                    xx = qx + (kx - K // 2)
+                    gy = qy
+                    gx = qx
+                elif MODE == 1:
+                    xy = 2 * qy + ky
+                    xx = 2 * qx + kx
+                    gy = qy
+                    gx = qx
+                else:
+                    xy = qy
+                    xx = qx
+                    gy = 2 * qy + ky
+                    gx = 2 * qx + kx
+                mx = mp & (xy >= 0) & (xy < H) & (xx >= 0) & (xx < W)
+                mg = mp & (gy >= 0) & (gy < GH) & (gx >= 0) & (gx < GW)
+                xt = tl.load(x_base + offs_c[:, None] * (H * W) + (xy * W + xx)[None, :],
+                             mask=mc[:, None] & mx[None, :], other=0.0).to(tl.float32)
+                xt = (xt * s[:, None]).to(w_tile.dtype)
+                gt = tl.load(g_base + offs_o[None, :] * (GH * GW) + (gy * GW + gx)[:, None],
+                             mask=mg[:, None] & mo[None, :], other=0.0).to(w_tile.dtype)
+                acc = tl.dot(xt, gt, acc, input_precision=PREC)
+            if DEMOD:
+                ev = tl.load(e_ptr + bb * C_OUT + offs_o, mask=mo, other=0.0)
+                dm += (s * s)[:, None] * ev[None, :]
+    if DEMOD:
+        acc -= w_tile.to(tl.float32) * dm
+    tl.store(out_ptr + (task * KK + tap) * C_IN * C_OUT + offs_c[:, None] * C_OUT + offs_o[None, :], acc,
+             mask=mc[:, None] & mo[None, :])
+
+
+# ----------------------------------------------------------------------------- 4. reduction to adapter factors
+
+@triton.jit
+def _factor_reduce_kernel(
+    g_ptr, a_ptr, n_ptr, w_ptr, dn_ptr, da_ptr, dadd_ptr,
+    C_IN, C_OUT, R, N_OB, coef,
+    KK: tl.constexpr, KIND: tl.constexpr, OUTER: tl.constexpr, ATOMIC: tl.constexpr, PREC: tl.constexpr,
+    R_PAD: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """KIND 2 (LLoRA): G′ = coef·G·[P ≥ 0 if OUTER], P[o,c] = Σ_j A[c,j]·N[tap,o,j];
+    KIND 3 (LeFT): G′ = coef·G·W (the multiplicative factor's gradient), dadd[tap, c] += coef·Σ_o G.
+    dN[tap, o, j] = Σ_c A[c,j]·G′[c,o]; dA[c, j] += Σ_o G′[c,o]·N[tap,o,j] (A = V for LeFT)."""
+    pid_o = tl.program_id(0)
+    tap = tl.program_id(1)
+    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    offs_r = tl.arange(0, R_PAD)
+    mo = offs_o < C_OUT
+    mr = offs_r < R
+    n_tile = tl.load(n_ptr + (tap * C_OUT + offs_o[:, None]) * R + offs_r[None, :], mask=mo[:, None] & mr[None, :],
+                     other=0.0)  # [BO, RP]
+    dn = tl.zeros((BLOCK_O, R_PAD), dtype=tl.float32)
+    for c0 in range(0, C_IN, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mc = offs_c < C_IN
+        m2 = mc[:, None] & mo[None, :]
+        g = tl.load(g_ptr + (tap * C_IN + offs_c[:, None]) * C_OUT + offs_o[None, :], mask=m2, other=0.0)
+        a_tile = tl.load(a_ptr + offs_c[:, None] * R + offs_r[None, :], mask=mc[:, None] & mr[None, :], other=0.0)
+        if KIND == 2:
+            g = g * coef
+            if OUTER:
+                pv = tl.dot(a_tile, tl.trans(n_tile), input_precision="ieee")  # [BC, BO]
+                g = tl.where(pv >= 0, g, 0.0)
+        else:
+            wv = tl.load(w_ptr + (offs_o[None, :] * C_IN + offs_c[:, None]) * KK + tap, mask=m2, other=0.0)
+            part_add = tl.sum(g, axis=1) * coef
+            if ATOMIC:
+                tl.atomic_add(dadd_ptr + tap * C_IN + offs_c, part_add, mask=mc)
+            else:
+                tl.store(dadd_ptr + (pid_o * KK + tap) * C_IN + offs_c, part_add, mask=mc)
+            g = g * wv.to(tl.float32) * coef
+        g = tl.where(m2, g, 0.0)
+        dn = tl.dot(tl.trans(g), a_tile, dn, input_precision=PREC)  # [BO, RP]
+        da = tl.dot(g, n_tile, input_precision=PREC)  # [BC, RP]
+        if ATOMIC:
+            tl.atomic_add(da_ptr + offs_c[:, None] * R + offs_r[None, :], da, mask=mc[:, None] & mr[None, :])
+        else:
+            tl.store(da_ptr + ((pid_o * KK + tap) * C_IN + offs_c[:, None]) * R + offs_r[None, :], da,
+                     mask=mc[:, None] & mr[None, :])
+    tl.store(dn_ptr + (tap * C_OUT + offs_o[:, None]) * R + offs_r[None, :], dn, mask=mo[:, None] & mr[None, :])
+
+
+# ----------------------------------------------------------------------------- launchers
+
+def _note(path: str) -> None:
+    tiles.COUNTERS[path] = tiles.COUNTERS.get(path, 0) + 1
+
+
+def epilogue_backward(gy: torch.Tensor, pre: torch.Tensor, noise: Optional[torch.Tensor],
+                      bias: Optional[torch.Tensor], d: Optional[torch.Tensor], lrelu: bool, store_gz: bool):
+    """(gd = gz·d fp32, gz or None, sums [N, C_out, 2] = (Σ gz, Σ gz·y0)) at the output resolution."""
+    n, c, oh, ow = pre.shape
+    gy = gy.contiguous()
+    gd = tiles.empty(pre.shape, device=pre.device, dtype=torch.float32)
+    gz = tiles.empty(pre.shape, device=pre.device, dtype=torch.float32) if store_gz else None
+    sums = tiles.empty((n, c, 2), device=pre.device, dtype=torch.float32)
+    sn = noise.expand(n, c, oh, ow).stride() if noise is not None else (0, 0, 0, 0)
+    block = min(1024, max(16, triton.next_power_of_2(oh * ow)))
+    _epi_bwd_kernel[(n * c,)](
+        gy, pre, noise if noise is not None else pre, bias if bias is not None else pre,
+        d if d is not None else pre, gd, gz if gz is not None else gd, sums,
+        c, oh * ow, ow, *sn,
+        HAS_NOISE=noise is not None, HAS_BIAS=bias is not None, LRELU=lrelu, DEMOD=d is not None,
+        STORE_GZ=store_gz, BLOCK=block, num_warps=4,
+    )
+    return gd, gz, sums
+
+
+def dgrad(gc: torch.Tensor, w_k: torch.Tensor, xin: torch.Tensor, style: torch.Tensor, sq: torch.Tensor,
+          e: Optional[torch.Tensor], task_ids: Optional[torch.Tensor], k: int, mode: int, need_dx: bool,
+          need_ds: bool, deterministic: bool, config: Optional[tiles.Config] = None):
+    """(dx_in fp32 [N, C_in, H, W] at the conv input's resolution or None, ds [N, C_in] fp32 or None)."""
+    n, c_in, h, w = xin.shape
+    c_out, gh, gw = gc.shape[1], gc.shape[2], gc.shape[3]
+    phases = 4 if mode == modconv.MODE_DOWN else 1
+    qm = ((h + 1) // 2) * ((w + 1) // 2) if phases == 4 else h * w
+    eligible = [c for c in tiles.CONV_CONFIGS if k == 1 or c.num_warps <= 4]
+    cfg = config or tiles.choose(
+        "dgrad", (n, c_in, c_out, qm, k, mode), eligible,
+        lambda cf: triton.cdiv(qm, cf.block_m) * triton.cdiv(c_in, cf.block_n) * n * phases, qm, c_in, xin.device)
+    if k > 1 and cfg.num_warps > 4:
+        raise ValueError(f"config {cfg.name} (8 warps) is restricted to k = 1")
+    n_mb = triton.cdiv(qm, cfg.block_m)
+    dx = tiles.empty((n, c_in, h, w), device=xin.device, dtype=torch.float32) if need_dx else None
+    ds = None
+    if need_ds:
+        if deterministic:
+            _note("dgrad_ds_partials")
+            ds = tiles.empty((n, phases * n_mb, c_in), device=xin.device, dtype=torch.float32)
+        else:
+            _note("dgrad_ds_atomic")
+            ds = torch.zeros((n, c_in), device=xin.device, dtype=torch.float32)
+    _dgrad_kernel[(n_mb, triton.cdiv(c_in, cfg.block_n), n * phases)](
+        gc, w_k, xin, style, sq, e if e is not None else sq, task_ids if task_ids is not None else style,
+        dx if dx is not None else gc, ds if ds is not None else gc,
+        c_in, c_out, h, w, gh, gw, n_mb,
+        K=k, MODE=mode, PHASES=phases, TASKS=task_ids is not None, DEMOD=e is not None,
+        NEED_DX=need_dx, NEED_DS=need_ds, ATOMIC=not deterministic, PREC=modconv._precision(w_k.dtype, xin.device),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **cfg.launch_kwargs(),
+    )
+    if need_ds and deterministic:
+        ds = ds.sum(1)
+    return dx, ds
+
+
+def wgrad(gc: torch.Tensor, xin: torch.Tensor, style: torch.Tensor, w_k: torch.Tensor, e: Optional[torch.Tensor],
+          task_ids: Optional[torch.Tensor], k: int, mode: int, config: Optional[tiles.Config] = None) -> torch.Tensor:
+    """G [T, k·k, C_in, C_out] fp32: the gradient w.r.t. each task's scale·Ŵ (demodulation term included)."""
+    n, c_in, h, w = xin.shape
+    c_out, gh, gw = gc.shape[1], gc.shape[2], gc.shape[3]
+    n_t = w_k.shape[0]
+    ph, pw = (h, w) if mode == modconv.MODE_UP else (gh, gw)
+    eligible = [c for c in tiles.CONV_CONFIGS if k == 1 or c.num_warps <= 4]
+    cfg = config or tiles.choose(
+        "wgrad", (n, c_in, c_out, ph * pw, k, mode, n_t), eligible,
+        lambda cf: triton.cdiv(c_in, cf.block_m) * triton.cdiv(c_out, cf.block_n) * k * k * n_t, c_in, c_out,
+        xin.device)
+    if k > 1 and cfg.num_warps > 4:
+        raise ValueError(f"config {cfg.name} (8 warps) is restricted to k = 1")
+    out = tiles.empty((n_t, k * k, c_in, c_out), device=xin.device, dtype=torch.float32)
+    _wgrad_kernel[(triton.cdiv(c_in, cfg.block_m), triton.cdiv(c_out, cfg.block_n), k * k * n_t)](
+        gc, xin, style, w_k, e if e is not None else gc, task_ids if task_ids is not None else style, out,
+        n, c_in, c_out, h, w, gh, gw, ph, pw,
+        K=k, MODE=mode, TASKS=task_ids is not None, DEMOD=e is not None,
+        PREC=modconv._precision(w_k.dtype, xin.device),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **cfg.launch_kwargs(),
+    )
+    return out
+
+
+def factor_reduce(g: torch.Tensor, a: torch.Tensor, n_fac: torch.Tensor, weight: Optional[torch.Tensor],
+                  coef: float, kind: int, outer: bool, deterministic: bool, config: Optional[tiles.Config] = None):
+    """Reduce one task's G [k·k, C_in, C_out] to (dA [C_in, r], dN [k·k, C_out, r], dadd [k·k, C_in] or None)."""
+    kk, c_in, c_out = g.shape
+    r = a.shape[1]
+    a = a.float().contiguous()
+    n_fac = n_fac.float().contiguous()
+    cfg = config or tiles.choose(
+        "reduce", (c_out, c_in, kk), tiles.PROLOGUE_CONFIGS,
+        lambda c: triton.cdiv(c_out, c.block_m) * kk, c_out, c_in, g.device)
+    n_ob = triton.cdiv(c_out, cfg.block_m)
+    dn = tiles.empty((kk, c_out, r), device=g.device, dtype=torch.float32)
+    left = kind == prologue.KIND_LEFT
+    if deterministic:
+        _note("factor_partials")
+        da = torch.zeros((n_ob * kk, c_in, r), device=g.device, dtype=torch.float32)
+        dadd = torch.zeros((n_ob, kk, c_in), device=g.device, dtype=torch.float32) if left else None
+    else:
+        _note("factor_atomic")
+        da = torch.zeros((c_in, r), device=g.device, dtype=torch.float32)
+        dadd = torch.zeros((kk, c_in), device=g.device, dtype=torch.float32) if left else None
+    _factor_reduce_kernel[(n_ob, kk)](
+        g, a, n_fac, weight.contiguous() if weight is not None else g, dn, da, dadd if dadd is not None else g,
+        c_in, c_out, r, n_ob, float(coef),
+        KK=kk, KIND=kind, OUTER=outer, ATOMIC=not deterministic,
+        PREC="ieee" if g.device.type == "cuda" and not torch.backends.cuda.matmul.allow_tf32 else "tf32",
+        R_PAD=max(16, triton.next_power_of_2(r)), BLOCK_O=cfg.block_m, BLOCK_C=cfg.block_n, num_warps=cfg.num_warps,
+    )
+    if deterministic:
+        da = da.sum(0)
+        dadd = dadd.sum(0) if left else None
+    return da, dn, dadd
+
+
+# ----------------------------------------------------------------------------- the whole backward
+
+def _demod_factor(style: torch.Tensor, sq: torch.Tensor, task_ids: Optional[torch.Tensor]) -> torch.Tensor:
+    """d [N, C_out] = rsqrt(Σ_c s²·Q_t + 1e-8) (fp32; the same formula the forward epilogue uses)."""
+    s2 = style.float().square()
+    if task_ids is None:
+        return torch.rsqrt(s2 @ sq[0] + modconv.DEMOD_EPS)
+    return torch.rsqrt(torch.einsum("nc,nco->no", s2, sq[task_ids]) + modconv.DEMOD_EPS)
+
+
+def adapter_grads(adapter, weight: torch.Tensor, g: torch.Tensor, scale: float,
+                  deterministic: bool) -> Dict[str, torch.Tensor]:
+    """Gradients of one task's adapter tensors from its G [k·k, C_in, C_out] (w.r.t. scale·Ŵ)."""
+    from fastlora.adapters import LeFT, LLoRA, LoRA
+
+    kk, c_in, c_out = g.shape
+    gw = g.permute(2, 1, 0)  # [C_out, C_in, kk] view, w.r.t. scale·Ŵ
+    if isinstance(adapter, LoRA):  # dŴ_mat = scale·G [C_out, C_in·kk]; ΔW = α·B·Aᵀ: two rank-r GEMMs
+        gm = gw.reshape(c_out, c_in * kk) * (scale * adapter.alpha)
+        return {"A": gm.transpose(0, 1) @ adapter.B.float(), "B": gm @ adapter.A.float()}
+    if isinstance(adapter, LLoRA):
+        Bf, Bi = adapter.B.float(), adapter.B_inst.float()
+        m = torch.einsum("om,jmt->tjo", Bf, Bi)  # M as [kk, r, C_out]
+        nf = torch.relu(m) if adapter.act in ("both", "inner") else m
+        da, dn, _ = factor_reduce(g, adapter.A, nf.transpose(1, 2), None, scale * adapter.alpha,
+                                  prologue.KIND_LLORA, adapter.act == "both", deterministic)
+        dm = dn.permute(2, 1, 0)  # [r, C_out, kk] (j, o, t)
+        if adapter.act in ("both", "inner"):
+            dm = dm * (m.permute(1, 2, 0) > 0)
+        return {"A": da, "B": torch.einsum("jot,jmt->om", dm, Bi), "B_inst": torch.einsum("jot,om->jmt", dm, Bf)}
+    if isinstance(adapter, LeFT):
+        U, T, P, Q, V, R, S = (t.float() for t in (adapter.U, adapter.T, adapter.P, adapter.Q, adapter.V, adapter.R,
+                                                   adapter.S))
+        mul = torch.einsum("om,jmt->tjo", U, T) + (P @ Q.transpose(0, 1)).transpose(0, 1)[:, None, :]
+        nf = torch.relu(mul) if adapter.act == "inner" else mul
+        dv, dn, dadd = factor_reduce(g, V, nf.transpose(1, 2), weight, scale, prologue.KIND_LEFT, False,
+                                     deterministic)
+        dmul = dn.permute(2, 1, 0)  # [r, C_out, kk]
+        if adapter.act == "inner":
+            dmul = dmul * (mul.permute(1, 2, 0) > 0)
+        dpq = dmul.sum(0)  # [C_out, kk]
+        dadd_ct = dadd.transpose(0, 1)  # [C_in, kk]
+        return {"U": torch.einsum("jot,jmt->om", dmul, T), "T": torch.einsum("jot,om->jmt", dmul, U),
+                "P": dpq @ Q, "Q": dpq.transpose(0, 1) @ P, "V": dv, "R": dadd_ct @ S, "S": dadd_ct.transpose(0, 1) @ R}
+    raise ValueError(f"no fused backward for {type(adapter).__name__}")
+
+
+def left_multiplier(adapter) -> torch.Tensor:
+    """LeFT's multiplicative factor G_m [C_out, C_in, kk] (fp32): Ŵ = W ⊙ G_m + add."""
+    U, T, P, Q, V = (t.float() for t in (adapter.U, adapter.T, adapter.P, adapter.Q, adapter.V))
+    mul = torch.einsum("om,jmt->jot", U, T) + (P @ Q.transpose(0, 1))[None]
+    nf = torch.relu(mul) if adapter.act == "inner" else mul
+    return torch.einsum("cj,jot->oct", V, nf)
+
+
+def modulated_conv2d_backward(
+    gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, style: torch.Tensor, adapters: Sequence,
+    task_ids: Optional[torch.Tensor], scale: float, demodulate: bool, up: bool, down: bool,
+    bias: Optional[torch.Tensor], noise: Optional[torch.Tensor], activation: Optional[str],
+    pre: torch.Tensor, xb: Optional[torch.Tensor], need: Dict[str, bool], deterministic: bool,
+) -> Dict[str, object]:
+    """First-order gradients of `modconv.modulated_conv2d`. `need` flags: x, weight, style, bias, noise, skip,
+    adapters (a list of bools, one per task). Returns fp32 tensors (the caller casts): keys x, weight, style,
+    bias, noise, skip, adapters (a list of {name: grad} or None per task)."""
+    n, c_in, h, w = x.shape
+    c_out, k = weight.shape[0], weight.shape[2]
+    dev = x.device
+    x = x.contiguous()
+    style = style.contiguous()
+    wdtype = torch.float32 if x.dtype == torch.float32 else x.dtype
+    n_t = len(adapters)
+    w_k = tiles.empty((n_t, k * k * c_in, c_out), device=dev, dtype=wdtype)
+    sq = tiles.empty((n_t, c_in, c_out), device=dev, dtype=torch.float32)
+    for i, a in enumerate(adapters):
+        prologue.build_weight(weight, a, scale, w_k[i], sq[i], config=tiles.forced("prologue"))
+    d = _demod_factor(style, sq, task_ids).contiguous() if demodulate else None
+    lrelu = activation == "lrelu"
+    need_ad = [bool(v) for v in need.get("adapters", [False] * n_t)]
+    need_g = need.get("weight", False) or any(need_ad)
+    gd, gz, sums = epilogue_backward(gy, pre, noise, bias, d, lrelu, store_gz=need.get("noise", False))
+    out: Dict[str, object] = {"skip": gy if need.get("skip", False) else None}
+    out["bias"] = sums[..., 0].sum(0) if need.get("bias", False) else None
+    out["noise"] = gz.sum_to_size(noise.shape) if need.get("noise", False) else None
+    e = (sums[..., 1] * d * d).contiguous() if demodulate else None  # dd·d³ with dd = Σ gz·y0 / d
+    if up:
+        th, tw = 2 * h + k - 2, 2 * w + k - 2
+        u0, _ = modconv._up_blur_pad(k)
+        gc = tiles.empty((n, c_out, th, tw), device=dev, dtype=torch.float32)
+        fir.blur(gd, (3 - u0, 3 - u0), 4.0, gc)
+        mode, xin = modconv.MODE_UP, x
+    elif down:
+        gc, mode, xin = gd, modconv.MODE_DOWN, xb
+    else:
+        gc, mode, xin = gd, modconv.MODE_PLAIN, x
+    dxi, ds = dgrad(gc, w_k, xin, style, sq, e, task_ids, k, mode, need.get("x", False), need.get("style", False),
+                    deterministic)
+    if dxi is not None and down:
+        p0, _ = modconv._down_blur_pad(k)
+        dx = tiles.empty((n, c_in, h, w), device=dev, dtype=torch.float32)
+        dxi = fir.blur(dxi, (3 - p0, 3 - p0), 1.0, dx)
+    out["x"], out["style"] = dxi, ds
+    out["weight"] = None
+    out["adapters"] = [None] * n_t
+    if not need_g:
+        return out
+    G = wgrad(gc, xin, style, w_k, e, task_ids, k, mode)  # [T, kk, C_in, C_out], w.r.t. scale·Ŵ_t
+    from fastlora.adapters import LeFT
+
+    if need.get("weight", False):
+        dw = torch.zeros((c_out, c_in, k * k), device=dev, dtype=torch.float32)
+        for i, a in enumerate(adapters):
+            gi = G[i].permute(2, 1, 0)
+            dw += gi * left_multiplier(a) if isinstance(a, LeFT) else gi
+        out["weight"] = (dw * scale).reshape(c_out, c_in, k, k)
+    for i, a in enumerate(adapters):
+        if a is not None and need_ad[i]:
+            out["adapters"][i] = adapter_grads(a, weight, G[i], scale, deterministic)
+    return out
