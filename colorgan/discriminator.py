@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from colorgan.layers import (CHANNEL_BASE, CHANNEL_MAX, AdaptedLinear, ConvLayer, ResBlock, channel_table,
-                             check_channels, check_size)
+                             check_channels, check_config, check_size)
 from fastlora import AdaptedLayer
 
 PATCH_RESOLUTIONS = (32, 16)
@@ -91,13 +91,7 @@ class Discriminator(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "Discriminator":
-        known = {"size", "channel_multiplier", "channels", "patch_heads", "adapters", "stddev_group"}
-        unknown = set(cfg) - known
-        if unknown:
-            raise ValueError(f"unknown discriminator config keys {sorted(unknown)}; expected a subset of {sorted(known)}")
-        if "size" not in cfg:
-            raise ValueError(f"discriminator config lacks 'size' (got keys {sorted(cfg)})")
-        return cls(**dict(cfg))
+        return cls(**check_config(cfg, {"size", "channel_multiplier", "channels", "patch_heads", "adapters", "stddev_group"}, "discriminator"))
 
     @property
     def num_patch_heads(self) -> int:

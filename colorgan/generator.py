@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from colorgan.layers import (CHANNEL_BASE, CHANNEL_MAX, AdaptedLinear, ConstantInput, PixelNorm, StyledConv, ToRGB,
-                             channel_table, check_channels, check_size)
+                             channel_table, check_channels, check_config, check_size)
 
 NOISE_MODES = ("const", "random", "none")
 W_AVG_SAMPLES = 4096
@@ -76,13 +76,7 @@ class Generator(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "Generator":
-        known = {"size", "style_dim", "n_mlp", "lr_mlp", "channel_multiplier", "channels"}
-        unknown = set(cfg) - known
-        if unknown:
-            raise ValueError(f"unknown generator config keys {sorted(unknown)}; expected a subset of {sorted(known)}")
-        if "size" not in cfg:
-            raise ValueError(f"generator config lacks 'size' (got keys {sorted(cfg)})")
-        return cls(**dict(cfg))
+        return cls(**check_config(cfg, {"size", "style_dim", "n_mlp", "lr_mlp", "channel_multiplier", "channels"}, "generator"))
 
     @property
     def device(self) -> torch.device:

@@ -55,6 +55,16 @@ def check_channels(channels: Mapping, size: int) -> dict[int, int]:
     return table
 
 
+def check_config(cfg: Mapping, known: set, what: str) -> dict:
+    """A model config dict with only `known` keys and a 'size' (for `from_config`), else a clear ValueError."""
+    unknown = set(cfg) - known
+    if unknown:
+        raise ValueError(f"unknown {what} config keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+    if "size" not in cfg:
+        raise ValueError(f"{what} config lacks 'size' (got keys {sorted(cfg)})")
+    return dict(cfg)
+
+
 def upsample_skip(x: Tensor) -> Tensor:
     """ToRGB skip path: FIR ×2 upsampling with the [1,3,3,1] kernel (gain 4, pad (2, 1))."""
     k = FL.make_blur_kernel(device=x.device, dtype=x.dtype) * 4
