@@ -91,7 +91,8 @@ class Discriminator(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "Discriminator":
-        return cls(**check_config(cfg, {"size", "channel_multiplier", "channels", "patch_heads", "adapters", "stddev_group"}, "discriminator"))
+        known = {"size", "channel_multiplier", "channels", "patch_heads", "adapters", "stddev_group"}
+        return cls(**check_config(cfg, known, "discriminator"))
 
     @property
     def num_patch_heads(self) -> int:

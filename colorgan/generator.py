@@ -76,7 +76,8 @@ class Generator(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "Generator":
-        return cls(**check_config(cfg, {"size", "style_dim", "n_mlp", "lr_mlp", "channel_multiplier", "channels"}, "generator"))
+        known = {"size", "style_dim", "n_mlp", "lr_mlp", "channel_multiplier", "channels"}
+        return cls(**check_config(cfg, known, "generator"))
 
     @property
     def device(self) -> torch.device:
