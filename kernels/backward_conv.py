@@ -25,6 +25,10 @@ Kernels (none synchronises with the host):
    (per-program partials or atomics), plus for LeFT Σ_o G (the additive term's gradient).
    The remaining chain rule (through the inner ReLU to B, B_inst; LeFT's U, T, P, Q, R, S; LoRA's A, B as
    GEMMs of G with the rank-r factors) is O(r·C·k²·r) and runs as small torch ops in `adapter_grads`.
+5. Factorised path (`factorised_adapter_grads`; frozen base, LoRA / LLoRA act inner/none; chosen by
+   `choose_wgrad_path`): no G. Rank-r projections and wgrad/dgrad launches of the kernels above give the
+   conv part of the factor gradients; `_demod_factor_kernel` adds the demodulation term −Ŵ⊙M from the
+   prologue's Ŵ without writing it full-size.
 """
 from __future__ import annotations
 
@@ -305,6 +309,56 @@ def _factor_reduce_kernel(
     tl.store(dn_ptr + (tap * C_OUT + offs_o[:, None]) * R + offs_r[None, :], dn, mask=mo[:, None] & mr[None, :])
 
 
+# ----------------------------------------------------------------------------- 5. demodulation term, factorised
+
+@triton.jit
+def _demod_factor_kernel(
+    w_ptr, m_ptr, a_ptr, n_ptr, dn_ptr, da_ptr,
+    C_IN, C_OUT, R, coef,
+    KK: tl.constexpr, A_TAP: tl.constexpr, N_TAP: tl.constexpr, ATOMIC: tl.constexpr, PREC: tl.constexpr,
+    R_PAD: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Factor gradients of the demodulation term G_d[tap, c, o] = −coef·Ŵs[tap, c, o]·M[c, o] without writing
+    G_d (Ŵs = scale·Ŵ K-major, M[c, o] = Σ_{b∈task} e[b,o]·s[b,c]²): dn[tap, o, j] = Σ_c A_tap[c, j]·G_d and
+    da[(tap,) c, j] += Σ_o G_d·N_tap[o, j]. LLoRA: A [C_in, r], N[tap, o, j]; LoRA (A_TAP, not N_TAP):
+    A[c·KK + tap, j], N = B [C_out, r] and da keeps its tap index."""
+    pid_o = tl.program_id(0)
+    tap = tl.program_id(1)
+    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    offs_r = tl.arange(0, R_PAD)
+    mo = offs_o < C_OUT
+    mr = offs_r < R
+    if N_TAP:
+        n_off = (tap * C_OUT + offs_o[:, None]) * R + offs_r[None, :]
+    else:
+        n_off = offs_o[:, None] * R + offs_r[None, :]
+    n_tile = tl.load(n_ptr + n_off, mask=mo[:, None] & mr[None, :], other=0.0)  # [BO, RP]
+    dn = tl.zeros((BLOCK_O, R_PAD), dtype=tl.float32)
+    for c0 in range(0, C_IN, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mc = offs_c < C_IN
+        m2 = mc[:, None] & mo[None, :]
+        wv = tl.load(w_ptr + (tap * C_IN + offs_c[:, None]) * C_OUT + offs_o[None, :], mask=m2, other=0.0)
+        mv = tl.load(m_ptr + offs_c[:, None] * C_OUT + offs_o[None, :], mask=m2, other=0.0)
+        g = tl.where(m2, -coef * wv.to(tl.float32) * mv, 0.0)  # [BC, BO]
+        if A_TAP:
+            a_off = (offs_c[:, None] * KK + tap) * R + offs_r[None, :]
+        else:
+            a_off = offs_c[:, None] * R + offs_r[None, :]
+        a_tile = tl.load(a_ptr + a_off, mask=mc[:, None] & mr[None, :], other=0.0)  # [BC, RP]
+        dn = tl.dot(tl.trans(g), a_tile, dn, input_precision=PREC)  # [BO, RP]
+        da = tl.dot(g, n_tile, input_precision=PREC)  # [BC, RP]
+        mda = mc[:, None] & mr[None, :]
+        if ATOMIC:
+            if A_TAP:
+                tl.atomic_add(da_ptr + (tap * C_IN + offs_c[:, None]) * R + offs_r[None, :], da, mask=mda)
+            else:
+                tl.atomic_add(da_ptr + offs_c[:, None] * R + offs_r[None, :], da, mask=mda)
+        else:
+            tl.store(da_ptr + ((pid_o * KK + tap) * C_IN + offs_c[:, None]) * R + offs_r[None, :], da, mask=mda)
+    tl.store(dn_ptr + (tap * C_OUT + offs_o[:, None]) * R + offs_r[None, :], dn, mask=mo[:, None] & mr[None, :])
+
+
 # ----------------------------------------------------------------------------- launchers
 
 def _note(path: str) -> None:
@@ -333,7 +387,7 @@ def epilogue_backward(gy: torch.Tensor, pre: torch.Tensor, noise: Optional[torch
 
 def dgrad(gc: torch.Tensor, w_k: torch.Tensor, xin: torch.Tensor, style: torch.Tensor, sq: torch.Tensor,
           e: Optional[torch.Tensor], task_ids: Optional[torch.Tensor], k: int, mode: int, need_dx: bool,
-          need_ds: bool, deterministic: bool, config: Optional[tiles.Config] = None):
+          need_ds: bool, deterministic: bool, config: Optional[tiles.Config] = None, family: str = "dgrad"):
     """(dx_in fp32 [N, C_in, H, W] at the conv input's resolution or None, ds [N, C_in] fp32 or None)."""
     n, c_in, h, w = xin.shape
     c_out, gh, gw = gc.shape[1], gc.shape[2], gc.shape[3]
@@ -341,7 +395,7 @@ def dgrad(gc: torch.Tensor, w_k: torch.Tensor, xin: torch.Tensor, style: torch.T
     qm = ((h + 1) // 2) * ((w + 1) // 2) if phases == 4 else h * w
     eligible = [c for c in tiles.CONV_CONFIGS if k == 1 or c.num_warps <= 4]
     cfg = config or tiles.choose(
-        "dgrad", (n, c_in, c_out, qm, k, mode), eligible,
+        family, (n, c_in, c_out, qm, k, mode), eligible,
         lambda cf: triton.cdiv(qm, cf.block_m) * triton.cdiv(c_in, cf.block_n) * n * phases, qm, c_in, xin.device)
     if k > 1 and cfg.num_warps > 4:
         raise ValueError(f"config {cfg.name} (8 warps) is restricted to k = 1")
@@ -369,19 +423,23 @@ def dgrad(gc: torch.Tensor, w_k: torch.Tensor, xin: torch.Tensor, style: torch.T
 
 
 def wgrad(gc: torch.Tensor, xin: torch.Tensor, style: torch.Tensor, w_k: torch.Tensor, e: Optional[torch.Tensor],
-          task_ids: Optional[torch.Tensor], k: int, mode: int, config: Optional[tiles.Config] = None) -> torch.Tensor:
-    """G [T, k·k, C_in, C_out] fp32: the gradient w.r.t. each task's scale·Ŵ (demodulation term included)."""
+          task_ids: Optional[torch.Tensor], k: int, mode: int, config: Optional[tiles.Config] = None,
+          family: str = "wgrad") -> torch.Tensor:
+    """G [T, k·k, C_in, C_out] fp32: the gradient w.r.t. each task's scale·Ŵ (demodulation term included).
+    Also the rank-r wgrads of the factorised path (family "factor": C_in or C_out is a padded rank; w_k then
+    only gives the operand dtype and, with e, the demodulation term)."""
     n, c_in, h, w = xin.shape
     c_out, gh, gw = gc.shape[1], gc.shape[2], gc.shape[3]
     n_t = w_k.shape[0]
     ph, pw = (h, w) if mode == modconv.MODE_UP else (gh, gw)
     eligible = [c for c in tiles.CONV_CONFIGS if k == 1 or c.num_warps <= 4]
     cfg = config or tiles.choose(
-        "wgrad", (n, c_in, c_out, ph * pw, k, mode, n_t), eligible,
+        family, (n, c_in, c_out, ph * pw, k, mode, n_t), eligible,
         lambda cf: triton.cdiv(c_in, cf.block_m) * triton.cdiv(c_out, cf.block_n) * k * k * n_t, c_in, c_out,
         xin.device)
     if k > 1 and cfg.num_warps > 4:
         raise ValueError(f"config {cfg.name} (8 warps) is restricted to k = 1")
+    _note("wgrad_full_kernel" if family == "wgrad" else "wgrad_rank_kernel")
     out = tiles.empty((n_t, k * k, c_in, c_out), device=xin.device, dtype=torch.float32)
     _wgrad_kernel[(triton.cdiv(c_in, cfg.block_m), triton.cdiv(c_out, cfg.block_n), k * k * n_t)](
         gc, xin, style, w_k, e if e is not None else gc, task_ids if task_ids is not None else style, out,
@@ -427,6 +485,39 @@ def factor_reduce(g: torch.Tensor, a: torch.Tensor, n_fac: torch.Tensor, weight:
     return da, dn, dadd
 
 
+def demod_factor_reduce(w_t: torch.Tensor, m_t: torch.Tensor, a: torch.Tensor, n_fac: torch.Tensor, kk: int,
+                        coef: float, lora: bool, deterministic: bool, config: Optional[tiles.Config] = None):
+    """Factor gradients of one task's demodulation term −coef·(scale·Ŵ)⊙M, never written full-size.
+    w_t [k·k·C_in, C_out] (the prologue's K-major scale·Ŵ), m_t [C_in, C_out] fp32. LLoRA: a = A [C_in, r],
+    n_fac = N [k·k, C_out, r] → (dA [C_in, r], dN [k·k, C_out, r]); LoRA (`lora`): a = A [C_in·k·k, r],
+    n_fac = B [C_out, r] → (dA [k·k, C_in, r] per tap, dN [k·k, C_out, r] to be summed over taps for dB)."""
+    c_out = w_t.shape[1]
+    c_in = w_t.shape[0] // kk
+    r = a.shape[1]
+    a = a.float().contiguous()
+    n_fac = n_fac.float().contiguous()
+    cfg = config or tiles.choose(
+        "reduce", (c_out, c_in, kk, "demod"), tiles.PROLOGUE_CONFIGS,
+        lambda c: triton.cdiv(c_out, c.block_m) * kk, c_out, c_in, w_t.device)
+    n_ob = triton.cdiv(c_out, cfg.block_m)
+    dn = tiles.empty((kk, c_out, r), device=w_t.device, dtype=torch.float32)
+    if deterministic:
+        _note("demod_factor_partials")
+        da = torch.zeros((n_ob, kk, c_in, r), device=w_t.device, dtype=torch.float32)
+    else:
+        _note("demod_factor_atomic")
+        da = torch.zeros((kk, c_in, r) if lora else (c_in, r), device=w_t.device, dtype=torch.float32)
+    _demod_factor_kernel[(n_ob, kk)](
+        w_t, m_t, a, n_fac, dn, da, c_in, c_out, r, float(coef),
+        KK=kk, A_TAP=lora, N_TAP=not lora, ATOMIC=not deterministic,
+        PREC="ieee" if w_t.device.type == "cuda" and not torch.backends.cuda.matmul.allow_tf32 else "tf32",
+        R_PAD=max(16, triton.next_power_of_2(r)), BLOCK_O=cfg.block_m, BLOCK_C=cfg.block_n, num_warps=cfg.num_warps,
+    )
+    if deterministic:
+        da = da.sum(0) if lora else da.sum((0, 1))
+    return da, dn
+
+
 # ----------------------------------------------------------------------------- the whole backward
 
 def _demod_factor(style: torch.Tensor, sq: torch.Tensor, task_ids: Optional[torch.Tensor]) -> torch.Tensor:
@@ -435,6 +526,20 @@ def _demod_factor(style: torch.Tensor, sq: torch.Tensor, task_ids: Optional[torc
     if task_ids is None:
         return torch.rsqrt(s2 @ sq[0] + modconv.DEMOD_EPS)
     return torch.rsqrt(torch.einsum("nc,nco->no", s2, sq[task_ids]) + modconv.DEMOD_EPS)
+
+
+def _llora_m(adapter) -> torch.Tensor:
+    """LLoRA's M = B·B_inst as [k·k, r, C_out] (fp32), before the inner ReLU."""
+    return torch.einsum("om,jmt->tjo", adapter.B.float(), adapter.B_inst.float())
+
+
+def _llora_chain(adapter, m: torch.Tensor, da: torch.Tensor, dn: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """LLoRA gradients from dA [C_in, r] and dN [k·k, C_out, r] (through the inner ReLU to B and B_inst)."""
+    dm = dn.permute(2, 1, 0)  # [r, C_out, kk] (j, o, t)
+    if adapter.act in ("both", "inner"):
+        dm = dm * (m.permute(1, 2, 0) > 0)
+    return {"A": da, "B": torch.einsum("jot,jmt->om", dm, adapter.B_inst.float()),
+            "B_inst": torch.einsum("jot,om->jmt", dm, adapter.B.float())}
 
 
 def adapter_grads(adapter, weight: torch.Tensor, g: torch.Tensor, scale: float,
@@ -448,15 +553,11 @@ def adapter_grads(adapter, weight: torch.Tensor, g: torch.Tensor, scale: float,
         gm = gw.reshape(c_out, c_in * kk) * (scale * adapter.alpha)
         return {"A": gm.transpose(0, 1) @ adapter.B.float(), "B": gm @ adapter.A.float()}
     if isinstance(adapter, LLoRA):
-        Bf, Bi = adapter.B.float(), adapter.B_inst.float()
-        m = torch.einsum("om,jmt->tjo", Bf, Bi)  # M as [kk, r, C_out]
+        m = _llora_m(adapter)  # [kk, r, C_out]
         nf = torch.relu(m) if adapter.act in ("both", "inner") else m
         da, dn, _ = factor_reduce(g, adapter.A, nf.transpose(1, 2), None, scale * adapter.alpha,
                                   prologue.KIND_LLORA, adapter.act == "both", deterministic)
-        dm = dn.permute(2, 1, 0)  # [r, C_out, kk] (j, o, t)
-        if adapter.act in ("both", "inner"):
-            dm = dm * (m.permute(1, 2, 0) > 0)
-        return {"A": da, "B": torch.einsum("jot,jmt->om", dm, Bi), "B_inst": torch.einsum("jot,om->jmt", dm, Bf)}
+        return _llora_chain(adapter, m, da, dn)
     if isinstance(adapter, LeFT):
         U, T, P, Q, V, R, S = (t.float() for t in (adapter.U, adapter.T, adapter.P, adapter.Q, adapter.V, adapter.R,
                                                    adapter.S))
@@ -472,6 +573,120 @@ def adapter_grads(adapter, weight: torch.Tensor, g: torch.Tensor, scale: float,
         return {"U": torch.einsum("jot,jmt->om", dmul, T), "T": torch.einsum("jot,om->jmt", dmul, U),
                 "P": dpq @ Q, "Q": dpq.transpose(0, 1) @ P, "V": dv, "R": dadd_ct @ S, "S": dadd_ct.transpose(0, 1) @ R}
     raise ValueError(f"no fused backward for {type(adapter).__name__}")
+
+
+def factorisable(adapter) -> bool:
+    """Whether an adapter's update is low-rank in a form the factorised weight gradient handles."""
+    from fastlora.adapters import LLoRA, LoRA
+
+    return isinstance(adapter, LoRA) or (isinstance(adapter, LLoRA) and adapter.act in ("inner", "none"))
+
+
+def choose_wgrad_path(adapters: Sequence, need_ad: Sequence[bool], need_weight: bool) -> str:
+    """"full" or "factorised": factorised when the base weight is frozen and every adapter that needs a gradient
+    is low-rank (LoRA, LLoRA act inner/none), unless `tiles.wgrad_path` / FASTLORA_WGRAD says otherwise."""
+    req = tiles.wgrad_path_choice()
+    ok = not need_weight and all(factorisable(a) for a, nd in zip(adapters, need_ad) if nd and a is not None)
+    if req == "factorised" and not ok:
+        raise ValueError("factorised weight gradient forced, but it needs a frozen base weight and LoRA / LLoRA "
+                         "(act inner/none) adapters; use 'auto' or 'full'")
+    return "factorised" if ok and req != "full" else "full"
+
+
+def _task_demod_sums(style: torch.Tensor, e: torch.Tensor, task_ids: Optional[torch.Tensor],
+                     n_t: int) -> torch.Tensor:
+    """M [T, C_in, C_out] = Σ_{b∈t} s[b,c]²·e[b,o] (fp32; one GEMM, no host synchronisation)."""
+    n, c_in = style.shape
+    s2 = style.float().square()
+    if task_ids is None:
+        return (s2.t() @ e)[None]
+    onehot = torch.zeros((n, n_t), device=style.device, dtype=torch.float32)
+    onehot.scatter_(1, task_ids.long()[:, None], 1.0)
+    return ((onehot[:, :, None] * s2[:, None, :]).reshape(n, n_t * c_in).t() @ e).reshape(n_t, c_in, -1)
+
+
+def factorised_adapter_grads(
+    gc: torch.Tensor, xin: torch.Tensor, style: torch.Tensor, w_k: torch.Tensor, e: Optional[torch.Tensor],
+    task_ids: Optional[torch.Tensor], k: int, mode: int, adapters: Sequence, need_ad: Sequence[bool], scale: float,
+    deterministic: bool,
+) -> list:
+    """Adapter gradients without the full kernel gradient G (frozen base; LoRA and LLoRA act inner/none).
+
+    With xs = xin⊙s, dc = gc and coef = scale·α (tasks stacked, ranks zero-padded to the group's largest;
+    every launch keeps each sample's contribution in its own task's slice):
+    LLoRA: u = xs·A (1×1 conv C_in → r), dN_conv = rank-r wgrad(u, dc); v = dgrad of dc through N
+    (C_out → r per pixel), dA_conv = 1×1 wgrad(xs, v).
+    LoRA: u = k×k conv of xs with A (C_in → r), dB = 1×1 wgrad(u, dc); w = dc·B (1×1, C_out → r),
+    dA = k×k wgrad(xs, w) with r output channels.
+    Demodulation through Ŵ (−Ŵ⊙M per task) goes through `demod_factor_reduce` (reads Ŵ once)."""
+    from fastlora.adapters import LLoRA, LoRA
+
+    n, c_in, h, w = xin.shape
+    c_out, gh, gw = gc.shape[1], gc.shape[2], gc.shape[3]
+    kk, n_t, dev = k * k, len(adapters), xin.device
+    _note("wgrad_factorised")
+    cfg, rcfg = tiles.forced("factor"), tiles.forced("reduce")
+    m_dem = _task_demod_sums(style, e, task_ids, n_t) if e is not None else None
+    out: list = [None] * n_t
+    f32 = dict(device=dev, dtype=torch.float32)
+    ll = [i for i, a in enumerate(adapters) if need_ad[i] and isinstance(a, LLoRA)]
+    lo = [i for i, a in enumerate(adapters) if need_ad[i] and isinstance(a, LoRA)]
+    if ll:
+        rp = max(adapters[i].rank for i in ll)
+        a_st = torch.zeros((n_t, c_in, rp), **f32)  # K-major 1×1 weight [C_in, r] per task
+        n_st = torch.zeros((n_t, kk, rp, c_out), **f32)  # N[j, o, tap] as [tap, j, o] per task
+        ms = {}
+        for i in ll:
+            a = adapters[i]
+            ms[i] = _llora_m(a)  # [kk, r, C_out]
+            a_st[i, :, :a.rank] = a.A.float()
+            n_st[i, :, :a.rank] = torch.relu(ms[i]) if a.act == "inner" else ms[i]
+        ones_r = torch.ones((n, rp), **f32)
+        u = tiles.empty((n, rp, xin.shape[2], xin.shape[3]), **f32)
+        modconv.conv(xin, style, a_st, a_st, 1, modconv.MODE_PLAIN, u, task_ids=task_ids, demodulate=False,
+                     config=cfg)
+        gu = wgrad(gc, u, ones_r, n_st, None, task_ids, k, mode, config=cfg, family="factor")  # [T, kk, rp, C_out]
+        v, _ = dgrad(gc, n_st.reshape(n_t, kk * rp, c_out), u, ones_r, ones_r, None, task_ids, k, mode, True, False,
+                     deterministic, config=cfg, family="factor")  # [N, rp, H, W]
+        gv = wgrad(v, xin, style, a_st, None, task_ids, 1, modconv.MODE_PLAIN, config=cfg, family="factor")
+        for i in ll:
+            a = adapters[i]
+            r, coef = a.rank, scale * a.alpha
+            da = gv[i, 0, :, :r] * coef
+            dn = gu[i].permute(0, 2, 1)[:, :, :r] * coef  # [kk, C_out, r]
+            if m_dem is not None:
+                da_d, dn_d = demod_factor_reduce(w_k[i], m_dem[i], a.A, n_st[i, :, :r].transpose(1, 2), kk, coef,
+                                                 False, deterministic, config=rcfg)
+                da, dn = da + da_d, dn + dn_d
+            out[i] = _llora_chain(a, ms[i], da, dn)
+    if lo:
+        rp = max(adapters[i].rank for i in lo)
+        a_st = torch.zeros((n_t, kk, c_in, rp), **f32)  # K-major k×k weight [tap·C_in + c, j]
+        b_st = torch.zeros((n_t, c_out, rp), **f32)  # K-major 1×1 weight [o, j]
+        for i in lo:
+            a = adapters[i]
+            a_st[i, :, :, :a.rank] = a.A.float().reshape(c_in, kk, a.rank).permute(1, 0, 2)
+            b_st[i, :, :a.rank] = a.B.float()
+        ones_r = torch.ones((n, rp), **f32)
+        u = tiles.empty((n, rp, gh, gw), **f32)
+        modconv.conv(xin, style, a_st.reshape(n_t, kk * c_in, rp), b_st, k, mode, u, task_ids=task_ids,
+                     demodulate=False, config=cfg)
+        gb = wgrad(gc, u, ones_r, b_st, None, task_ids, 1, modconv.MODE_PLAIN, config=cfg, family="factor")
+        wp = tiles.empty((n, rp, gh, gw), **f32)
+        modconv.conv(gc, torch.ones((n, c_out), **f32), b_st, b_st, 1, modconv.MODE_PLAIN, wp, task_ids=task_ids,
+                     demodulate=False, config=cfg)
+        ga = wgrad(wp, xin, style, a_st, None, task_ids, k, mode, config=cfg, family="factor")  # [T, kk, C_in, rp]
+        for i in lo:
+            a = adapters[i]
+            r, coef = a.rank, scale * a.alpha
+            db = gb[i, 0, :r, :].t() * coef  # [C_out, r]
+            da = ga[i, :, :, :r] * coef  # [kk, C_in, r]
+            if m_dem is not None:
+                da_d, dn_d = demod_factor_reduce(w_k[i], m_dem[i], a.A, a.B, kk, coef, True, deterministic,
+                                                 config=rcfg)
+                da, db = da + da_d, db + dn_d.sum(0)
+            out[i] = {"A": da.permute(1, 0, 2).reshape(c_in * kk, r), "B": db}
+    return out
 
 
 def left_multiplier(adapter) -> torch.Tensor:
@@ -532,6 +747,11 @@ def modulated_conv2d_backward(
     out["adapters"] = [None] * n_t
     if not need_g:
         return out
+    if choose_wgrad_path(adapters, need_ad, need.get("weight", False)) == "factorised":
+        out["adapters"] = factorised_adapter_grads(gc, xin, style, w_k, e, task_ids, k, mode, adapters, need_ad,
+                                                   scale, deterministic)
+        return out
+    _note("wgrad_full")
     G = wgrad(gc, xin, style, w_k, e, task_ids, k, mode)  # [T, kk, C_in, C_out], w.r.t. scale·Ŵ_t
     from fastlora.adapters import LeFT
 

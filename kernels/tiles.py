@@ -68,11 +68,16 @@ TABLES: Dict[str, Tuple[Config, ...]] = {
     "conv": CONV_CONFIGS, "prologue": PROLOGUE_CONFIGS, "fir": FIR_CONFIGS, "linear": LINEAR_CONFIGS,
     # backward families share the forward tables (forced separately: force(dgrad=..., wgrad=..., reduce=...))
     "dgrad": CONV_CONFIGS, "wgrad": CONV_CONFIGS, "reduce": PROLOGUE_CONFIGS, "linear_bwd": LINEAR_CONFIGS,
+    # the rank-r launches of the factorised weight gradient (projections, rank-r wgrad/dgrad): force(factor=...)
+    "factor": CONV_CONFIGS,
 }
 
 # How often each backward reduction strategy ran ("..._partials": deterministic two-stage reduction,
-# "..._atomic": atomics). Tests read it to check that deterministic mode takes the deterministic path.
+# "..._atomic": atomics) and which weight-gradient path ran ("wgrad_full": the full kernel gradient G was
+# written; "wgrad_factorised": rank-r reductions only). Tests read it to check which path was taken.
 COUNTERS: Dict[str, int] = {}
+
+WGRAD_PATHS = ("auto", "full", "factorised")
 
 _state = threading.local()
 _cache: Dict[tuple, str] = {}
@@ -105,6 +110,29 @@ def force(**names: Optional[str]) -> Iterator[None]:
 def forced(family: str) -> Optional[Config]:
     name = getattr(_state, "forced", {}).get(family)
     return None if name is None else get(family, name)
+
+
+@contextlib.contextmanager
+def wgrad_path(path: str) -> Iterator[None]:
+    """Force the conv weight-gradient path inside the block: "full" (always the full kernel gradient G),
+    "factorised" (rank-r reductions; ValueError where not applicable) or "auto" (factorised when the base
+    weight is frozen and every adapter that trains is low-rank, else full). Overrides env FASTLORA_WGRAD."""
+    if path not in WGRAD_PATHS:
+        raise ValueError(f"wgrad path must be one of {WGRAD_PATHS}, got {path!r}")
+    old = getattr(_state, "wgrad_path", None)
+    _state.wgrad_path = path
+    try:
+        yield
+    finally:
+        _state.wgrad_path = old
+
+
+def wgrad_path_choice() -> str:
+    """The requested weight-gradient path: `wgrad_path(...)`, else env FASTLORA_WGRAD (read per call), else auto."""
+    path = getattr(_state, "wgrad_path", None) or os.environ.get("FASTLORA_WGRAD", "") or "auto"
+    if path not in WGRAD_PATHS:
+        raise ValueError(f"FASTLORA_WGRAD must be one of {WGRAD_PATHS}, got {path!r}")
+    return path
 
 
 def set_autotune(on: bool) -> None:

@@ -39,7 +39,7 @@ def _dev(a, dt):
                                      for f in dataclasses.fields(a) if isinstance(getattr(a, f.name), torch.Tensor)})
 
 
-def conv_grads(prec, n, c_in, c_out, h, w, k, mode, adapter, task_ids=None, seed=0):
+def conv_grads(prec, n, c_in, c_out, h, w, k, mode, adapter, task_ids=None, seed=0, weight_grad=True):
     g = torch.Generator().manual_seed(seed)
     dt = DTYPES[prec]
     up, down = mode == "up", mode == "down"
@@ -57,11 +57,13 @@ def conv_grads(prec, n, c_in, c_out, h, w, k, mode, adapter, task_ids=None, seed
             cast = lambda t: t.double()  # noqa: E731
             ad = _leaves(to64(adapter))
         ts = [cast(t).requires_grad_() for t in (x, weight, style, noise, bias)]
+        ts[1].requires_grad_(weight_grad)
         tid = None if task_ids is None else (task_ids.cuda() if backend == "triton" else task_ids)
         with tf32(prec == "tf32"):
             y = FL.modulated_conv2d(ts[0], ts[1], ts[2], adapter=ad, task_ids=tid, scale=(c_in * k * k) ** -0.5,
                                     up=up, down=down, noise=ts[3], bias=ts[4], activation="lrelu", backend=backend)
-            res.append(torch.autograd.grad(y, ts + _tensors(ad), cast(gy).to(y.dtype)))
+            res.append(torch.autograd.grad(y, [t for t in ts if t.requires_grad] + _tensors(ad),
+                                           cast(gy).to(y.dtype)))
     for i, (a, b) in enumerate(zip(*res)):
         err = rel(a.float(), b)
         assert err < GTOL[prec], f"{prec} gradient {i}: relative L2 error {err:.3g}"
@@ -148,3 +150,73 @@ def test_gpu_deterministic_bitwise():
         assert torch.equal(a, b)
     for a, b in zip(first, grads()):  # atomics: same values up to summation order
         assert rel(a, b) < 1e-5
+
+
+# ----------------------------------------------------------------------------- factorised weight gradient
+
+@pytest.mark.parametrize("prec", list(GTOL))
+@pytest.mark.parametrize("k,mode", list(itertools.product((1, 3), ("plain", "up", "down"))))
+@pytest.mark.parametrize("kind", ["llora-inner", "llora-none", "lora"])
+def test_gpu_factorised_backward(prec, k, mode, kind):
+    """Frozen base: the factorised path runs (no full G) and matches the float64 reference."""
+    from kernels import tiles
+
+    g = torch.Generator().manual_seed(7)
+    tiles.COUNTERS.clear()
+    conv_grads(prec, 4, 72, 96, 16, 13, k, mode, conv_adapter(kind, 96, 72, k, 4, "cpu", g), seed=2,
+               weight_grad=False)
+    assert tiles.COUNTERS.get("wgrad_factorised", 0) == 1 and "wgrad_full_kernel" not in tiles.COUNTERS
+
+
+@pytest.mark.parametrize("prec", ["fp32", "bf16"])
+def test_gpu_factorised_task_ids_and_configs(prec):
+    from kernels import tiles
+
+    g = torch.Generator().manual_seed(8)
+    adapters = [conv_adapter("llora-inner", 64, 48, 3, 2, "cpu", g), None,
+                conv_adapter("lora", 64, 48, 3, 8, "cpu", g), conv_adapter("llora-none", 64, 48, 3, 1, "cpu", g)]
+    tid = torch.tensor([3, 0, 0, 2, 1, 1, 2, 3])
+    for cfg in tiles.CONV_CONFIGS:
+        k = 1 if cfg.num_warps > 4 else 3
+        ads = [None if a is None else conv_adapter("lora" if i == 2 else "llora-inner", 64, 48, k, 4, "cpu", g)
+               for i, a in enumerate(adapters)] if k == 1 else adapters
+        for mode in ("plain", "up", "down"):
+            with tiles.force(factor=cfg.name), tiles.wgrad_path("factorised"):
+                conv_grads(prec, 8, 48, 64, 9, 7, k, mode, ads, task_ids=tid, weight_grad=False)
+    for cfg in tiles.PROLOGUE_CONFIGS:
+        with tiles.force(reduce=cfg.name), tiles.wgrad_path("factorised"):
+            conv_grads(prec, 2, 96, 130, 9, 8, 3, "plain", conv_adapter("lora", 130, 96, 3, 2, "cpu", g),
+                       weight_grad=False)
+
+
+def test_gpu_factorised_deterministic_bitwise():
+    from kernels import tiles
+
+    g = torch.Generator().manual_seed(9)
+    ads = [conv_adapter("llora-inner", 256, 256, 3, 8, "cpu", g), conv_adapter("lora", 256, 256, 3, 4, "cpu", g)]
+    x = torch.randn(8, 256, 16, 16, generator=g).cuda()
+    w = torch.randn(256, 256, 3, 3, generator=g).cuda()
+    s = torch.randn(8, 256, generator=g).cuda()
+    gy = torch.randn(8, 256, 16, 16, generator=g).cuda()
+    tid = torch.tensor([0, 1, 1, 0, 0, 1, 0, 1]).cuda()
+
+    def grads():
+        a = _dev(ads, torch.float32)
+        ss = s.clone().requires_grad_()
+        y = FL.modulated_conv2d(x, w, ss, adapter=a, task_ids=tid, scale=1 / 48, backend="triton")
+        return torch.autograd.grad(y, [ss] + _tensors(a), gy)
+
+    fastlora.set_deterministic(True)
+    try:
+        tiles.COUNTERS.clear()
+        first, second = grads(), grads()
+        assert tiles.COUNTERS.get("wgrad_factorised", 0) == 2
+        assert not any(key.endswith("_atomic") for key in tiles.COUNTERS)
+    finally:
+        fastlora.set_deterministic(False)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    with tiles.wgrad_path("full"):  # the two paths agree
+        full = grads()
+    for a, b in zip(first, full):
+        assert rel(a, b) < 1e-4

@@ -107,6 +107,39 @@ SCRIPT = textwrap.dedent('''
                       PREC="ieee" if dt == "fp32" else "tf32", R1P=16, R2P=16, BLOCK_M=cfg.block_m,
                       BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
         build(backward_linear._linear_dx_kernel, types, consts, cfg.num_warps, cfg.num_stages); n += 1
+    # factorised weight gradient: the rank-r launches (fp32 factors, activations in the operand dtype; no
+    # demodulation, no style reduction) and the demodulation-term factor reduction
+    for dt, k, mode in [("bf16", 1, 0), ("bf16", 3, 2), ("fp32", 3, 1)]:
+        cfg = tiles.CONV_CONFIGS[1]
+        types = dict(x_ptr=P("fp32" if mode == 1 else dt), s_ptr=P(dt), w_ptr="*fp32", sq_ptr="*fp32", tid_ptr="*i64",
+                     out_ptr="*fp32", noise_ptr="*fp32", bias_ptr="*fp32", skip_ptr="*fp32", pre_ptr="*fp32",
+                     **{a: "i32" for a in "C_IN C_OUT H W OH OW QH QW sn_b sn_c sn_y sn_x".split()})
+        consts = dict(K=k, MODE=mode, PHASES=4 if mode == 2 else 1, TASKS=True, DEMOD=False, HAS_NOISE=False,
+                      HAS_BIAS=False, LRELU=False, HAS_SKIP=False, SAVE_PRE=False, PREC="tf32",
+                      BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
+        build(modconv._modconv_kernel, types, consts, cfg.num_warps, cfg.num_stages); n += 1
+        types = dict(g_ptr="*fp32", w_ptr="*fp32", x_ptr="*fp32", s_ptr="*fp32", sq_ptr="*fp32", e_ptr="*fp32",
+                     tid_ptr="*i64", dx_ptr="*fp32", ds_ptr="*fp32",
+                     **{a: "i32" for a in "C_IN C_OUT H W GH GW N_MB".split()})
+        consts = dict(K=k, MODE=mode, PHASES=4 if mode == 1 else 1, TASKS=True, DEMOD=False, NEED_DX=True,
+                      NEED_DS=False, ATOMIC=False, PREC="ieee", BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                      BLOCK_K=cfg.block_k)
+        build(backward_conv._dgrad_kernel, types, consts, cfg.num_warps, cfg.num_stages); n += 1
+        types = dict(g_ptr="*fp32", x_ptr=P("fp32" if mode == 1 else dt), s_ptr=P(dt), w_ptr="*fp32",
+                     e_ptr="*fp32", tid_ptr="*i64", out_ptr="*fp32",
+                     **{a: "i32" for a in "NB C_IN C_OUT H W GH GW PH PW".split()})
+        consts = dict(K=k, MODE=mode, TASKS=True, DEMOD=False, PREC="tf32", BLOCK_M=cfg.block_m,
+                      BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
+        build(backward_conv._wgrad_kernel, types, consts, cfg.num_warps, cfg.num_stages); n += 1
+    for cfg, lora, atomic, wdt in itertools.product(tiles.PROLOGUE_CONFIGS, [False, True], [False, True],
+                                                    ["fp32", "bf16"]):
+        if wdt == "bf16" and cfg.name != "pro_32x32":
+            continue
+        types = dict(w_ptr=P(wdt), m_ptr="*fp32", a_ptr="*fp32", n_ptr="*fp32", dn_ptr="*fp32", da_ptr="*fp32",
+                     C_IN="i32", C_OUT="i32", R="i32", coef="fp32")
+        consts = dict(KK=9, A_TAP=lora, N_TAP=not lora, ATOMIC=atomic, PREC="ieee", R_PAD=16, BLOCK_O=cfg.block_m,
+                      BLOCK_C=cfg.block_n)
+        build(backward_conv._demod_factor_kernel, types, consts, cfg.num_warps, 1); n += 1
     print("compiled", n)
 ''')
 
