@@ -57,8 +57,8 @@ def parse_tasks(text: str | Sequence[str]) -> list[list[str]]:
     return out
 
 
-@dataclass
-class TrainConfig:
+@dataclass(kw_only=True)
+class TrainConfig(RegConfig):
     """Everything that defines a continual run (saved as RUN/config.json)."""
 
     ckpt: str
@@ -73,12 +73,6 @@ class TrainConfig:
     iter: int = 3002
     batch: int = 4
     lr: float = 0.002
-    r1: float = 10.0
-    path_regularize: float = 2.0
-    path_batch_shrink: int = 2
-    d_reg_every: int = 16
-    g_reg_every: int = 4
-    mixing: float = 0.9
     subspace_freq: int = 4
     subspace_std: float = 0.1
     n_anchors: int = 10
@@ -308,9 +302,7 @@ class Continual:
         augment = DiffAugment(cfg.augment_policy, seed=cfg.seed * 7919 + 100 * (t + 1) + info.rank) \
             if cfg.augment else None
         stream = BatchStream(dataset, cfg.batch, cfg.seed + 7 * (t + 1), info)
-        reg = RegConfig(cfg.r1, cfg.path_regularize, cfg.path_batch_shrink, cfg.d_reg_every, cfg.g_reg_every,
-                        cfg.mixing)
-        steps = GANSteps(G, D, g_params, list(D.parameters()), g_optim, d_optim, reg, self.gens["latent"],
+        steps = GANSteps(G, D, g_params, list(D.parameters()), g_optim, d_optim, cfg, self.gens["latent"],
                          self.device, info, augment, self.amp, cfg.backend)
         anchors = make_z(cfg.n_anchors, G.style_dim, torch.Generator().manual_seed(cfg.seed * 31 + t + 1),
                          self.device)

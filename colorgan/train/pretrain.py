@@ -27,8 +27,8 @@ from colorgan.train.steps import GANSteps, RegConfig
 AUGMENT_AUTO_MAX_IMAGES = 5000
 
 
-@dataclass
-class PretrainConfig:
+@dataclass(kw_only=True)
+class PretrainConfig(RegConfig):
     """Everything that defines a pretraining run (saved as RUN/config.json)."""
 
     data: str
@@ -40,12 +40,6 @@ class PretrainConfig:
     n_mlp: int = 8
     channel_multiplier: int = 2
     channels: Optional[dict] = None
-    r1: float = 10.0
-    path_regularize: float = 2.0
-    path_batch_shrink: int = 2
-    d_reg_every: int = 16
-    g_reg_every: int = 4
-    mixing: float = 0.9
     augment: str = "auto"
     augment_policy: str = DEFAULT_POLICY
     ema_kimg: float = 10.0
@@ -117,8 +111,7 @@ def _pretrain(cfg: PretrainConfig, run: RunFolder, info: DistInfo, options: RunO
     gens = {"latent": torch.Generator().manual_seed(cfg.seed * 7919 + 1 + info.rank)}
     augment = DiffAugment(cfg.augment_policy, seed=cfg.seed * 7919 + 2 + info.rank) if use_aug else None
     stream = BatchStream(dataset, cfg.batch, cfg.seed, info)
-    reg = RegConfig(cfg.r1, cfg.path_regularize, cfg.path_batch_shrink, cfg.d_reg_every, cfg.g_reg_every, cfg.mixing)
-    steps = GANSteps(G, D, list(G.parameters()), list(D.parameters()), g_optim, d_optim, reg, gens["latent"],
+    steps = GANSteps(G, D, list(G.parameters()), list(D.parameters()), g_optim, d_optim, cfg, gens["latent"],
                      device, info, augment, amp, cfg.backend)
     decay = ema_decay_for(cfg.batch * info.world_size, cfg.ema_kimg)
     sample_z = make_z(cfg.n_sample, cfg.style_dim, torch.Generator().manual_seed(cfg.seed + 12345), device)

@@ -20,6 +20,8 @@ ExtraLoss = Callable[[Tensor, Sequence[Tensor], dict], dict[str, Tensor]]
 
 @dataclass
 class RegConfig:
+    """Regularisation and mixing settings shared by pretraining and continual training (their configs extend it)."""
+
     r1: float = 10.0
     path_regularize: float = 2.0
     path_batch_shrink: int = 2
