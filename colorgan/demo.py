@@ -16,9 +16,15 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
+DEMO_TASKS_DIR = Path(__file__).parent / "assets" / "demo_tasks"
 SIZE = 16
 CHANNELS = {4: 32, 8: 32, 16: 16}
 STYLE_DIM = 32
+
+
+def demo_task_dirs() -> dict[str, Path]:
+    """The shipped 10-shot training folders of the emoji demo tasks (licences in demo_tasks/LICENSES.md)."""
+    return {p.name: p for p in sorted(DEMO_TASKS_DIR.iterdir()) if p.is_dir()}
 
 
 def _shape_image(rng: np.random.Generator, kind: str, size: int = 32) -> Image.Image:

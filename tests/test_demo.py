@@ -26,3 +26,22 @@ def test_demo_end_to_end(tmp_path, capsys):
     with pytest.raises(FileExistsError, match="not a demo folder"):
         run_demo(other, overwrite=True, progress=False)
     assert (other / "keep.txt").exists()
+
+
+def test_shipped_demo_task_shots_and_licences():
+    from PIL import Image
+
+    from colorgan.data.folder import list_images
+    from colorgan.demo import DEMO_TASKS_DIR, demo_task_dirs
+
+    dirs = demo_task_dirs()
+    assert set(dirs) == {"twemoji", "openmoji", "flags"}
+    for name, folder in dirs.items():
+        files = list_images(folder)
+        assert len(files) == 10, name
+        for f in files:
+            with Image.open(f) as im:
+                assert im.size == (64, 64) and im.mode == "RGB"
+    text = (DEMO_TASKS_DIR / "LICENSES.md").read_text()
+    for needle in ("CC-BY-4.0", "CC-BY-SA-4.0", "Apache-2.0", "OFL-1.1", "Twitter", "OpenMoji", "Google"):
+        assert needle in text
