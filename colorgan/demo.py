@@ -64,48 +64,67 @@ def make_data(root: Path, seed: int = 0, n_source: int = 96, shots: int = 10) ->
     return folders
 
 
-def run_demo(out: Union[str, Path], *, pretrain_iter: int = 2000, task_iter: int = 400, seed: int = 0,
-             overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run the demo into folder `out`; returns (and writes `out/summary.json`) the summary."""
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} already exists; pass --overwrite to replace the demo's output")
+        if not any((out / marker).exists() for marker in ("summary.json", "data", "run")):
+            raise FileExistsError(f"{out} is not a demo folder; refusing to replace it")
+        import shutil
+
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+
+def run_demo(out: Union[str, Path], *, base: Union[str, Path, None] = None, real: Union[str, Path, None] = None,
+             inception: Union[str, Path, None] = None, n_eval: int = 1000, pretrain_iter: int = 2000,
+             task_iter: int = 400, seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run the demo into folder `out`; returns (and writes `out/summary.json`) the summary.
+
+    Without `base`: procedural data and a tiny base pretrained here. With `base` (a checkpoint folder):
+    the shipped emoji demo tasks adapted onto it. With `inception` and `real` (a data root of
+    `colorgan data emoji`): KID/FID of every task and of the unadapted base against each task's full set.
+    """
     import torch
 
-    from colorgan.checkpoint import load_checkpoint, parameter_report
+    from colorgan.checkpoint import load_checkpoint, parameter_report, read_checkpoint_config
     from colorgan.generate import generate
     from colorgan.train.continual import TrainConfig, train
     from colorgan.train.pretrain import PretrainConfig, RunOptions, pretrain
     from fastlora.io import atomic_write_json
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} already exists; pass --overwrite to replace the demo's output")
-        import shutil
-
-        if not (out / "summary.json").exists() and not (out / "data").exists():
-            raise FileExistsError(f"{out} is not a demo folder; refusing to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    if base is not None:
+        read_checkpoint_config(base)  # a clear error before anything is written
+    _prepare_out(out, overwrite)
     opts = RunOptions(progress=progress)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads cost more than they give
+    if base is None:
+        torch.set_num_threads(1)  # the tiny procedural model: threads cost more than they give
     try:
         t0 = time.perf_counter()
-        data = make_data(out / "data", seed)
-        print(f"[1/5] data: {out / 'data'} (source: 96 images; tasks: 10 shots each)")
-        pretrain(PretrainConfig(data=str(data["source"]), size=SIZE, iter=pretrain_iter, batch=8, style_dim=STYLE_DIM,
-                                n_mlp=2, channels=dict(CHANNELS), n_sample=8, sample_every=max(pretrain_iter // 2, 1),
-                                save_every=pretrain_iter, log_every=25, seed=seed),
-                 out / "base", options=opts)
+        if base is None:
+            data = make_data(out / "data", seed)
+            print(f"[1/5] data: {out / 'data'} (source: 96 images; tasks: 10 shots each)")
+            pretrain(PretrainConfig(data=str(data["source"]), size=SIZE, iter=pretrain_iter, batch=8,
+                                    style_dim=STYLE_DIM, n_mlp=2, channels=dict(CHANNELS), n_sample=8,
+                                    sample_every=max(pretrain_iter // 2, 1), save_every=pretrain_iter, log_every=25,
+                                    seed=seed),
+                     out / "base", options=opts)
+            base = out / "base" / "checkpoint"
+            tasks = [("red-circles", data["red-circles"]), ("outline-triangles", data["outline-triangles"])]
+            print(f"[2/5] pretrained a {SIZE}px base in {time.perf_counter() - t0:.0f} s: {base}")
+        else:
+            tasks = list(demo_task_dirs().items())
+            print(f"[1/5] base: {base}; tasks: {', '.join(t for t, _ in tasks)} (10 shipped shots each)")
+            print("[2/5] no pretraining: the base is given")
         t1 = time.perf_counter()
-        print(f"[2/5] pretrained a {SIZE}px base in {t1 - t0:.0f} s: {out / 'base' / 'checkpoint'}")
-        tasks = [("red-circles", data["red-circles"]), ("outline-triangles", data["outline-triangles"])]
-        summary_train = train(TrainConfig(ckpt=str(out / "base" / "checkpoint"),
-                                          tasks=[f"{n}={d}" for n, d in tasks], iter=task_iter, batch=4,
-                                          n_sample=8, sample_every=task_iter, save_every=task_iter, log_every=20,
-                                          n_anchors=10, seed=seed),
+        summary_train = train(TrainConfig(ckpt=str(base), tasks=[f"{n}={d}" for n, d in tasks], iter=task_iter,
+                                          batch=4, n_sample=8, sample_every=task_iter, save_every=task_iter,
+                                          log_every=20, n_anchors=10, seed=seed),
                               out / "run", options=opts)
-        t2 = time.perf_counter()
-        print(f"[3/5] adapted {len(tasks)} tasks one after another in {t2 - t1:.0f} s: {out / 'run' / 'checkpoint'}")
+        print(f"[3/5] adapted {len(tasks)} tasks one after another in {time.perf_counter() - t1:.0f} s: "
+              f"{out / 'run' / 'checkpoint'}")
         ckpt = out / "run" / "checkpoint"
         gen = generate(ckpt, "base,all", "0-7", out / "samples", grid=True, progress=False)
         print(f"[4/5] grid (a row for the base and each task, same seeds): {gen['grid']}")
@@ -116,23 +135,48 @@ def run_demo(out: Union[str, Path], *, pretrain_iter: int = 2000, task_iter: int
             print(f"[5/5] ONNX export of task {export['task']!r} (adapters merged into the base): {export['path']}, "
                   f"{export['size_bytes'] / 1e6:.2f} MB; onnxruntime vs PyTorch: max abs error {export['max_abs']:.1e}, "
                   f"relative {export['rel']:.1e}, providers {export['providers']}")
+        scores = _scores(ckpt, [t for t, _ in tasks], real, inception, n_eval, progress) if inception and real else None
     finally:
         torch.set_num_threads(threads)
-    summary = {"base_generator_params": report["generator"],
+    summary = {"base": str(base), "base_generator_params": report["generator"],
                "tasks": {t: {"stored_params": report["tasks"][t]["stored"],
                              "fraction_of_generator": report["tasks"][t]["stored"] / report["generator"],
-                             "train_seconds": summary_train.get("seconds", {}).get(t)} for t, _ in tasks},
+                             "train_seconds": summary_train.get("seconds", {}).get(t),
+                             **(scores or {}).get(t, {})} for t, _ in tasks},
                "pretrain_seconds": t1 - t0, "grid": gen["grid"], "export": export}
     atomic_write_json(out / "summary.json", summary)
+    _print_summary(summary, report["generator"], out)
+    return summary
+
+
+def _scores(ckpt: Path, tasks: list[str], real: Union[str, Path], inception: Union[str, Path], n: int,
+            progress: bool) -> dict[str, dict]:
+    """KID/FID of each task and of the unadapted base against the task's full set."""
+    from colorgan.evaluate import evaluate_checkpoint, real_folders
+
+    out = {}
+    for t in tasks:
+        full, _ = real_folders(real, t, None)
+        kw = dict(n=n, inception=inception, progress=progress)
+        task = evaluate_checkpoint(ckpt, t, real, **kw)["tasks"][t]
+        base = evaluate_checkpoint(ckpt, "base", full, **kw)["tasks"]["base"]
+        out[t] = {"fid": task["fid"], "kid": task["kid_mean"], "base_fid": base["fid"], "base_kid": base["kid_mean"]}
+    return out
+
+
+def _print_summary(summary: dict, generator_params: int, out: Path) -> None:
     print("\nsummary")
-    print(f"  full generator: {report['generator']:,} parameters")
+    print(f"  full generator: {generator_params:,} parameters")
     for t, info in summary["tasks"].items():
         secs = info["train_seconds"]
-        print(f"  task {t:<18} stores {info['stored_params']:>7,} parameters "
-              f"({100 * info['fraction_of_generator']:.2f}% of the generator)"
-              + (f", trained in {secs:.0f} s" if isinstance(secs, (int, float)) else ""))
+        line = (f"  task {t:<18} stores {info['stored_params']:>7,} parameters "
+                f"({100 * info['fraction_of_generator']:.2f}% of the generator)"
+                + (f", trained in {secs:.0f} s" if isinstance(secs, (int, float)) else ""))
+        if "kid" in info:
+            line += (f"; KID×1e3 {1e3 * info['kid']:.1f} (base {1e3 * info['base_kid']:.1f}), "
+                     f"FID {info['fid']:.1f} (base {info['base_fid']:.1f})")
+        print(line)
     print(f"  everything is in {out}")
-    return summary
 
 
 def _maybe_export(ckpt: Path, task: str, out: Path) -> Any:

@@ -1,5 +1,6 @@
 """colorgan demo (what `make demo` runs), with tiny iteration counts."""
 import json
+import math
 
 import pytest
 import torch
@@ -45,3 +46,44 @@ def test_shipped_demo_task_shots_and_licences():
     text = (DEMO_TASKS_DIR / "LICENSES.md").read_text()
     for needle in ("CC-BY-4.0", "CC-BY-SA-4.0", "Apache-2.0", "OFL-1.1", "Twitter", "OpenMoji", "Google"):
         assert needle in text
+
+
+def test_demo_on_a_given_base_with_scores(tmp_path):
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+    from torch import nn
+
+    from colorgan import Discriminator, Generator, save_checkpoint
+
+    class Feat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 6, 3, stride=4, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(self.c(x)).mean((2, 3))
+
+    torch.manual_seed(0)
+    net = tmp_path / "feat.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(Feat().eval()).save(str(net))
+    ch = {4: 16, 8: 16, 16: 8}
+    base = save_checkpoint(tmp_path / "base", Generator(16, 16, 2, channels=ch), Discriminator(16, channels=ch))
+    rng = np.random.default_rng(0)
+    for task in ("twemoji", "openmoji", "flags"):
+        (tmp_path / "data" / task / "full").mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+                tmp_path / "data" / task / "full" / f"{i}.png")
+    summary = run_demo(tmp_path / "demo", base=base, real=tmp_path / "data", inception=net, n_eval=6, task_iter=2,
+                       progress=False)
+    assert set(summary["tasks"]) == {"twemoji", "openmoji", "flags"}
+    for info in summary["tasks"].values():
+        assert all(math.isfinite(info[k]) for k in ("fid", "kid", "base_fid", "base_kid"))
+    assert summary["base"] == str(base)
+    with pytest.raises(FileNotFoundError, match="checkpoint folder"):
+        run_demo(tmp_path / "demo2", base=tmp_path / "nope", progress=False)
+    assert not (tmp_path / "demo2").exists()
