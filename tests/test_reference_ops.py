@@ -219,3 +219,25 @@ def test_bad_inputs_name_expected_and_got():
         FL.modulated_conv2d(x, w, s, backend="cuda")
     with pytest.raises(ValueError, match=r"noise must broadcast"):
         FL.modulated_conv2d(x, w, s, noise=torch.randn(2, 1, 4, 4))
+
+
+# --------------------------------------------------------------------------- properties on random shapes
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 3), c_in=st.integers(1, 5), c_out=st.integers(1, 5), h=st.integers(2, 9),
+       w=st.integers(2, 9), k=st.sampled_from([1, 3]), mode=st.sampled_from(["plain", "up", "down"]),
+       demodulate=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_modconv_shapes_and_forms_on_random_shapes(n, c_in, c_out, h, w, k, mode, demodulate, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c_in, h, w, dtype=DT, generator=g)
+    wt = torch.randn(c_out, c_in, k, k, dtype=DT, generator=g)
+    s = torch.randn(n, c_in, dtype=DT, generator=g)
+    kw = dict(up=mode == "up", down=mode == "down", demodulate=demodulate, backend="torch")
+    shared = FL.modulated_conv2d(x, wt, s, form="shared", **kw)
+    grouped = FL.modulated_conv2d(x, wt, s, form="grouped", **kw)
+    assert shared.shape == (n, c_out, *FL.modconv_output_size(h, w, k, kw["up"], kw["down"]))
+    assert rel_err(shared, grouped) < 1e-12
