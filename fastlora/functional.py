@@ -6,6 +6,7 @@ the backend resolves to "triton" (see `fastlora.backend`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional, Sequence, Union
 
@@ -75,9 +76,7 @@ def adapted_weight(weight: Tensor, adapter: Optional[Adapter]) -> Tensor:
         return weight
     adapter.check(weight)
     build = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
-    w = adapter.adapted(weight.to(build)) if all(t.dtype == build for t in adapter.tensors()) else \
-        _cast_adapter(adapter, build).adapted(weight.to(build))
-    return w.to(weight.dtype)
+    return _cast_adapter(adapter, build).adapted(weight.to(build)).to(weight.dtype)
 
 
 def adapted_bias(bias: Optional[Tensor], adapter: Optional[Adapter]) -> Optional[Tensor]:
@@ -85,8 +84,7 @@ def adapted_bias(bias: Optional[Tensor], adapter: Optional[Adapter]) -> Optional
 
 
 def _cast_adapter(adapter: Adapter, dtype: torch.dtype) -> Adapter:
-    import dataclasses
-
+    """The adapter with its tensors in `dtype` (`.to` is a no-op for tensors already in it: gradients flow)."""
     changes = {f.name: getattr(adapter, f.name).to(dtype) for f in dataclasses.fields(adapter)
                if isinstance(getattr(adapter, f.name), Tensor)}
     return dataclasses.replace(adapter, **changes)
