@@ -1,9 +1,10 @@
-"""python -m bench {layers,e2e,onnx,forward} [options]
+"""python -m bench {layers,e2e,onnx,forward,quality} [options]
 
   layers   per-layer benchmark over the SPEC §6 matrix (bench/layers.py)
   e2e      one CoLoR-GAN training iteration and generation images/s (bench/e2e.py)
   onnx     images/s of an exported task in onnxruntime vs PyTorch (bench/onnx.py)
   forward  alias of `layers --mode forward` (the earlier forward-only benchmark)
+  quality  FID/KID of the emoji demo tasks per adapter configuration against the base, and forgetting
 
 `python -m bench SUBCOMMAND --help` lists each one's options.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-SUBCOMMANDS = ("layers", "e2e", "onnx", "forward")
+SUBCOMMANDS = ("layers", "e2e", "onnx", "forward", "quality")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -34,6 +35,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         e2e.main(rest)
         return 0
+    if cmd == "quality":
+        from bench import quality
+
+        return quality.main(rest)
     if cmd == "forward":
         from bench import forward
 

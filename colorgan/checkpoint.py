@@ -37,7 +37,28 @@ BASE_FILE = "base.safetensors"
 TASKS_DIR = "tasks"
 D_TASKS_DIR = "d_tasks"
 RESERVED_TASK_NAMES = ("base", "all")
+SHIPPED_DIR = Path(__file__).parent / "assets" / "base"
 PathLike = Union[str, os.PathLike]
+
+
+def shipped_bases() -> dict[str, Path]:
+    """The base checkpoints shipped inside the package, by name (e.g. "emoji32")."""
+    if not SHIPPED_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(SHIPPED_DIR.iterdir()) if (p / CONFIG_FILE).is_file()}
+
+
+def resolve_checkpoint(path: PathLike) -> Path:
+    """A checkpoint folder; a bare name of a shipped base (see `shipped_bases`) when no such path exists."""
+    p = Path(path)
+    if not p.exists() and str(path) in shipped_bases():
+        return shipped_bases()[str(path)]
+    return p
+
+
+def is_shipped(path: PathLike) -> bool:
+    """Whether `path` resolves to a base inside the package (read-only: nothing is written there)."""
+    return resolve_checkpoint(path).resolve().is_relative_to(SHIPPED_DIR.resolve())
 
 
 def check_task_name(name: str) -> None:
@@ -58,9 +79,10 @@ def _model_tasks(model: Optional[nn.Module]) -> list[str]:
     return fastlora.task_names(model) if _has_tasks(model) else []
 
 
-def _base_tensors(prefix: str, model: nn.Module) -> dict[str, torch.Tensor]:
+def _base_tensors(prefix: str, model: nn.Module, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
     # clones: safetensors refuses tensors that share memory (e.g. g_train is G)
-    return {f"{prefix}.{k}": v.detach().clone() for k, v in fastlora.base_state_dict(model).items()}
+    return {f"{prefix}.{k}": (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).clone()
+            for k, v in fastlora.base_state_dict(model).items()}
 
 
 def _task_entry(G: Generator, D: Optional[Discriminator], name: str) -> dict[str, Any]:
@@ -76,9 +98,12 @@ def _task_entry(G: Generator, D: Optional[Discriminator], name: str) -> dict[str
 
 def save_checkpoint(path: PathLike, G: Generator, D: Optional[Discriminator] = None, *,
                     g_train: Optional[Generator] = None, tasks: Optional[Sequence[str]] = None,
-                    overwrite: bool = False, source: Optional[dict] = None) -> Path:
+                    overwrite: bool = False, source: Optional[dict] = None,
+                    storage_dtype: Optional[torch.dtype] = None) -> Path:
     """Write G (as g_ema), optionally D and the training generator, and G's task adapters (all,
-    or `tasks`) to the folder `path`, atomically. A NaN `w_avg` is computed first (G.update_w_avg)."""
+    or `tasks`) to the folder `path`, atomically. A NaN `w_avg` is computed first (G.update_w_avg).
+    storage_dtype: store the base tensors in this dtype (loads cast back to the model's dtype);
+    `pack_checkpoint` rounds the model first so the recorded base checksum matches what loads."""
     path = Path(path)
     if not isinstance(G, Generator):
         raise TypeError(f"G must be a colorgan.Generator, got {type(G).__name__}")
@@ -93,11 +118,11 @@ def save_checkpoint(path: PathLike, G: Generator, D: Optional[Discriminator] = N
             raise KeyError(f"unknown task {t!r}; the generator has tasks {_model_tasks(G)}")
     if torch.isnan(G.w_avg).any():
         G.update_w_avg()
-    base = _base_tensors("g_ema", G)
+    base = _base_tensors("g_ema", G, storage_dtype)
     if D is not None:
-        base.update(_base_tensors("d", D))
+        base.update(_base_tensors("d", D, storage_dtype))
     if g_train is not None:
-        base.update(_base_tensors("g", g_train))
+        base.update(_base_tensors("g", g_train, storage_dtype))
     modules = ["g_ema"] + (["d"] if D is not None else []) + (["g"] if g_train is not None else [])
     with atomic_directory(path, overwrite=overwrite) as tmp:
         atomic_save_safetensors(base, tmp / BASE_FILE, metadata={"format": FORMAT, "modules": ",".join(modules)})
@@ -127,11 +152,12 @@ def _version() -> str:
 
 
 def read_checkpoint_config(path: PathLike) -> dict[str, Any]:
-    """Read and validate `config.json` of a checkpoint folder."""
-    path = Path(path)
+    """Read and validate `config.json` of a checkpoint folder (or of a shipped base, by name)."""
+    path = resolve_checkpoint(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"expected a colorgan checkpoint folder at {path}, found "
-                                f"{'a file' if path.exists() else 'nothing'} (convert a .pt with `colorgan convert`)")
+        raise FileNotFoundError(f"expected a colorgan checkpoint folder at {path} or the name of a shipped base "
+                                f"{sorted(shipped_bases())}, found {'a file' if path.exists() else 'nothing'} "
+                                f"(convert a .pt with `colorgan convert`)")
     cfg = load_json(path / CONFIG_FILE)
     if cfg.get("format") != FORMAT:
         raise ValueError(f"{path / CONFIG_FILE} is not a colorgan checkpoint config "
@@ -177,8 +203,9 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu", *,
 
     tasks: which tasks to load (default all listed in config.json). info has the config
     ("config"), the folder ("path"), the loaded task names ("tasks") and, with
-    load_g_train, the training generator ("g", None when the file has none)."""
-    path = Path(path)
+    load_g_train, the training generator ("g", None when the file has none). `path` may name a
+    shipped base ("emoji32")."""
+    path = resolve_checkpoint(path)
     cfg = read_checkpoint_config(path)
     file = path / cfg["base"].get("file", BASE_FILE)
     if verify and cfg["base"].get("sha256") and file.is_file() and sha256_file(file) != cfg["base"]["sha256"]:
@@ -222,7 +249,10 @@ def save_task_to_checkpoint(path: PathLike, G: Generator, task: str, D: Optional
                             overwrite: bool = False) -> Path:
     """Add (or, with overwrite, replace) one task of G (and D) in an existing checkpoint; the
     task folder and config.json are each written atomically. G's base must be the checkpoint's."""
-    path = Path(path)
+    path = resolve_checkpoint(path)
+    if is_shipped(path):
+        raise PermissionError(f"{path} is a base shipped inside the package; train into a run folder "
+                              f"(`colorgan train --ckpt {path.name} --out RUN`) instead of adding tasks to it")
     check_task_name(task)
     cfg = read_checkpoint_config(path)
     if G.config() != cfg["generator"]:
@@ -241,6 +271,24 @@ def save_task_to_checkpoint(path: PathLike, G: Generator, task: str, D: Optional
     cfg["tasks"] = [e for e in cfg["tasks"] if e["name"] != task] + [entry]
     atomic_write_json(path / CONFIG_FILE, cfg)
     return path / TASKS_DIR / task
+
+
+def pack_checkpoint(src: PathLike, dst: PathLike, *, dtype: torch.dtype = torch.float16,
+                    overwrite: bool = False) -> Path:
+    """A small distributable copy of a base checkpoint: g_ema and d stored in `dtype`, without the
+    training generator or tasks. The weights are rounded to `dtype` before the base checksum is
+    taken, so the packed base is exactly what loads, and adapters trained on it name it."""
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype such as torch.float16, got {dtype!r}")
+    G, D, info = load_checkpoint(src, tasks=[])
+    with torch.no_grad():
+        for model in (G, D):
+            for t in (fastlora.base_state_dict(model).values() if model is not None else ()):
+                if t.is_floating_point():
+                    t.copy_(t.to(dtype).to(t.dtype))
+    source = dict(info["config"].get("source") or {}, packed_from=str(Path(src)),
+                  storage_dtype=str(dtype).removeprefix("torch."))
+    return save_checkpoint(dst, G, D, overwrite=overwrite, source=source, storage_dtype=dtype)
 
 
 def parameter_report(G: Generator, D: Optional[Discriminator] = None) -> dict[str, Any]:

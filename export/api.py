@@ -395,9 +395,10 @@ def export_checkpoint(ckpt: PathLike, task: Union[str, Sequence[str]], out: Path
     One task (not "all") → `out` is the file (or, for an existing folder or a path ending in '/',
     `out/<task>.onnx`); several → `out` is a folder of `<task>.onnx`. Everything (task names,
     existing files) is checked before the first file is written."""
-    from colorgan.checkpoint import TASKS_DIR, load_checkpoint, read_checkpoint_config
+    from colorgan.checkpoint import TASKS_DIR, load_checkpoint, read_checkpoint_config, resolve_checkpoint
     from colorgan.generate import resolve_tasks
 
+    ckpt = resolve_checkpoint(ckpt)
     _check_options(input, noise, dtype, opset, device)
     cfg = read_checkpoint_config(ckpt)
     listed = {e["name"]: e for e in cfg["tasks"]}

@@ -29,3 +29,37 @@ def pytest_collection_modifyitems(config, items):
 def kernel_device() -> str:
     """Where Triton kernels run in this session: the GPU, or the CPU under the interpreter."""
     return "cuda" if HAS_CUDA else "cpu"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_feature_cache(tmp_path_factory):
+    """Tests never read or write the user's real-feature cache (~/.cache/colorgan/features)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COLORGAN_FEATURE_CACHE", str(tmp_path_factory.mktemp("feature-cache")))
+    yield
+    mp.undo()
+
+
+class _TinyFeat(torch.nn.Module):
+    """A small random conv net standing in for Inception (saved as TorchScript like the real file)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.c2 = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.c2(torch.relu(self.c1(x))))
+
+
+@pytest.fixture
+def tiny_net_path(tmp_path):
+    """Path of a TorchScript feature network (random weights, 16-d features) for FID/KID tests."""
+    import warnings
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny_feat.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(_TinyFeat().eval()).save(str(path))
+    return path

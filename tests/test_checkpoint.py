@@ -94,3 +94,54 @@ def test_strict_loading_names_the_keys(tmp_path):
         load_checkpoint(tmp_path / "ck")
     with pytest.raises(FileNotFoundError, match="checkpoint folder"):
         load_checkpoint(tmp_path / "nothing")
+
+
+def test_pack_checkpoint_stores_fp16_and_loads_exactly(tmp_path):
+    from colorgan.checkpoint import pack_checkpoint
+
+    G, D = models()
+    src = save_checkpoint(tmp_path / "full", G, D, g_train=G)
+    packed = pack_checkpoint(src, tmp_path / "packed")
+    tensors = load_file(str(packed / "base.safetensors"))
+    assert tensors and all(v.dtype == torch.float16 for v in tensors.values() if v.is_floating_point())
+    assert not any(k.startswith("g.") for k in tensors)  # no training generator
+    raw = (packed / "base.safetensors").read_bytes()
+    data_bytes = len(raw) - 8 - int.from_bytes(raw[:8], "little")  # minus the JSON header
+    assert data_bytes <= 2 * sum(v.numel() for v in tensors.values())
+    cfg = json.loads((packed / "config.json").read_text())
+    assert cfg["tasks"] == [] and cfg["source"]["storage_dtype"] == "float16" and cfg["base"]["modules"] == ["g_ema", "d"]
+    G2, D2, _ = load_checkpoint(packed)
+    assert next(G2.parameters()).dtype == torch.float32 and D2 is not None
+    # what loads is exactly the base the checksum names, so adapters trained on it can be stored with it
+    assert fastlora.base_checksum(G2) == cfg["base"]["g_ema_checksum"]
+    fastlora.add_task(G2, "new", AdapterConfig())
+    save_task_to_checkpoint(packed, G2, "new")
+    z = torch.randn(2, 16)
+    with torch.no_grad():
+        fastlora.set_task(G, None)
+        ref, got = G(z), G2(z)
+    assert 0 < (got - ref).abs().max() < 0.05  # fp16 rounding of the weights, nothing more
+    with pytest.raises(FileExistsError):
+        pack_checkpoint(src, packed)
+    with pytest.raises(TypeError, match="floating torch.dtype"):
+        pack_checkpoint(src, tmp_path / "p2", dtype=torch.int8)
+
+
+def test_shipped_base_names_resolve_and_are_read_only(tmp_path, monkeypatch):
+    from colorgan import checkpoint as ck
+
+    G, D = models()
+    fastlora.add_task(G, "c", AdapterConfig())
+    shipped = tmp_path / "assets" / "base"
+    save_checkpoint(shipped / "tiny", G, D, tasks=[])
+    monkeypatch.setattr(ck, "SHIPPED_DIR", shipped)
+    assert ck.shipped_bases() == {"tiny": shipped / "tiny"}
+    monkeypatch.chdir(tmp_path)
+    G2, _, info = load_checkpoint("tiny")
+    assert info["path"] == str(shipped / "tiny") and ck.is_shipped("tiny")
+    with pytest.raises(PermissionError, match="shipped inside the package"):
+        save_task_to_checkpoint("tiny", G, "c")
+    with pytest.raises(FileNotFoundError, match="shipped base"):
+        ck.read_checkpoint_config("no-such-base")
+    save_checkpoint(tmp_path / "tiny", G, tasks=["c"])  # a local folder of the same name wins
+    assert load_checkpoint("tiny")[2]["tasks"] == ["c"] and not ck.is_shipped("tiny")

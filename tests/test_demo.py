@@ -10,7 +10,7 @@ from colorgan.demo import run_demo
 
 def test_demo_end_to_end(tmp_path, capsys):
     n = torch.get_num_threads()
-    summary = run_demo(tmp_path / "demo", pretrain_iter=4, task_iter=2, progress=False)
+    summary = run_demo(tmp_path / "demo", base=None, pretrain_iter=4, task_iter=2, progress=False)
     assert torch.get_num_threads() == n
     out = capsys.readouterr().out
     assert "[5/5] ONNX export" in out and "% of the generator" in out
@@ -20,12 +20,12 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert summary["export"]["rel"] < 1e-4 and (tmp_path / "demo" / "red-circles.onnx").is_file()
     assert json.loads((tmp_path / "demo" / "summary.json").read_text())["grid"].endswith("grid.png")
     with pytest.raises(FileExistsError, match="--overwrite"):
-        run_demo(tmp_path / "demo", pretrain_iter=4, task_iter=2, progress=False)
+        run_demo(tmp_path / "demo", base=None, pretrain_iter=4, task_iter=2, progress=False)
     other = tmp_path / "precious"
     other.mkdir()
     (other / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match="not a demo folder"):
-        run_demo(other, overwrite=True, progress=False)
+        run_demo(other, base=None, overwrite=True, progress=False)
     assert (other / "keep.txt").exists()
 
 
@@ -48,28 +48,13 @@ def test_shipped_demo_task_shots_and_licences():
         assert needle in text
 
 
-def test_demo_on_a_given_base_with_scores(tmp_path):
-    import warnings
-
+def test_demo_on_a_given_base_with_scores(tmp_path, tiny_net_path):
     import numpy as np
     from PIL import Image
-    from torch import nn
 
     from colorgan import Discriminator, Generator, save_checkpoint
 
-    class Feat(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c = nn.Conv2d(3, 6, 3, stride=4, padding=1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.tanh(self.c(x)).mean((2, 3))
-
-    torch.manual_seed(0)
-    net = tmp_path / "feat.pt"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.script(Feat().eval()).save(str(net))
+    net = tiny_net_path
     ch = {4: 16, 8: 16, 16: 8}
     base = save_checkpoint(tmp_path / "base", Generator(16, 16, 2, channels=ch), Discriminator(16, channels=ch))
     rng = np.random.default_rng(0)

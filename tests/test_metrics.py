@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 from PIL import Image
 
 from colorgan.metrics import evaluate_images, features as feat_mod
 from colorgan.metrics.features import FeatureNetwork, folder_features
-from colorgan.metrics.lpips import VGG_CONV_INDICES, VGG_TAPS, LPIPS, cluster_lpips, load_lpips
+from colorgan.metrics.lpips import VGG_CONV_INDICES, VGG_TAPS, cluster_lpips, load_lpips
 from colorgan.metrics.stats import fid_from_features, fid_from_stats, kid, mmd2_unbiased, sqrtm_psd
 
 
@@ -32,26 +30,6 @@ def _denman_beavers(a, iters=60):
     for _ in range(iters):
         y, z = 0.5 * (y + np.linalg.inv(z)), 0.5 * (z + np.linalg.inv(y))
     return y
-
-
-class _TinyFeat(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
-        self.c2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.c2(torch.relu(self.c1(x))))
-
-
-@pytest.fixture
-def tiny_net_path(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "tiny_feat.pt"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.script(_TinyFeat().eval()).save(str(path))
-    return path
 
 
 def _write_images(folder: Path, n: int, seed: int, size: int = 16, shift: int = 0):
@@ -284,6 +262,7 @@ def _eval_parser():
 
 def test_cli_eval_without_inception_explains(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("COLORGAN_INCEPTION", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/colorgan/inception-fid.pt either
     args = _eval_parser().parse_args(["eval", "--fake", str(tmp_path), "--real", str(tmp_path)])
     args.inception = None
     assert args.func(args) != 0

@@ -1,4 +1,5 @@
-"""`colorgan convert`: rosinality `.pt` checkpoints and published adapter files → checkpoint folders."""
+"""`colorgan convert`: rosinality `.pt` checkpoints and published adapter files → checkpoint folders;
+`pack`: a base checkpoint → a small fp16 copy for distribution."""
 from __future__ import annotations
 
 import argparse
@@ -47,6 +48,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(a)
     a.set_defaults(func=run_adapters)
 
+    k = sub.add_parser("pack", help="a base checkpoint → a small copy for distribution (g_ema + d in fp16)",
+                       description="Keeps the EMA generator and the discriminator, drops the training generator "
+                                   "and tasks, and stores the weights in --dtype (this is how the shipped emoji32 "
+                                   "base was made).")
+    k.add_argument("src", help="checkpoint folder (e.g. RUN/checkpoint of `colorgan pretrain`)")
+    k.add_argument("--out", required=True, help="checkpoint folder to write")
+    k.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
+                   help="storage dtype (default float16; loads cast back to float32)")
+    k.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    k.set_defaults(func=run_pack)
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-pickle", action="store_true",
@@ -75,4 +87,16 @@ def run_adapters(args: argparse.Namespace) -> int:
                            alpha_linear=args.alpha_linear, compat=args.compat, trust_pickle=args.trust_pickle,
                            overwrite=args.overwrite)
     print(f"wrote task {args.task!r} to {out}")
+    return 0
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    import torch
+
+    from colorgan.checkpoint import pack_checkpoint, read_checkpoint_config
+
+    out = pack_checkpoint(args.src, args.out, dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
+    cfg = read_checkpoint_config(out)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    print(f"wrote {out}: modules {', '.join(cfg['base']['modules'])} in {args.dtype}, {size / 1e6:.1f} MB")
     return 0

