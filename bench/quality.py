@@ -5,8 +5,8 @@ task on its full set against the unadapted base, and check that earlier tasks ar
                             [--n 500] [--n-source 1000] [--runs runs/quality] [--out DIR] [--overwrite]
 
 DATA is a `colorgan data emoji --size 32` root (DATA/source, DATA/<task>/full). Configurations, all with
-`colorgan train --method color` (the same loop, seeds, shots and iterations; tasks in the order twemoji,
-openmoji, flags, the shipped 10-shot folders):
+`colorgan train --method color` (the same loop, seeds, shots and iterations; the shipped 10-shot folders,
+learned in the order flags, openmoji, twemoji):
   default    LLoRA with the inner ReLU and the corrected alpha routing (the `colorgan train` defaults)
   published  LLoRA as published: both ReLUs (--use_act) and the upstream alpha routing (--compat upstream)
   left       LFS-GAN's LeFT adapters (--kind left) in the same loop

@@ -37,10 +37,15 @@ def default_task_iter(device: str) -> int:
 
 
 def default_real() -> Union[str, None]:
-    """$COLORGAN_EMOJI_DATA (a `colorgan data emoji` root with each task's full set), if set."""
+    """The demo tasks' full sets: $COLORGAN_EMOJI_DATA, else ./data/emoji32 when it holds them (the
+    README's `colorgan data emoji --size 32 --out data/emoji32`), else None."""
     import os
 
-    return os.environ.get("COLORGAN_EMOJI_DATA") or None
+    env = os.environ.get("COLORGAN_EMOJI_DATA")
+    if env:
+        return env
+    local = Path("data/emoji32")
+    return str(local) if all((local / t / "full").is_dir() for t in demo_task_dirs()) else None
 
 
 def _shape_image(rng: np.random.Generator, kind: str, size: int = 32) -> Image.Image:
@@ -93,7 +98,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def run_demo(out: Union[str, Path], *, base: Union[str, Path, None] = SHIPPED_BASE,
-             real: Union[str, Path, None] = None, inception: Union[str, Path, None] = None, n_eval: int = 1000,
+             real: Union[str, Path, None] = None, inception: Union[str, Path, None] = None, n_eval: int = 500,
              pretrain_iter: int = 2000, task_iter: Union[int, None] = None, seed: int = 0, overwrite: bool = False,
              progress: bool = True) -> dict[str, Any]:
     """Run the demo into folder `out`; returns (and writes `out/summary.json`) the summary.

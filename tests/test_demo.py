@@ -72,3 +72,16 @@ def test_demo_on_a_given_base_with_scores(tmp_path, tiny_net_path):
     with pytest.raises(FileNotFoundError, match="checkpoint folder"):
         run_demo(tmp_path / "demo2", base=tmp_path / "nope", progress=False)
     assert not (tmp_path / "demo2").exists()
+
+
+def test_default_real_finds_the_full_sets(tmp_path, monkeypatch):
+    from colorgan.demo import default_real, demo_task_dirs
+
+    monkeypatch.delenv("COLORGAN_EMOJI_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert default_real() is None
+    for t in demo_task_dirs():
+        (tmp_path / "data" / "emoji32" / t / "full").mkdir(parents=True)
+    assert default_real() == "data/emoji32"
+    monkeypatch.setenv("COLORGAN_EMOJI_DATA", "/elsewhere")
+    assert default_real() == "/elsewhere"

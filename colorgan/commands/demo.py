@@ -17,10 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="instead: draw procedural shapes and pretrain a tiny 16 px base first (a smoke run)")
     p.add_argument("--real", default=None,
                    help="a data root of `colorgan data emoji --size 32` (each task's full set) for KID/FID against "
-                        "the unadapted base (default $COLORGAN_EMOJI_DATA)")
+                        "the unadapted base (default $COLORGAN_EMOJI_DATA, else ./data/emoji32 if present)")
     p.add_argument("--inception", default=None, help="TorchScript Inception FID network (default "
                                                      "$COLORGAN_INCEPTION, else ~/.cache/colorgan/inception-fid.pt)")
-    p.add_argument("--n-eval", type=int, default=1000, help="samples per task for KID/FID (default 1000)")
+    p.add_argument("--n-eval", type=int, default=500, help="samples per task for KID/FID (default 500)")
     p.add_argument("--pretrain-iter", type=int, default=2000, help="with --procedural: pretraining iterations")
     p.add_argument("--task-iter", type=int, default=None,
                    help="iterations per task (default 200 on a CPU: about ten minutes; 2000 on a GPU)")
