@@ -1,7 +1,7 @@
 """Quality benchmark: adapt a base to the emoji demo tasks with each adapter configuration, score every
 task on its full set against the unadapted base, and check that earlier tasks are not forgotten.
 
-    python -m bench quality --real DATA [--base emoji32] [--configs default,published,left] [--iter 200]
+    python -m bench quality --real DATA [--base emoji32] [--configs default,published,left] [--iter 1000]
                             [--n 500] [--n-source 1000] [--runs runs/quality] [--out DIR] [--overwrite]
 
 DATA is a `colorgan data emoji --size 32` root (DATA/source, DATA/<task>/full). Configurations, all with
@@ -151,7 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--real", required=True, help="data root of `colorgan data emoji --size 32`")
     p.add_argument("--base", default="emoji32", help="base checkpoint folder or shipped base (default emoji32)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
-    p.add_argument("--iter", type=int, default=200, help="iterations per task (default 200: the CPU demo budget)")
+    p.add_argument("--iter", type=int, default=1000, help="iterations per task (default 1000: the CPU demo budget)")
     p.add_argument("--n", type=int, default=500, help="fakes per task score (default 500)")
     p.add_argument("--n-source", type=int, default=1000, help="fakes for the base-vs-source score (default 1000)")
     p.add_argument("--runs", default="runs/quality", help="folder of the training runs (reused when finished)")

@@ -49,9 +49,10 @@ def shipped_bases() -> dict[str, Path]:
 
 
 def resolve_checkpoint(path: PathLike) -> Path:
-    """A checkpoint folder; a bare name of a shipped base (see `shipped_bases`) when no such path exists."""
+    """A checkpoint folder; or the name of a shipped base (see `shipped_bases`) unless a checkpoint folder
+    of that name is in the working directory (a data folder called "emoji32" does not shadow the base)."""
     p = Path(path)
-    if not p.exists() and str(path) in shipped_bases():
+    if not (p / CONFIG_FILE).is_file() and str(path) in shipped_bases():
         return shipped_bases()[str(path)]
     return p
 

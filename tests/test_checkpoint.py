@@ -143,5 +143,7 @@ def test_shipped_base_names_resolve_and_are_read_only(tmp_path, monkeypatch):
         save_task_to_checkpoint("tiny", G, "c")
     with pytest.raises(FileNotFoundError, match="shipped base"):
         ck.read_checkpoint_config("no-such-base")
-    save_checkpoint(tmp_path / "tiny", G, tasks=["c"])  # a local folder of the same name wins
+    (tmp_path / "tiny").mkdir()  # a non-checkpoint folder of the same name does not shadow the shipped base
+    assert ck.is_shipped("tiny")
+    save_checkpoint(tmp_path / "tiny", G, tasks=["c"], overwrite=True)  # a local checkpoint folder wins
     assert load_checkpoint("tiny")[2]["tasks"] == ["c"] and not ck.is_shipped("tiny")

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-eval", type=int, default=500, help="samples per task for KID/FID (default 500)")
     p.add_argument("--pretrain-iter", type=int, default=2000, help="with --procedural: pretraining iterations")
     p.add_argument("--task-iter", type=int, default=None,
-                   help="iterations per task (default 200 on a CPU: about ten minutes; 2000 on a GPU)")
+                   help="iterations per task (default 1000 on a CPU: about ten minutes; 3000 on a GPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo output in --out")
     p.add_argument("--no-progress", action="store_true")
