@@ -21,6 +21,7 @@ DEMO_TASKS_DIR = Path(__file__).parent / "assets" / "demo_tasks"
 SHIPPED_BASE = "emoji32"
 TASK_ITER_CPU = 1000  # three tasks in about ten minutes on 2 CPU cores (~0.16 s per iteration)
 TASK_ITER_GPU = 3000  # the published per-task budget
+PROCEDURAL_TASK_ITER = 400
 SIZE = 16
 CHANNELS = {4: 32, 8: 32, 16: 16}
 STYLE_DIM = 32
@@ -120,7 +121,8 @@ def run_demo(out: Union[str, Path], *, base: Union[str, Path, None] = SHIPPED_BA
     if base is not None:
         read_checkpoint_config(base)  # a clear error before anything is written
     if task_iter is None:
-        task_iter = default_task_iter("cuda" if torch.cuda.is_available() else "cpu")
+        task_iter = PROCEDURAL_TASK_ITER if base is None else \
+            default_task_iter("cuda" if torch.cuda.is_available() else "cpu")
     _prepare_out(out, overwrite)
     opts = RunOptions(progress=progress)
     threads = torch.get_num_threads()
