@@ -14,7 +14,8 @@ Scores: FID and KID (Inception-v3, fakes from seeds 0..n-1 without truncation) o
 set, of the unadapted base against each task's full set, and of the base against the source set. Forgetting:
 after each task the run renders every task learned so far on fixed latents (RUN/samples/after_<task>.png);
 the rows of task t after the last task must equal (max abs pixel difference 0) its rows right after task t.
-Finished runs in --runs are reused when their configuration matches, so an interrupted benchmark resumes.
+Finished runs in --runs are reused when their configuration matches, so an interrupted benchmark resumes; the
+training configuration is the demo's, so `colorgan demo`'s RUN/run can serve as --runs/default.
 """
 from __future__ import annotations
 
@@ -35,14 +36,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "published": {"act": "both", "compat": "upstream"},
     "left": {"kind": "left"},
 }
-
-
-def _train_config(base: str, tasks: dict[str, Path], name: str, iters: int, seed: int):
-    from colorgan.train.continual import TrainConfig
-
-    return TrainConfig(ckpt=str(base), tasks=[f"{t}={d}" for t, d in tasks.items()], iter=iters, batch=4,
-                       n_sample=8, sample_every=iters, save_every=iters, log_every=20, n_anchors=10, seed=seed,
-                       **CONFIGS[name])
 
 
 def _run(cfg, folder: Path, progress: bool) -> dict:
@@ -83,7 +76,7 @@ def run_bench(base: str, real: str, configs: Sequence[str], iters: int, n: int, 
     import torch
 
     from colorgan.checkpoint import read_checkpoint_config
-    from colorgan.demo import demo_task_dirs
+    from colorgan.demo import demo_task_dirs, demo_train_config
     from colorgan.evaluate import evaluate_checkpoint, real_folders
 
     dev = torch.device("cpu")
@@ -106,7 +99,7 @@ def run_bench(base: str, real: str, configs: Sequence[str], iters: int, n: int, 
     report["base_vs_task"] = {t: scores(base, "base", real_folders(real, t, None)[0], n) for t in tasks}
     for name in configs:
         folder = runs / name
-        summary = _run(_train_config(base, tasks, name, iters, seed), folder, progress)
+        summary = _run(demo_train_config(base, tasks, iters, seed, **CONFIGS[name]), folder, progress)
         ckpt = folder / "checkpoint"
         cfg = read_checkpoint_config(ckpt)
         stored = {e["name"]: e["stored_params"] for e in cfg["tasks"]}

@@ -49,6 +49,16 @@ def default_real() -> Union[str, None]:
     return str(local) if all((local / t / "full").is_dir() for t in demo_task_dirs()) else None
 
 
+def demo_train_config(base: Union[str, Path], tasks: dict[str, Path], task_iter: int, seed: int = 0,
+                      **overrides: Any):
+    """The demo's `colorgan train` configuration (`bench quality` uses it too, so their runs are the same)."""
+    from colorgan.train.continual import TrainConfig
+
+    return TrainConfig(ckpt=str(base), tasks=[f"{n}={d}" for n, d in tasks.items()], iter=task_iter, batch=4,
+                       n_sample=8, sample_every=task_iter, save_every=task_iter, log_every=50, n_anchors=10,
+                       seed=seed, **overrides)
+
+
 def _shape_image(rng: np.random.Generator, kind: str, size: int = 32) -> Image.Image:
     """One procedural image: a coloured shape on white (drawn at `size`, stored as is)."""
     img = Image.new("RGB", (size, size), "white")
@@ -113,7 +123,7 @@ def run_demo(out: Union[str, Path], *, base: Union[str, Path, None] = SHIPPED_BA
 
     from colorgan.checkpoint import load_checkpoint, parameter_report, read_checkpoint_config
     from colorgan.generate import generate
-    from colorgan.train.continual import TrainConfig, train
+    from colorgan.train.continual import train
     from colorgan.train.pretrain import PretrainConfig, RunOptions, pretrain
     from fastlora.io import atomic_write_json
 
@@ -147,10 +157,7 @@ def run_demo(out: Union[str, Path], *, base: Union[str, Path, None] = SHIPPED_BA
                   f"{task_iter} iterations each")
             print("[2/5] no pretraining: the base is given")
         t1 = time.perf_counter()
-        summary_train = train(TrainConfig(ckpt=str(base), tasks=[f"{n}={d}" for n, d in tasks], iter=task_iter,
-                                          batch=4, n_sample=8, sample_every=task_iter, save_every=task_iter,
-                                          log_every=20, n_anchors=10, seed=seed),
-                              out / "run", options=opts)
+        summary_train = train(demo_train_config(base, dict(tasks), task_iter, seed), out / "run", options=opts)
         print(f"[3/5] adapted {len(tasks)} tasks one after another in {time.perf_counter() - t1:.0f} s: "
               f"{out / 'run' / 'checkpoint'}")
         ckpt = out / "run" / "checkpoint"
