@@ -79,14 +79,14 @@ def run_bench(base: str, real: str, configs: Sequence[str], iters: int, n: int, 
     from colorgan.demo import demo_task_dirs, demo_train_config
     from colorgan.evaluate import evaluate_checkpoint, real_folders
 
-    dev = torch.device("cpu")
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # training picks the same device
     stem = common.result_stem(out_dir, dev, "quality")
     common.check_writable(stem, (".json", ".md"), overwrite)
     read_checkpoint_config(base)
     tasks = demo_task_dirs()
     for t in tasks:
         real_folders(real, t, None)  # every full set exists before hours of work start
-    kw = dict(inception=inception, progress=progress)
+    kw = dict(inception=inception, progress=progress, device=str(dev))
 
     def scores(ckpt, task, folder, count):
         r = evaluate_checkpoint(ckpt, task, folder, n=count, **kw)["tasks"][task]
