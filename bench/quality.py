@@ -77,7 +77,7 @@ def run_bench(base: str, real: str, configs: Sequence[str], iters: int, n: int, 
 
     from colorgan.checkpoint import read_checkpoint_config
     from colorgan.demo import demo_task_dirs, demo_train_config
-    from colorgan.evaluate import evaluate_checkpoint, real_folders
+    from colorgan.evaluate import fid_kid, real_folders
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # training picks the same device
     stem = common.result_stem(out_dir, dev, "quality")
@@ -89,8 +89,7 @@ def run_bench(base: str, real: str, configs: Sequence[str], iters: int, n: int, 
     kw = dict(inception=inception, progress=progress, device=str(dev))
 
     def scores(ckpt, task, folder, count):
-        r = evaluate_checkpoint(ckpt, task, folder, n=count, **kw)["tasks"][task]
-        return {"fid": r["fid"], "kid": r["kid_mean"], "kid_std": r.get("kid_std")}
+        return fid_kid(ckpt, task, folder, count, **kw)
 
     report: dict[str, Any] = {"environment": common.environment(dev), "base": str(base), "real": str(real),
                               "iter": iters, "n": n, "n_source": n_source, "tasks": list(tasks), "configs": {}}

@@ -52,9 +52,9 @@ def resolve_checkpoint(path: PathLike) -> Path:
     """A checkpoint folder; or the name of a shipped base (see `shipped_bases`) unless a checkpoint folder
     of that name is in the working directory (a data folder called "emoji32" does not shadow the base)."""
     p = Path(path)
-    if not (p / CONFIG_FILE).is_file() and str(path) in shipped_bases():
-        return shipped_bases()[str(path)]
-    return p
+    if (p / CONFIG_FILE).is_file():
+        return p
+    return shipped_bases().get(str(path), p)
 
 
 def is_shipped(path: PathLike) -> bool:

@@ -187,15 +187,14 @@ def run_demo(out: Union[str, Path], *, base: Union[str, Path, None] = SHIPPED_BA
 def _scores(ckpt: Path, tasks: list[str], real: Union[str, Path], inception: Union[str, Path], n: int,
             progress: bool) -> dict[str, dict]:
     """KID/FID of each task and of the unadapted base against the task's full set."""
-    from colorgan.evaluate import evaluate_checkpoint, real_folders
+    from colorgan.evaluate import fid_kid, real_folders
 
     out = {}
     for t in tasks:
         full, _ = real_folders(real, t, None)
-        kw = dict(n=n, inception=inception, progress=progress)
-        task = evaluate_checkpoint(ckpt, t, real, **kw)["tasks"][t]
-        base = evaluate_checkpoint(ckpt, "base", full, **kw)["tasks"]["base"]
-        out[t] = {"fid": task["fid"], "kid": task["kid_mean"], "base_fid": base["fid"], "base_kid": base["kid_mean"]}
+        kw = dict(inception=inception, progress=progress)
+        task, base = fid_kid(ckpt, t, real, n, **kw), fid_kid(ckpt, "base", full, n, **kw)
+        out[t] = {"fid": task["fid"], "kid": task["kid"], "base_fid": base["fid"], "base_kid": base["kid"]}
     return out
 
 

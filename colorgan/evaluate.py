@@ -66,6 +66,14 @@ def evaluate_checkpoint(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequenc
     return out
 
 
+def fid_kid(ckpt: Union[str, os.PathLike], task: str, real: Union[str, os.PathLike], n: int,
+            **kw: Any) -> dict[str, float]:
+    """FID, KID mean and KID std of one task (or "base") of a checkpoint: the summary that the demo and
+    `bench quality` report."""
+    r = evaluate_checkpoint(ckpt, task, real, n=n, **kw)["tasks"][task]
+    return {"fid": r["fid"], "kid": r["kid_mean"], "kid_std": r["kid_std"]}
+
+
 def evaluate_run(run: Union[str, os.PathLike], real: Union[str, os.PathLike], *, n: int = 5000,
                  truncation: float = 1.0, **metric_kw: Any) -> dict:
     """The forgetting table of a `colorgan train` run: every seen task's scores after each task was learned.

@@ -1,8 +1,10 @@
-"""Shared test helpers: random adapters of every kind, relative errors, naive references."""
+"""Shared test helpers: random adapters of every kind, relative errors, naive references, image folders."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -63,3 +65,15 @@ def naive_modconv(x, w_hat, style, demodulate, up, down):
             y = F.conv2d(xb, wm, padding=k // 2)
         outs.append(y)
     return torch.cat(outs)
+
+
+def write_random_images(folder: Path, n: int, seed: int, size: int = 16, shift: int = 0) -> Path:
+    """`n` seeded random RGB PNGs (pixel values in [shift, 255]) in `folder`, created if missing."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        arr = rng.integers(0, 256 - shift, (size, size, 3), dtype=np.uint8) + shift
+        Image.fromarray(arr.astype(np.uint8)).save(folder / f"img{i:03d}.png")
+    return folder

@@ -11,22 +11,16 @@ from PIL import Image
 
 from bench import quality
 from colorgan import Discriminator, Generator, save_checkpoint
-
-
-def _images(folder, n, seed, size=16):
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+from tests.helpers import write_random_images
 
 
 def test_quality_bench_end_to_end(tmp_path, tiny_net_path):
     torch.manual_seed(0)
     ch = {4: 16, 8: 16, 16: 8}
     base = save_checkpoint(tmp_path / "base", Generator(16, 16, 2, channels=ch), Discriminator(16, channels=ch))
-    _images(tmp_path / "data" / "source", 6, 0)
+    write_random_images(tmp_path / "data" / "source", 6, 0)
     for i, task in enumerate(("twemoji", "openmoji", "flags")):
-        _images(tmp_path / "data" / task / "full", 6, i + 1)
+        write_random_images(tmp_path / "data" / task / "full", 6, i + 1)
     report = quality.run_bench(str(base), str(tmp_path / "data"), ["default", "left"], iters=2, n=5, n_source=4,
                                runs=tmp_path / "runs", inception=str(tiny_net_path), progress=False,
                                out_dir=str(tmp_path / "res"))

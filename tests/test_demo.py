@@ -49,20 +49,14 @@ def test_shipped_demo_task_shots_and_licences():
 
 
 def test_demo_on_a_given_base_with_scores(tmp_path, tiny_net_path):
-    import numpy as np
-    from PIL import Image
-
     from colorgan import Discriminator, Generator, save_checkpoint
+    from tests.helpers import write_random_images
 
     net = tiny_net_path
     ch = {4: 16, 8: 16, 16: 8}
     base = save_checkpoint(tmp_path / "base", Generator(16, 16, 2, channels=ch), Discriminator(16, channels=ch))
-    rng = np.random.default_rng(0)
-    for task in ("twemoji", "openmoji", "flags"):
-        (tmp_path / "data" / task / "full").mkdir(parents=True)
-        for i in range(8):
-            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
-                tmp_path / "data" / task / "full" / f"{i}.png")
+    for i, task in enumerate(("twemoji", "openmoji", "flags")):
+        write_random_images(tmp_path / "data" / task / "full", 8, seed=i)
     summary = run_demo(tmp_path / "demo", base=base, real=tmp_path / "data", inception=net, n_eval=6, task_iter=2,
                        progress=False)
     assert set(summary["tasks"]) == {"twemoji", "openmoji", "flags"}

@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from colorgan.metrics import evaluate_images, features as feat_mod
 from colorgan.metrics.features import FeatureNetwork, folder_features
 from colorgan.metrics.lpips import VGG_CONV_INDICES, VGG_TAPS, cluster_lpips, load_lpips
 from colorgan.metrics.stats import fid_from_features, fid_from_stats, kid, mmd2_unbiased, sqrtm_psd
+from tests.helpers import write_random_images
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -30,15 +29,6 @@ def _denman_beavers(a, iters=60):
     for _ in range(iters):
         y, z = 0.5 * (y + np.linalg.inv(z)), 0.5 * (z + np.linalg.inv(y))
     return y
-
-
-def _write_images(folder: Path, n: int, seed: int, size: int = 16, shift: int = 0):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        arr = rng.integers(0, 256 - shift, (size, size, 3), dtype=np.uint8) + shift
-        Image.fromarray(arr.astype(np.uint8)).save(folder / f"img{i:03d}.png")
-    return folder
 
 
 def _tiny_lpips_state(seed=0, widths=(4, 6, 8, 8, 8)):
@@ -136,8 +126,8 @@ def test_mmd2_matches_brute_force():
 
 
 def test_identical_sets_give_zero(tmp_path, tiny_net_path):
-    real = _write_images(tmp_path / "real", 24, seed=0)
-    other = _write_images(tmp_path / "other", 24, seed=1, shift=80)
+    real = write_random_images(tmp_path / "real", 24, seed=0)
+    other = write_random_images(tmp_path / "other", 24, seed=1, shift=80)
     net = FeatureNetwork(tiny_net_path, input_size=32)
     r = evaluate_images(real, real, inception=net, cache_dir=tmp_path / "cache", kid_subsets=10, progress=False)
     assert r["fid"] == pytest.approx(0.0, abs=1e-6) and abs(r["kid_mean"]) < 1e-3
@@ -150,7 +140,7 @@ def test_identical_sets_give_zero(tmp_path, tiny_net_path):
 
 
 def test_feature_cache(tmp_path, tiny_net_path, monkeypatch):
-    real = _write_images(tmp_path / "real", 5, seed=0)
+    real = write_random_images(tmp_path / "real", 5, seed=0)
     net = FeatureNetwork(tiny_net_path, input_size=32)
     cache = tmp_path / "cache"
     f1 = folder_features(real, net, 16, cache_dir=cache, progress=False)
@@ -165,7 +155,7 @@ def test_feature_cache(tmp_path, tiny_net_path, monkeypatch):
     monkeypatch.undo()
     # another resolution or a changed folder gives a new entry
     folder_features(real, net, 8, cache_dir=cache, progress=False)
-    _write_images(tmp_path / "real", 6, seed=9)
+    write_random_images(tmp_path / "real", 6, seed=9)
     f3 = folder_features(real, net, 16, cache_dir=cache, progress=False)
     assert f3.shape == (6, 16) and len(list(cache.glob("*.npz"))) == 3
 
@@ -173,8 +163,8 @@ def test_feature_cache(tmp_path, tiny_net_path, monkeypatch):
 def test_stream_equals_folder(tmp_path, tiny_net_path):
     from colorgan.data import ImageFolder
 
-    fake = _write_images(tmp_path / "fake", 12, seed=4)
-    real = _write_images(tmp_path / "real", 10, seed=5)
+    fake = write_random_images(tmp_path / "fake", 12, seed=4)
+    real = write_random_images(tmp_path / "real", 10, seed=5)
     net = FeatureNetwork(tiny_net_path, input_size=32)
     ds = ImageFolder(fake)
     batches = [torch.stack([ds[i] for i in range(j, min(j + 5, len(ds)))]) for j in range(0, len(ds), 5)]
@@ -270,9 +260,9 @@ def test_cli_eval_without_inception_explains(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_eval_json_with_lpips(tmp_path, tiny_net_path, tiny_lpips_path, capsys):
-    fake = _write_images(tmp_path / "fake", 8, seed=1)
-    real = _write_images(tmp_path / "real", 6, seed=2)
-    shots = _write_images(tmp_path / "shots", 3, seed=3)
+    fake = write_random_images(tmp_path / "fake", 8, seed=1)
+    real = write_random_images(tmp_path / "real", 6, seed=2)
+    shots = write_random_images(tmp_path / "shots", 3, seed=3)
     out = tmp_path / "res" / "eval.json"
     args = _eval_parser().parse_args(
         ["eval", "--fake", str(fake), "--real", str(real), "--inception", str(tiny_net_path), "--lpips",
