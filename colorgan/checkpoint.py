@@ -10,8 +10,9 @@ Layout::
       d_tasks/<name>/             discriminator adapters of that task, when it has any
 
 Every write is atomic (temporary folder or file, then rename); an existing checkpoint
-is replaced only with overwrite=True. Loading is strict and names missing, unexpected
-and mis-shaped keys.
+is replaced only with overwrite=True, and only when colorgan wrote it (see colorgan.outputs).
+Loading is strict: it names missing, unexpected and mis-shaped keys, and refuses a base
+without its checksum, non-finite weights, and task names or folders that are not safe.
 """
 from __future__ import annotations
 
@@ -25,10 +26,13 @@ from torch import nn
 
 import fastlora
 from fastlora.bank import key_diff
-from fastlora.io import atomic_directory, atomic_save_safetensors, atomic_write_json, load_json, load_safetensors, sha256_file
+from fastlora.io import (atomic_directory, atomic_save_safetensors, atomic_write_json, check_finite, find_interrupted,
+                         load_json, load_safetensors, sha256_file)
 
 from colorgan.discriminator import Discriminator
 from colorgan.generator import Generator
+from colorgan.outputs import check_replaceable, check_writable, write_marker
+from colorgan.version import __version__
 
 FORMAT = "colorgan-checkpoint"
 FORMAT_VERSION = 1
@@ -37,6 +41,8 @@ BASE_FILE = "base.safetensors"
 TASKS_DIR = "tasks"
 D_TASKS_DIR = "d_tasks"
 RESERVED_TASK_NAMES = ("base", "all")
+EVAL_FILE = "eval.json"
+ENTRIES = (CONFIG_FILE, BASE_FILE, TASKS_DIR, D_TASKS_DIR, EVAL_FILE)  # what colorgan writes in a checkpoint
 SHIPPED_DIR = Path(__file__).parent / "assets" / "base"
 PathLike = Union[str, os.PathLike]
 
@@ -50,11 +56,15 @@ def shipped_bases() -> dict[str, Path]:
 
 def resolve_checkpoint(path: PathLike) -> Path:
     """A checkpoint folder; or the name of a shipped base (see `shipped_bases`) unless a checkpoint folder
-    of that name is in the working directory (a data folder called "emoji32" does not shadow the base)."""
+    of that name is in the working directory (a data folder called "emoji32" does not shadow the base).
+    A folder caught mid-replace by a kill (see fastlora.io.find_interrupted) is found where it was parked."""
     p = Path(path)
     if (p / CONFIG_FILE).is_file():
         return p
-    return shipped_bases().get(str(path), p)
+    shipped = shipped_bases().get(str(path))
+    if shipped is not None:
+        return shipped
+    return find_interrupted(p) or p
 
 
 def is_shipped(path: PathLike) -> bool:
@@ -63,11 +73,8 @@ def is_shipped(path: PathLike) -> bool:
 
 
 def check_task_name(name: str) -> None:
-    """Task names become folder names and CLI values: no '/', ',', leading '.', or reserved words."""
-    if not isinstance(name, str) or not name or any(c in name for c in "/\\,") or name.startswith(".") \
-            or name.strip() != name:
-        raise ValueError(f"task names must be non-empty, without '/', '\\\\', ',' or surrounding spaces, and not "
-                         f"start with '.', got {name!r}")
+    """Task names become folder names and CLI values (fastlora.check_task_name), and are not reserved words."""
+    fastlora.check_task_name(name)
     if name in RESERVED_TASK_NAMES:
         raise ValueError(f"{name!r} is reserved (generate --task {'|'.join(RESERVED_TASK_NAMES)}); choose another task name")
 
@@ -78,6 +85,11 @@ def _has_tasks(model: Optional[nn.Module]) -> bool:
 
 def _model_tasks(model: Optional[nn.Module]) -> list[str]:
     return fastlora.task_names(model) if _has_tasks(model) else []
+
+
+def _weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors that must be finite: all but the training generator's w_avg (NaN = not computed yet)."""
+    return {k: v for k, v in tensors.items() if k != "g.w_avg"}
 
 
 def _base_tensors(prefix: str, model: nn.Module, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
@@ -97,15 +109,29 @@ def _task_entry(G: Generator, D: Optional[Discriminator], name: str) -> dict[str
     return entry
 
 
+def check_checkpoint_output(path: PathLike, overwrite: bool, inputs: Sequence[Optional[PathLike]] = ()) -> None:
+    """Fail early (before any work) unless a checkpoint may be written at `path`: outside the package, new, or
+    (with overwrite) an earlier colorgan checkpoint holding nothing else that is not one of `inputs`."""
+    path = Path(path)
+    check_writable(path, "checkpoint")
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+        check_replaceable(path, "checkpoint", ENTRIES, inputs)
+
+
 def save_checkpoint(path: PathLike, G: Generator, D: Optional[Discriminator] = None, *,
                     g_train: Optional[Generator] = None, tasks: Optional[Sequence[str]] = None,
                     overwrite: bool = False, source: Optional[dict] = None,
-                    storage_dtype: Optional[torch.dtype] = None) -> Path:
+                    storage_dtype: Optional[torch.dtype] = None, inputs: Sequence[Optional[PathLike]] = ()) -> Path:
     """Write G (as g_ema), optionally D and the training generator, and G's task adapters (all,
     or `tasks`) to the folder `path`, atomically. A NaN `w_avg` is computed first (G.update_w_avg).
     storage_dtype: store the base tensors in this dtype (loads cast back to the model's dtype);
-    `pack_checkpoint` rounds the model first so the recorded base checksum matches what loads."""
+    `pack_checkpoint` rounds the model first so the recorded base checksum matches what loads.
+    With overwrite, an existing folder is replaced only if it is a colorgan checkpoint holding nothing
+    else and is not one of `inputs` (colorgan.outputs.check_replaceable). Non-finite weights are refused."""
     path = Path(path)
+    check_checkpoint_output(path, overwrite, inputs)
     if not isinstance(G, Generator):
         raise TypeError(f"G must be a colorgan.Generator, got {type(G).__name__}")
     if D is not None and not isinstance(D, Discriminator):
@@ -125,7 +151,13 @@ def save_checkpoint(path: PathLike, G: Generator, D: Optional[Discriminator] = N
     if g_train is not None:
         base.update(_base_tensors("g", g_train, storage_dtype))
     modules = ["g_ema"] + (["d"] if D is not None else []) + (["g"] if g_train is not None else [])
-    with atomic_directory(path, overwrite=overwrite) as tmp:
+    check_finite(_weights(base), "the model being saved")
+
+    def replaceable(p: Path) -> None:
+        check_replaceable(p, "checkpoint", ENTRIES, inputs)
+
+    with atomic_directory(path, overwrite=overwrite, check_replace=replaceable) as tmp:
+        write_marker(tmp, "checkpoint")
         atomic_save_safetensors(base, tmp / BASE_FILE, metadata={"format": FORMAT, "modules": ",".join(modules)})
         entries = []
         for t in names:
@@ -134,7 +166,7 @@ def save_checkpoint(path: PathLike, G: Generator, D: Optional[Discriminator] = N
                 fastlora.save_task(D, t, tmp / D_TASKS_DIR / t)
             entries.append(_task_entry(G, D, t))
         config = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "colorgan_version": _version(),
+            "format": FORMAT, "format_version": FORMAT_VERSION, "colorgan_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "generator": G.config(), "discriminator": None if D is None else D.config(),
             "base": {"file": BASE_FILE, "modules": modules, "sha256": sha256_file(tmp / BASE_FILE),
@@ -144,12 +176,6 @@ def save_checkpoint(path: PathLike, G: Generator, D: Optional[Discriminator] = N
         }
         atomic_write_json(tmp / CONFIG_FILE, config)
     return path
-
-
-def _version() -> str:
-    from colorgan import __version__
-
-    return __version__
 
 
 def read_checkpoint_config(path: PathLike) -> dict[str, Any]:
@@ -169,7 +195,28 @@ def read_checkpoint_config(path: PathLike) -> dict[str, Any]:
     for key in ("generator", "base", "tasks"):
         if key not in cfg:
             raise ValueError(f"{path / CONFIG_FILE} lacks the {key!r} entry")
+    _check_task_entries(cfg, path / CONFIG_FILE)
     return cfg
+
+
+def _check_task_entries(cfg: dict[str, Any], file: Path) -> None:
+    """Task entries are untrusted: safe names, and the folders colorgan writes (tasks/<name>, d_tasks/<name>)."""
+    if not isinstance(cfg["tasks"], list) or not isinstance(cfg["base"], dict):
+        raise ValueError(f"{file}: 'tasks' must be a list and 'base' an object")
+    seen = set()
+    for e in cfg["tasks"]:
+        name = e.get("name") if isinstance(e, dict) else None
+        try:
+            check_task_name(name)
+        except ValueError as exc:
+            raise ValueError(f"{file}: bad task entry: {exc}") from None
+        if name in seen:
+            raise ValueError(f"{file}: task {name!r} is listed twice")
+        seen.add(name)
+        for key, folder in (("dir", TASKS_DIR), ("d_dir", D_TASKS_DIR)):
+            if key in e and e[key] != f"{folder}/{name}":
+                raise ValueError(f"{file}: task {name!r} has {key} {e[key]!r}; colorgan keeps a task's adapters in "
+                                 f"{folder}/{name} and reads nothing else")
 
 
 def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
@@ -208,11 +255,17 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu", *,
     shipped base ("emoji32")."""
     path = resolve_checkpoint(path)
     cfg = read_checkpoint_config(path)
-    file = path / cfg["base"].get("file", BASE_FILE)
-    if verify and cfg["base"].get("sha256") and file.is_file() and sha256_file(file) != cfg["base"]["sha256"]:
-        raise ValueError(f"{file} does not match the checksum in {path / CONFIG_FILE}: corrupt or changed after saving")
+    file = path / BASE_FILE
+    if verify:
+        if not isinstance(cfg["base"].get("sha256"), str):
+            raise ValueError(f"{path / CONFIG_FILE} records no checksum of {BASE_FILE} (base.sha256), so the base "
+                             f"cannot be verified; pass verify=False only if you trust the folder")
+        if file.is_file() and sha256_file(file) != cfg["base"]["sha256"]:
+            raise ValueError(f"{file} does not match the checksum in {path / CONFIG_FILE}: corrupt or changed after saving")
     modules = cfg["base"].get("modules", ["g_ema"])
-    parts = _split(load_safetensors(file), modules, file)
+    tensors = load_safetensors(file)
+    check_finite(_weights(tensors), str(file))
+    parts = _split(tensors, modules, file)
     G = Generator.from_config(cfg["generator"])
     _load_strict(G, parts["g_ema"], f"{file} (g_ema)")
     D = None
@@ -231,12 +284,12 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu", *,
         if name not in listed:
             raise KeyError(f"unknown task {name!r}; {path} has tasks {list(listed)}")
         entry = listed[name]
-        tdir = path / entry.get("dir", f"{TASKS_DIR}/{name}")
+        tdir = path / TASKS_DIR / name
         if not tdir.is_dir():
             raise FileNotFoundError(f"{path / CONFIG_FILE} lists task {name!r} but {tdir} is missing")
         fastlora.load_task(G, tdir, task=name)
         if D is not None and entry.get("discriminator"):
-            fastlora.load_task(D, path / entry.get("d_dir", f"{D_TASKS_DIR}/{name}"), task=name)
+            fastlora.load_task(D, path / D_TASKS_DIR / name, task=name)
     G.to(device).eval()
     if D is not None:
         D.to(device).eval()
@@ -254,6 +307,7 @@ def save_task_to_checkpoint(path: PathLike, G: Generator, task: str, D: Optional
     if is_shipped(path):
         raise PermissionError(f"{path} is a base shipped inside the package; train into a run folder "
                               f"(`colorgan train --ckpt {path.name} --out RUN`) instead of adding tasks to it")
+    check_writable(path, "checkpoint")
     check_task_name(task)
     cfg = read_checkpoint_config(path)
     if G.config() != cfg["generator"]:
@@ -281,6 +335,7 @@ def pack_checkpoint(src: PathLike, dst: PathLike, *, dtype: torch.dtype = torch.
     taken, so the packed base is exactly what loads, and adapters trained on it name it."""
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype such as torch.float16, got {dtype!r}")
+    check_checkpoint_output(dst, overwrite, [resolve_checkpoint(src)])
     G, D, info = load_checkpoint(src, tasks=[])
     with torch.no_grad():
         for model in (G, D):
@@ -289,7 +344,7 @@ def pack_checkpoint(src: PathLike, dst: PathLike, *, dtype: torch.dtype = torch.
                     t.copy_(t.to(dtype).to(t.dtype))
     source = dict(info["config"].get("source") or {}, packed_from=str(Path(src)),
                   storage_dtype=str(dtype).removeprefix("torch."))
-    return save_checkpoint(dst, G, D, overwrite=overwrite, source=source, storage_dtype=dtype)
+    return save_checkpoint(dst, G, D, overwrite=overwrite, source=source, storage_dtype=dtype, inputs=[info["path"]])
 
 
 def parameter_report(G: Generator, D: Optional[Discriminator] = None) -> dict[str, Any]:

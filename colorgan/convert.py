@@ -26,7 +26,8 @@ from fastlora import AdapterConfig
 from fastlora.bank import key_diff
 from fastlora.functional import make_blur_kernel
 
-from colorgan.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint, save_task_to_checkpoint
+from colorgan.checkpoint import (check_checkpoint_output, load_checkpoint, read_checkpoint_config, save_checkpoint,
+                                 save_task_to_checkpoint)
 from colorgan.discriminator import Discriminator
 from colorgan.generator import W_AVG_SAMPLES, W_AVG_SEED, Generator
 from colorgan.layers import channel_table
@@ -199,13 +200,12 @@ def convert_rosinality(src: PathLike, out: PathLike, *, base: str = "g_ema", lr_
     """rosinality `.pt` → checkpoint folder. base: which generator becomes the model ("g_ema",
     the usual; "g" for adapters trained on the non-EMA generator, as the published code does)."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    check_checkpoint_output(out, overwrite, [src])
     ckpt = load_torch_file(src, trust_pickle)
     G, D, g_train, notes = rosinality_to_models(ckpt, base=base, lr_mlp=lr_mlp, with_d=with_d, with_g=with_g,
                                                 w_avg_samples=w_avg_samples, source=str(src))
     source = {"converted_from": str(src), "format": "rosinality", **notes}
-    return save_checkpoint(out, G, D, g_train=g_train, overwrite=overwrite, source=source)
+    return save_checkpoint(out, G, D, g_train=g_train, overwrite=overwrite, source=source, inputs=[src])
 
 
 # ----------------------------------------------------------------------------- published adapters

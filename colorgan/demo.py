@@ -96,16 +96,10 @@ def make_data(root: Path, seed: int = 0, n_source: int = 96, shots: int = 10) ->
     return folders
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} already exists; pass --overwrite to replace the demo's output")
-        if not any((out / marker).exists() for marker in ("summary.json", "data", "run")):
-            raise FileExistsError(f"{out} is not a demo folder; refusing to replace it")
-        import shutil
-
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+def demo_entries() -> list[str]:
+    """What the demo writes in its folder (--overwrite replaces a demo folder holding nothing else)."""
+    exported = [f"{t}.onnx" for t in [*demo_task_dirs(), "red-circles"]]
+    return ["data", "base", "run", "samples", "summary.json", *exported]
 
 
 def run_demo(out: Union[str, Path], *, base: Union[str, Path, None] = SHIPPED_BASE,
@@ -121,7 +115,8 @@ def run_demo(out: Union[str, Path], *, base: Union[str, Path, None] = SHIPPED_BA
     """
     import torch
 
-    from colorgan.checkpoint import load_checkpoint, parameter_report, read_checkpoint_config
+    from colorgan.checkpoint import load_checkpoint, parameter_report, read_checkpoint_config, resolve_checkpoint
+    from colorgan.outputs import prepare_output_folder
     from colorgan.generate import generate
     from colorgan.train.continual import train
     from colorgan.train.pretrain import PretrainConfig, RunOptions, pretrain
@@ -133,7 +128,8 @@ def run_demo(out: Union[str, Path], *, base: Union[str, Path, None] = SHIPPED_BA
     if task_iter is None:
         task_iter = PROCEDURAL_TASK_ITER if base is None else \
             default_task_iter("cuda" if torch.cuda.is_available() else "cpu")
-    _prepare_out(out, overwrite)
+    prepare_output_folder(out, "demo", demo_entries(), overwrite=overwrite,
+                          inputs=[resolve_checkpoint(base) if base is not None else None, real, inception])
     opts = RunOptions(progress=progress)
     threads = torch.get_num_threads()
     if base is None:

@@ -13,6 +13,7 @@ from torch import Tensor
 import fastlora
 from colorgan.checkpoint import load_checkpoint, read_checkpoint_config
 from colorgan.generator import NOISE_MODES, Generator
+from colorgan.outputs import check_replaceable_file, save_png
 from colorgan.seeds import parse_seeds, seed_noise, seeds_to_z
 
 BASE = "base"
@@ -45,6 +46,17 @@ def to_uint8(images: Tensor) -> np.ndarray:
 
 def seed_file(outdir: Path, task: str, seed: int) -> Path:
     return outdir / task / f"seed{seed:04d}.png"
+
+
+def check_outputs(files: Sequence[Path], overwrite: bool) -> None:
+    """Every image file may be written: outside the package, and an existing one only with `overwrite` and only
+    when colorgan wrote it (colorgan.outputs.check_replaceable_file); refused before anything is written."""
+    existing = [p for p in files if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{len(existing)} output file(s) already exist, e.g. {existing[0]}; pass --overwrite "
+                              f"to replace them or choose another --outdir")
+    for p in files:
+        check_replaceable_file(p, overwrite)
 
 
 def _device(device: str) -> torch.device:
@@ -86,7 +98,6 @@ def generate(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequence[str]], se
              progress: bool = True) -> dict[str, Any]:
     """Write `<outdir>/<task>/seedNNNN.png` for every task and seed (and `<outdir>/grid.png`,
     a row per task and a column per seed, with grid=True). Returns the written paths."""
-    from PIL import Image
     from tqdm import tqdm
 
     seed_list = parse_seeds(seeds) if isinstance(seeds, str) else [int(s) for s in seeds]
@@ -105,11 +116,7 @@ def generate(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequence[str]], se
     outdir = Path(outdir)
     files = [seed_file(outdir, t, s) for t in task_list for s in seed_list]
     grid_path = outdir / "grid.png"
-    if not overwrite:
-        existing = [p for p in files + ([grid_path] if grid else []) if p.exists()]
-        if existing:
-            raise FileExistsError(f"{len(existing)} output file(s) already exist, e.g. {existing[0]}; pass --overwrite "
-                                  f"to replace them or choose another --outdir")
+    check_outputs(files + ([grid_path] if grid else []), overwrite)
     G, _, _ = load_checkpoint(ckpt, dev, tasks=[t for t in task_list if t != BASE], load_d=False)
     rows: list[np.ndarray] = []
     chunks = [seed_list[i:i + batch] for i in range(0, len(seed_list), batch)]
@@ -126,9 +133,7 @@ def generate(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequence[str]], se
                 imgs = to_uint8(render(G, task, chunk, truncation=truncation, center=center, noise_mode=noise_mode,
                                        backend=backend))
                 for s, arr in zip(chunk, imgs):
-                    p = seed_file(outdir, t, s)
-                    Image.fromarray(arr).save(p)
-                    written.append(str(p))
+                    written.append(str(save_png(seed_file(outdir, t, s), arr)))
                 if grid:
                     row.append(imgs)
                 bar.update(1)
@@ -138,6 +143,5 @@ def generate(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequence[str]], se
     if grid:
         n, h, w, c = rows[0].shape
         canvas = np.stack(rows).transpose(0, 2, 1, 3, 4).reshape(len(rows) * h, n * w, c)
-        Image.fromarray(np.ascontiguousarray(canvas)).save(grid_path)
-        result["grid"] = str(grid_path)
+        result["grid"] = str(save_png(grid_path, np.ascontiguousarray(canvas)))
     return result

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 import fastlora
+from colorgan.outputs import check_replaceable_file
+from fastlora.io import check_finite, umask_mode
 from export.graph import INPUTS, NOISE, ExportGenerator, reference_forward, resolve_dtype, task_center
 
 PathLike = Union[str, os.PathLike]
@@ -186,18 +188,11 @@ def _remove_empty(dirs: Sequence[Path]) -> None:
 def _refuse_existing(path: Path, overwrite: bool) -> None:
     if path.is_dir():
         raise ExportError(f"cannot write {path}: it is a folder")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-
-
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    check_replaceable_file(path, overwrite)  # outside the package; replaces only an ONNX file colorgan wrote
 
 
 def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
-    os.chmod(tmp, _umask_mode())  # mkstemp made it private; give it the permissions of a normal new file
+    os.chmod(tmp, umask_mode())  # mkstemp made it private; give it the permissions of a normal new file
     if overwrite:
         os.replace(tmp, path)
         return
@@ -299,6 +294,8 @@ def export_generator(G: nn.Module, task: Optional[str], path: PathLike, *, input
         raise ValueError(f"batches must be positive integers, got {list(batches)}")
     path = Path(path)
     _refuse_existing(path, overwrite)
+    check_finite({**fastlora.base_state_dict(G), **(fastlora.task_state_dict(G, task) if task else {})},
+                 f"the generator{f' with task {task!r}' if task else ''}")
     tol = TOLERANCES[dname]
     say = log or (lambda s: None)
     if G.device.type != "cpu" or G.input.input.dtype != torch.float32:
@@ -412,7 +409,7 @@ def export_checkpoint(ckpt: PathLike, task: Union[str, Sequence[str]], out: Path
     for t in tasks:
         adapter_bytes = None
         if t != BASE:
-            f = Path(ckpt) / listed[t].get("dir", f"{TASKS_DIR}/{t}") / fastlora.bank.ADAPTER_FILE
+            f = Path(ckpt) / TASKS_DIR / t / fastlora.bank.ADAPTER_FILE
             adapter_bytes = f.stat().st_size if f.is_file() else None
         res = export_generator(G, t, paths[t], input=input, psi=psi, noise=noise, dtype=dtype, opset=opset,
                                device=device, overwrite=overwrite, batches=batches, adapter_bytes=adapter_bytes,

@@ -13,6 +13,10 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+import fastlora
+
+from colorgan.generate import check_outputs, seed_file
+from colorgan.outputs import save_png
 from colorgan.seeds import parse_seeds, seed_noise, seeds_to_z
 
 PathLike = Union[str, os.PathLike]
@@ -73,8 +77,6 @@ def render_onnx(file: PathLike, seeds: Union[str, Sequence[int]], outdir: PathLi
                 overwrite: bool = False) -> dict[str, Any]:
     """Write `<outdir>/<task>/seedNNNN.png` per seed (and `<outdir>/grid.png`, one row, with grid=True)
     from an exported file. Returns the written paths and the providers that ran."""
-    from PIL import Image
-
     from export.api import make_session
 
     seed_list = parse_seeds(seeds) if isinstance(seeds, str) else [int(s) for s in seeds]
@@ -90,29 +92,28 @@ def render_onnx(file: PathLike, seeds: Union[str, Sequence[int]], outdir: PathLi
     session = make_session(file, device)
     meta = read_metadata(session)
     task = meta.get("colorgan.task") or file.stem
+    try:
+        fastlora.check_task_name(task)  # metadata is untrusted: the task becomes a folder name under outdir
+    except ValueError as exc:
+        raise ValueError(f"{file}: its task name (metadata colorgan.task or the file name) is not usable as a "
+                         f"folder: {exc}") from None
     outdir = Path(outdir)
-    paths = [outdir / task / f"seed{s:04d}.png" for s in seed_list]
+    paths = [seed_file(outdir, task, s) for s in seed_list]
     grid_path = outdir / "grid.png"
-    if not overwrite:
-        existing = [p for p in paths + ([grid_path] if grid else []) if p.exists()]
-        if existing:
-            raise FileExistsError(f"{len(existing)} output file(s) already exist, e.g. {existing[0]}; pass --overwrite "
-                                  f"or choose another --outdir")
-    (outdir / task).mkdir(parents=True, exist_ok=True)
+    check_outputs(paths + ([grid_path] if grid else []), overwrite)
     row: list[np.ndarray] = []
     for i in range(0, len(seed_list), batch):
         chunk = seed_list[i:i + batch]
         imgs = images_to_uint8(run_seeds(session, chunk, trunc=trunc, noise=noise))
         for s, arr in zip(chunk, imgs):
-            Image.fromarray(arr).save(outdir / task / f"seed{s:04d}.png")
+            save_png(seed_file(outdir, task, s), arr)
         row.append(imgs)
     result: dict[str, Any] = {"files": [str(p) for p in paths], "task": task, "seeds": seed_list,
                               "providers": session.get_providers()}
     if grid:
         strip = np.concatenate(row)
         n, h, w, c = strip.shape
-        Image.fromarray(np.ascontiguousarray(strip.transpose(1, 0, 2, 3).reshape(h, n * w, c))).save(grid_path)
-        result["grid"] = str(grid_path)
+        result["grid"] = str(save_png(grid_path, np.ascontiguousarray(strip.transpose(1, 0, 2, 3).reshape(h, n * w, c))))
     return result
 
 

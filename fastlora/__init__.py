@@ -17,6 +17,7 @@ from fastlora.bank import (
     base_checksum,
     base_parameters,
     base_state_dict,
+    check_task_name,
     count_parameters,
     freeze_base,
     load_task,
@@ -40,5 +41,5 @@ __all__ = [
     "AdaptedLayer", "AdaptedLinear", "ModulatedConv2d", "AdaptedConv2d",
     "adapted_layers", "add_task", "remove_task", "set_task", "active_task", "task_names", "task_config",
     "task_parameters", "base_parameters", "freeze_base", "task_state_dict", "base_state_dict", "base_checksum",
-    "count_parameters", "set_deterministic", "deterministic", "save_task", "load_task", "read_task_config", "merge_task", "unmerge", "merged_state_dict",
+    "count_parameters", "check_task_name", "set_deterministic", "deterministic", "save_task", "load_task", "read_task_config", "merge_task", "unmerge", "merged_state_dict",
 ]

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from fastlora.config import AdapterConfig
-from fastlora.io import atomic_directory, atomic_save_safetensors, atomic_write_json, load_json, load_safetensors, sha256_file
+from fastlora.io import (atomic_directory, atomic_save_safetensors, atomic_write_json, check_finite, load_json,
+                         load_safetensors, sha256_file)
 from fastlora.modules import AdaptedLayer
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -52,10 +53,23 @@ def _require_task(model: nn.Module, task: str) -> None:
         raise KeyError(f"unknown task {task!r}; the model has tasks {known}")
 
 
+MAX_TASK_NAME = 128
+
+
+def check_task_name(name: object) -> str:
+    """Task names become folder names: non-empty text of at most 128 characters, without '/', '\\', ',',
+    control characters, a leading '.' or surrounding spaces. Names read from files are checked the same way."""
+    ok = isinstance(name, str) and 0 < len(name) <= MAX_TASK_NAME and name.strip() == name \
+        and not name.startswith(".") and not any(c in name for c in "/\\,") and name.isprintable()
+    if not ok:
+        raise ValueError(f"task names must be 1-{MAX_TASK_NAME} printable characters without '/', '\\', ',' or "
+                         f"surrounding spaces, not starting with '.', got {name!r}")
+    return name
+
+
 def add_task(model: nn.Module, task: str, config: AdapterConfig) -> None:
     """Add fresh adapters for `task` to every adaptable layer."""
-    if not isinstance(task, str) or not task or "/" in task or task.startswith("."):
-        raise ValueError(f"task names must be non-empty strings without '/', got {task!r}")
+    check_task_name(task)
     if task in task_names(model):
         raise ValueError(f"task {task!r} already exists")
     for _, m in _layers_or_fail(model):
@@ -152,13 +166,23 @@ def count_parameters(model: nn.Module, task: Optional[str] = None) -> dict[str, 
     return out
 
 
+def _check_task_folder(directory: Path) -> None:
+    """Only a task folder written by `save_task` may be replaced (nothing else in it is lost)."""
+    foreign = sorted(p.name for p in directory.iterdir() if p.name not in (ADAPTER_FILE, CONFIG_FILE))
+    if not (directory / CONFIG_FILE).is_file() or foreign:
+        raise FileExistsError(f"refusing to replace {directory}: it is not a fastlora task folder of its own "
+                              f"({'it holds ' + ', '.join(foreign[:5]) if foreign else 'no ' + CONFIG_FILE})")
+
+
 def save_task(model: nn.Module, task: str, directory: Union[str, os.PathLike], *, overwrite: bool = False,
               extra: Optional[dict] = None) -> Path:
-    """Write one task's adapters to `directory` atomically (refuses to replace unless `overwrite`)."""
+    """Write one task's adapters to `directory` atomically (refuses to replace unless `overwrite`, and
+    replaces only a folder `save_task` wrote). Refuses non-finite adapter tensors."""
     tensors = task_state_dict(model, task)
     config = task_config(model, task)
     directory = Path(directory)
-    with atomic_directory(directory, overwrite=overwrite) as tmp:
+    check_finite(tensors, f"the adapters of task {task!r}")
+    with atomic_directory(directory, overwrite=overwrite, check_replace=_check_task_folder) as tmp:
         atomic_save_safetensors(tensors, tmp / ADAPTER_FILE, metadata={"format": FORMAT, "task": task})
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "task": task, **config.to_dict(),
                 "base_checksum": base_checksum(model), "num_params": sum(t.numel() for t in tensors.values()),
@@ -226,7 +250,12 @@ def load_task(model: nn.Module, directory: Union[str, os.PathLike], *, task: Opt
     name = task or meta.get("task")
     if not name:
         raise ValueError(f"{directory / CONFIG_FILE} names no task; pass task=")
+    try:
+        check_task_name(name)
+    except ValueError as exc:
+        raise ValueError(f"{directory / CONFIG_FILE}: {exc}") from None
     tensors = load_safetensors(file)
+    check_finite(tensors, str(file))
     add_task(model, name, config)
     try:
         expected = task_state_dict(model, name)

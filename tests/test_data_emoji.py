@@ -37,11 +37,21 @@ FACE_NAMES = {"2600-FE0F": "SUN FACE", "2601-FE0F": "CLOUD FACE"}
 SHOTS = 3
 
 
+def _mpl_dejavu() -> Path:
+    """DejaVu Sans as matplotlib (a dev dependency) ships it: present wherever `make test` installed the project."""
+    try:
+        import matplotlib
+    except ImportError:
+        return Path("/nonexistent")
+    return Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+
+
 def _font() -> Path:
-    for f in (NOTO, DEJAVU):
+    for f in (NOTO, DEJAVU, _mpl_dejavu()):
         if f.is_file():
             return f
-    pytest.skip(f"no test font: neither {NOTO} (apt-get install fonts-noto-color-emoji) nor {DEJAVU} is installed")
+    pytest.skip(f"no test font: neither {NOTO} (apt-get install fonts-noto-color-emoji), {DEJAVU} nor matplotlib's "
+                f"DejaVu Sans is installed")
 
 
 def _has_svg() -> bool:
@@ -167,8 +177,18 @@ def test_overwrite_rules(tmp_path, tree):
     with pytest.raises(FileExistsError, match="--overwrite"):
         E.build_emoji_benchmark(out, 32, **kw)
     assert (out / "keep.txt").exists()
-    E.build_emoji_benchmark(out, 32, overwrite=True, **kw)
-    assert not (out / "keep.txt").exists() and (out / "flags" / "train").is_dir()
+    with pytest.raises(FileExistsError, match="not a colorgan data folder"):  # --overwrite never takes a user's folder
+        E.build_emoji_benchmark(out, 32, overwrite=True, **kw)
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    E.build_emoji_benchmark(out, 32, **kw)
+    first = (out / "manifest.json").read_bytes()
+    E.build_emoji_benchmark(out, 32, overwrite=True, seed=1, **kw)  # an earlier build is replaced
+    assert (out / "flags" / "train").is_dir() and (out / "manifest.json").read_bytes() != first
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        E.build_emoji_benchmark(out, 32, overwrite=True, **kw)
+    assert (out / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench", "npm"]
 
 

@@ -24,7 +24,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     other = tmp_path / "precious"
     other.mkdir()
     (other / "keep.txt").write_text("x")
-    with pytest.raises(FileExistsError, match="not a demo folder"):
+    with pytest.raises(FileExistsError, match="not a colorgan demo folder"):
         run_demo(other, base=None, overwrite=True, progress=False)
     assert (other / "keep.txt").exists()
 

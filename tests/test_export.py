@@ -176,8 +176,14 @@ def test_unwritable_path_and_existing_file(G, tmp_path):
     with pytest.raises(FileExistsError, match="overwrite"):
         export_generator(G, "lora", existing, batches=(1,))
     assert existing.read_bytes() == b"keep"
-    export_generator(G, "lora", existing, batches=(1,), overwrite=True)
-    assert existing.read_bytes() != b"keep"
+    with pytest.raises(FileExistsError, match="colorgan did not write it"):  # --overwrite replaces only its own files
+        export_generator(G, "lora", existing, batches=(1,), overwrite=True)
+    assert existing.read_bytes() == b"keep"
+    existing.unlink()
+    export_generator(G, "lora", existing, batches=(1,))
+    first = existing.read_bytes()
+    export_generator(G, "llora", existing, batches=(1,), overwrite=True)  # an earlier export is replaced
+    assert existing.read_bytes() != first
     assert _leftovers(tmp_path) == ["file.txt", "x.onnx"]
 
 

@@ -63,16 +63,23 @@ def test_generate_files_grid_and_reproducibility(ckpt, tmp_path):
     assert grid.shape == (3 * 32, 4 * 32, 3)
     assert np.array_equal(grid[64:96, 96:128], load(tmp_path / "a" / "sketch" / "seed0007.png"))
     # another run, other batch size and task list: identical base images; identity task == base
+    # (across batch sizes the CPU's BLAS may round differently: up to one grey level, never more)
     generate(ckpt, "sketch,base", "7,1", tmp_path / "b", truncation=0.7, batch=1, progress=False)
     for s in ("seed0007.png", "seed0001.png"):
-        assert np.array_equal(load(tmp_path / "a" / "base" / s), load(tmp_path / "b" / "base" / s))
-        assert np.array_equal(load(tmp_path / "a" / "sketch" / s), load(tmp_path / "b" / "sketch" / s))
+        assert_same_image(load(tmp_path / "a" / "base" / s), load(tmp_path / "b" / "base" / s))
+        assert_same_image(load(tmp_path / "a" / "sketch" / s), load(tmp_path / "b" / "sketch" / s))
         assert np.array_equal(load(tmp_path / "a" / "fresh" / s), load(tmp_path / "a" / "base" / s))
-        assert not np.array_equal(load(tmp_path / "a" / "sketch" / s), load(tmp_path / "a" / "base" / s))
+        assert np.abs(load(tmp_path / "a" / "sketch" / s).astype(int) - load(tmp_path / "a" / "base" / s)).max() > 1
     # random noise is per seed: same across runs and batch sizes
     generate(ckpt, "base", "1,7", tmp_path / "c", noise_mode="random", batch=2, progress=False)
     generate(ckpt, "base", "7", tmp_path / "d", noise_mode="random", batch=1, progress=False)
-    assert np.array_equal(load(tmp_path / "c" / "base" / "seed0007.png"), load(tmp_path / "d" / "base" / "seed0007.png"))
+    assert_same_image(load(tmp_path / "c" / "base" / "seed0007.png"), load(tmp_path / "d" / "base" / "seed0007.png"))
+
+
+def assert_same_image(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal up to one grey level in at most 1 % of the values (rounding of a different batch size)."""
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() <= 0.01, (diff.max(), (diff > 0).mean())
 
 
 def test_cli_generate_and_errors(ckpt, tmp_path, capsys):

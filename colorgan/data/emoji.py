@@ -22,7 +22,6 @@ import os
 import shutil
 import struct
 import subprocess
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Callable, Iterable
@@ -31,12 +30,15 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from colorgan.data.folder import list_images
+from colorgan.outputs import check_replaceable, check_writable, write_marker
+from fastlora.io import atomic_directory
 
 NOTO_FONT_CANDIDATES = (
     "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
     "/usr/share/fonts/noto/NotoColorEmoji.ttf",
     "/usr/share/fonts/google-noto-emoji/NotoColorEmoji.ttf",
 )
+MISSING_CHAR = "\U0010FFFF"
 NOTO_BITMAP_SIZE = 109  # the only size FreeType accepts for this CBDT bitmap font
 NPM_PREFIX_HINT = "~/.cache/colorgan/npm"
 TWEMOJI_PKG = "emoji-datasource-twitter"
@@ -219,18 +221,30 @@ class NotoRenderer:
             raise ValueError(f"cannot open {str(self.font_path)!r} at size {font_size} with FreeType "
                              f"(colour bitmap fonts such as Noto Color Emoji only accept size {NOTO_BITMAP_SIZE}): {exc}") from exc
         self.advance = self.font.getlength("\U0001F600") or float(font_size)
+        # what the font draws for a character it lacks (its .notdef glyph, e.g. a box): U+10FFFF is a
+        # noncharacter, in no font
+        self._missing = self._draw(MISSING_CHAR)
 
-    def render(self, text: str) -> Image.Image | None:
-        """RGBA rendering of `text`, or None when the font shows it as more than one glyph or as nothing."""
-        length = self.font.getlength(text)
-        if length <= 0 or length > 1.5 * self.advance:
-            return None  # not shaped into a single glyph: the font lacks this sequence
+    def _draw(self, text: str) -> Image.Image | None:
         left, top, right, bottom = self.font.getbbox(text)
         if right <= left or bottom <= top:
             return None
         pad = 8
         img = Image.new("RGBA", (int(right - left) + 2 * pad, int(bottom - top) + 2 * pad), (0, 0, 0, 0))
-        ImageDraw.Draw(img).text((pad - left, pad - top), text, font=self.font, embedded_color=True)
+        # black ink: colour fonts use their own colours, a monochrome font stays visible on the white background
+        ImageDraw.Draw(img).text((pad - left, pad - top), text, font=self.font, embedded_color=True, fill="black")
+        return img
+
+    def render(self, text: str) -> Image.Image | None:
+        """RGBA rendering of `text`, or None when the font shows it as more than one glyph, as nothing, or as
+        its missing-glyph symbol."""
+        length = self.font.getlength(text)
+        if length <= 0 or length > 1.5 * self.advance:
+            return None  # not shaped into a single glyph: the font lacks this sequence
+        img = self._draw(text)
+        if img is None or (self._missing is not None and img.size == self._missing.size
+                           and img.tobytes() == self._missing.tobytes()):
+            return None
         return img
 
 
@@ -327,6 +341,8 @@ TASKS: dict[str, TaskSpec] = {
                              "noto", is_animal_face),
     "flags": TaskSpec("flags", "subset", "Noto flags: category Flags", "noto", is_flag),
 }
+# what `colorgan data emoji` writes in its folder (--overwrite replaces a data folder holding nothing else)
+DATA_ENTRIES = ("source", "manifest.json", "LICENSES.md", *TASKS)
 
 
 def choose_shots(ids: list[str], shots: int, seed: int, task: str) -> list[str]:
@@ -393,6 +409,13 @@ def build_emoji_benchmark(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"output folder {str(out)!r} exists and is not empty; pass --overwrite to replace it")
 
+    def replaceable(folder: Path) -> None:
+        check_replaceable(folder, "data", DATA_ENTRIES, inputs=[npm_dir, noto_font])
+
+    check_writable(out, "data folder")
+    if out.exists() and overwrite:
+        replaceable(out)
+
     # locate every source before doing any work
     font_path = find_noto_font(noto_font)
     ds_dir = find_npm_package(TWEMOJI_PKG, npm_dir)
@@ -402,9 +425,8 @@ def build_emoji_benchmark(
     emoji = load_emoji_metadata(ds_dir)
     noto = NotoRenderer(font_path)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out, overwrite=True, check_replace=replaceable) as tmp:
+        write_marker(tmp, "data")
         # source domain: every emoji the font renders as one glyph
         src_dir = tmp / "source"
         src_dir.mkdir()
@@ -492,11 +514,6 @@ def build_emoji_benchmark(
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (tmp / "LICENSES.md").write_text(_licences_md(manifest), encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -514,20 +531,6 @@ def _openmoji_index(om_dir: Path) -> dict[str, Path]:
         if hexcode and svg.is_file():
             index.setdefault(match_key(hexcode), svg)
     return index
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move `tmp` to `out`, replacing an existing `out` (already checked to be allowed)."""
-    if out.exists():
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        else:
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-            return
-    os.replace(tmp, out)
 
 
 def _licences_md(m: dict) -> str:

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 import fastlora
-from colorgan.checkpoint import check_task_name, load_checkpoint, parameter_report, save_checkpoint
+from colorgan.checkpoint import (check_task_name, load_checkpoint, parameter_report, read_checkpoint_config,
+                                 resolve_checkpoint, save_checkpoint)
 from colorgan.data.folder import ImageFolder, list_images
 from colorgan.discriminator import Discriminator
 from colorgan.generator import Generator
@@ -29,14 +30,13 @@ from colorgan.train.augment import DEFAULT_POLICY, DiffAugment, parse_policy
 from colorgan.train.data import BatchStream
 from colorgan.train.distributed import DistInfo, barrier, gather_objects, init_distributed
 from colorgan.train.ema import copy_tensors, ema_update
-from colorgan.train.loop import (CHECKPOINT_DIR, RunFolder, RunOptions, Timer, every, format_losses, make_z, progress,
-                                 resolve_amp)
+from colorgan.train.loop import (CHECKPOINT_DIR, PER_TASK_DIR, RunFolder, RunOptions, Timer, every, format_losses,
+                                 make_z, progress, resolve_amp)
 from colorgan.train.losses import lazy_adam_params
 from colorgan.train.steps import GANSteps, RegConfig
 
 METHODS = ("color", "lfs", "ewc", "distill")
 ADAPTER_METHODS = ("color", "lfs")
-PER_TASK_DIR = "checkpoints"
 
 
 def parse_tasks(text: str | Sequence[str]) -> list[list[str]]:
@@ -127,7 +127,8 @@ def train(cfg: Optional[TrainConfig], out: str | Path, *, options: Optional[RunO
     info = init_distributed(options.device)
     if cfg is not None and not resume:
         _check_inputs(cfg)
-    run = RunFolder(out, kind="train", overwrite=overwrite, resume=resume, is_main=info.is_main)
+    inputs = [] if cfg is None else [resolve_checkpoint(cfg.ckpt), cfg.lpips, *(d for _, d in cfg.tasks)]
+    run = RunFolder(out, kind="train", overwrite=overwrite, resume=resume, is_main=info.is_main, inputs=inputs)
     barrier(info)
     if resume:
         cfg = TrainConfig.from_dict(run.read_config())
@@ -142,8 +143,6 @@ def train(cfg: Optional[TrainConfig], out: str | Path, *, options: Optional[RunO
 def _check_inputs(cfg: TrainConfig) -> None:
     """Fail before any training: base checkpoint readable with a discriminator, every data folder
     non-empty, no task name already in the base's bank."""
-    from colorgan.checkpoint import read_checkpoint_config
-
     bcfg = read_checkpoint_config(cfg.ckpt)
     if bcfg.get("discriminator") is None:
         raise ValueError(f"the base checkpoint {cfg.ckpt} has no discriminator; `colorgan train` initialises each "

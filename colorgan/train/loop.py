@@ -2,10 +2,11 @@
 progress bar, schedules, latent/noise sampling from explicit generators."""
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
-import shutil
+import os
 import time
 from pathlib import Path
 from dataclasses import dataclass
@@ -13,10 +14,10 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
-from fastlora.io import atomic_write_bytes, atomic_write_json, load_json
+from colorgan.outputs import check_writable, prepare_output_folder, save_png
+from fastlora.io import atomic_write_json, clean_interrupted, json_safe, load_json
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
@@ -26,7 +27,13 @@ STATE_DIR = "state"
 STATE_FILE = "state.pt"
 CHECKPOINT_DIR = "checkpoint"
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
+EVAL_FILE = "eval.json"
+PER_TASK_DIR = "checkpoints"
 RUN_KIND_KEY = "run_kind"
+# what colorgan writes in a run folder (--overwrite removes a run folder holding nothing else)
+RUN_ENTRIES = (CONFIG_FILE, LOG_FILE, TEXT_LOG, SAMPLES_DIR, STATE_DIR, CHECKPOINT_DIR, PER_TASK_DIR, SUMMARY_FILE,
+               LOCK_FILE, EVAL_FILE)
 
 
 @dataclass
@@ -42,13 +49,17 @@ class RunOptions:
 class RunFolder:
     """The output folder of one training run (all writes on the main rank only).
 
-    A new run refuses an existing non-empty folder unless `overwrite` (which deletes it, and only if
-    it is a colorgan run folder); `resume` reuses the folder and appends to the logs."""
+    A new run refuses an existing non-empty folder unless `overwrite`, which replaces only an earlier
+    colorgan run folder holding nothing else and not holding one of `inputs` (colorgan.outputs);
+    `resume` reuses the folder and appends to the logs. Either way, what an interrupted run left
+    (temporary files, a checkpoint parked mid-replace) is cleaned up first, and the folder is locked
+    so that a second process cannot train into it at the same time."""
 
     def __init__(self, path: Union[str, Path], *, kind: str, overwrite: bool = False, resume: bool = False,
-                 is_main: bool = True) -> None:
+                 is_main: bool = True, inputs: Sequence[Optional[Union[str, Path]]] = ()) -> None:
         self.path = Path(path)
         self.kind, self.is_main = kind, is_main
+        self._lock: Optional[int] = None
         if resume:
             cfg = self.path / CONFIG_FILE
             if not cfg.is_file():
@@ -56,25 +67,24 @@ class RunFolder:
             found = load_json(cfg).get(RUN_KIND_KEY)
             if found != kind:
                 raise ValueError(f"--resume {self.path}: that run is a {found!r} run, not {kind!r}")
-        elif is_main and self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-            if not overwrite:
-                raise FileExistsError(f"output folder {self.path} already exists and is not empty; pass --overwrite "
-                                      f"to replace it or --resume {self.path} to continue it")
-            known = {CONFIG_FILE, LOG_FILE, TEXT_LOG, SAMPLES_DIR, STATE_DIR, CHECKPOINT_DIR, "checkpoints",
-                     SUMMARY_FILE}
-            if not (self.path / CONFIG_FILE).is_file() and not {p.name for p in self.path.iterdir()} <= known:
-                raise FileExistsError(f"refusing to --overwrite {self.path}: it is not a colorgan run folder "
-                                      f"(no {CONFIG_FILE}); choose another --out")
-            shutil.rmtree(self.path)
+            if is_main:
+                self._lock = lock_folder(self.path)
+                check_writable(self.path, "run folder")
+        elif is_main:
+            prepare_output_folder(self.path, "run", RUN_ENTRIES, overwrite=overwrite, inputs=inputs)
+            self._lock = lock_folder(self.path)
         self.logger = logging.getLogger(f"colorgan.train.{id(self)}")
         self.logger.propagate = False
         self.logger.setLevel(logging.INFO)
         if is_main:
+            self.cleaned = clean_interrupted(self.path)
             (self.path / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
             (self.path / STATE_DIR).mkdir(parents=True, exist_ok=True)
             handler = logging.FileHandler(self.path / TEXT_LOG)
             handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             self.logger.addHandler(handler)
+            if self.cleaned:
+                self.info(f"removed {len(self.cleaned)} leftover(s) of an interrupted write: {', '.join(self.cleaned[:3])}")
 
     # -- files
     @property
@@ -94,9 +104,9 @@ class RunFolder:
         """One JSON line in log.jsonl (floats rounded for readability)."""
         if not self.is_main:
             return
-        clean = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
+        clean = json_safe({k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()})
         with open(self.path / LOG_FILE, "a") as f:
-            f.write(json.dumps(clean) + "\n")
+            f.write(json.dumps(clean, allow_nan=False) + "\n")
 
     def info(self, msg: str) -> None:
         if self.is_main:
@@ -109,14 +119,28 @@ class RunFolder:
     def save_grid(self, images: Tensor, name: str, nrow: Optional[int] = None) -> Optional[Path]:
         if not self.is_main:
             return None
-        path = self.path / SAMPLES_DIR / name
-        atomic_write_bytes(path, png_bytes(make_grid(images, nrow)))
-        return path
+        return save_png(self.path / SAMPLES_DIR / name, make_grid(images, nrow))
 
     def close(self) -> None:
         for h in list(self.logger.handlers):
             h.close()
             self.logger.removeHandler(h)
+        if self._lock is not None:
+            os.close(self._lock)  # releases the lock
+            self._lock = None
+
+
+def lock_folder(folder: Path) -> int:
+    """Hold an exclusive lock on `folder`/.lock for this process's lifetime (or until closed);
+    refuse (RuntimeError) when another process holds it."""
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RuntimeError(f"another colorgan process is training in {folder} (it holds {folder / LOCK_FILE}); "
+                           f"wait for it to finish or stop it first") from None
+    return fd
 
 
 def make_grid(images: Tensor, nrow: Optional[int] = None, pad: int = 2) -> np.ndarray:
@@ -131,14 +155,6 @@ def make_grid(images: Tensor, nrow: Optional[int] = None, pad: int = 2) -> np.nd
         grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = \
             x[i].permute(1, 2, 0).numpy()
     return grid
-
-
-def png_bytes(arr: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def every(step: int, interval: int) -> bool:

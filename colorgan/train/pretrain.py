@@ -79,7 +79,8 @@ def pretrain(cfg: Optional[PretrainConfig], out: str | Path, *, options: Optiona
     """Run (or with resume=True continue) a pretraining run in folder `out`; returns the summary."""
     options = options or RunOptions()
     info = init_distributed(options.device)
-    run = RunFolder(out, kind="pretrain", overwrite=overwrite, resume=resume, is_main=info.is_main)
+    run = RunFolder(out, kind="pretrain", overwrite=overwrite, resume=resume, is_main=info.is_main,
+                    inputs=[cfg.data] if cfg is not None else [])
     barrier(info)
     if resume:
         cfg = PretrainConfig.from_dict(run.read_config())
