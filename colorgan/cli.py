@@ -7,6 +7,7 @@ without touching this file.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
@@ -31,6 +32,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OS_HINTS = {errno.ENOSPC: "the disk is full; free some space and run again",
+            errno.EACCES: "permission denied; choose a folder you can write to",
+            errno.EPERM: "operation not permitted; choose a folder you can write to",
+            errno.EROFS: "the file system is read-only; choose another folder",
+            errno.ENOTDIR: "a path component is a file, not a folder",
+            errno.EISDIR: "a folder is where a file was expected"}
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the user: the library's own message, or for an OS error what failed, where, and what to do."""
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        hint = OS_HINTS.get(exc.errno, "")
+        return f"{exc.strerror or exc}{': ' + where if where else ''}" + (f" ({hint})" if hint else "")
+    return str(exc)
+
+
+def interrupted_hint(args: argparse.Namespace) -> str:
+    """How to carry on after Ctrl-C: training runs resume from their last save."""
+    run = getattr(args, "resume", None) or getattr(args, "out", None)
+    if args.command in ("pretrain", "train") and run:
+        return f"; continue from the last save with `colorgan {args.command} --resume {run}`"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -39,9 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"colorgan {args.command}: error: {msg}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"colorgan {args.command}: interrupted; every file is written whole or not at all, so nothing "
+              f"half-written was kept{interrupted_hint(args)}", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+        print(f"colorgan {args.command}: error: {describe_error(exc)}", file=sys.stderr)
         return 1
 
 

@@ -12,7 +12,6 @@ unpickling is refused unless `trust_pickle=True`, which warns before loading.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import warnings
 from pathlib import Path
@@ -25,6 +24,7 @@ import fastlora
 from fastlora import AdapterConfig
 from fastlora.bank import key_diff
 from fastlora.functional import make_blur_kernel
+from fastlora.io import load_torch_file
 
 from colorgan.checkpoint import (check_checkpoint_output, load_checkpoint, read_checkpoint_config, save_checkpoint,
                                  save_task_to_checkpoint)
@@ -46,31 +46,6 @@ MARKER = ".weight_modulation."
 
 
 # ----------------------------------------------------------------------------- loading .pt files
-
-def load_torch_file(path: PathLike, trust_pickle: bool = False) -> Any:
-    """torch.load on the CPU with weights_only=True; full unpickling only with trust_pickle (warned)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"expected a .pt checkpoint at {path}, found {'a folder' if path.exists() else 'nothing'}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = next((ln.strip() for ln in str(exc).splitlines() if "WeightsUnpickler error" in ln), "")
-        if not trust_pickle:
-            raise ValueError(
-                f"{path} cannot be read with torch.load(weights_only=True){': ' + reason if reason else ''}. It holds "
-                f"pickled Python objects (for example the training arguments), and unpickling can execute arbitrary "
-                f"code. Only if you trust where this file came from, rerun with --trust-pickle "
-                f"(trust_pickle=True).") from None
-    except Exception as exc:  # corrupt zip, truncated file, ...
-        raise ValueError(f"{path} is not a readable torch checkpoint: {exc}") from None
-    warnings.warn(f"loading {path} with torch.load(weights_only=False): this unpickles arbitrary Python objects and "
-                  f"can execute code; do this only for files from a trusted source", stacklevel=2)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable torch checkpoint: {exc}") from None
-
 
 def _tensor_dict(obj: Any, what: str) -> dict[str, Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):

@@ -12,6 +12,9 @@ from colorgan.generate import BASE, activate, render, resolve_tasks
 from colorgan.metrics import evaluate_images
 
 
+DEFAULT_N = 5000  # fakes per task: the published protocol
+
+
 def real_folders(real: Union[str, os.PathLike], task: str, shots: Optional[str]) -> tuple[Path, Optional[Path]]:
     """The real set (and shots) of `task`: `real/<task>/full` (with `real/<task>/train` as the shots;
     `real/source` for the base) in a data root written by `colorgan data emoji`, else `real` itself."""
@@ -44,7 +47,7 @@ def sample_batches(G, task: Optional[str], n: int, batch: int, truncation: float
 
 
 def evaluate_checkpoint(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequence[str]], real: Union[str, os.PathLike],
-                        *, n: int = 5000, truncation: float = 1.0, shots: Optional[str] = None,
+                        *, n: int = DEFAULT_N, truncation: float = 1.0, shots: Optional[str] = None,
                         batch_size: int = 32, device: str = "cpu", lpips=None, **metric_kw: Any) -> dict:
     """Scores of every requested task of a checkpoint: {"tasks": {name: evaluate_images result}, ...}."""
     if n < 2:
@@ -74,7 +77,7 @@ def fid_kid(ckpt: Union[str, os.PathLike], task: str, real: Union[str, os.PathLi
     return {"fid": r["fid"], "kid": r["kid_mean"], "kid_std": r["kid_std"]}
 
 
-def evaluate_run(run: Union[str, os.PathLike], real: Union[str, os.PathLike], *, n: int = 5000,
+def evaluate_run(run: Union[str, os.PathLike], real: Union[str, os.PathLike], *, n: int = DEFAULT_N,
                  truncation: float = 1.0, **metric_kw: Any) -> dict:
     """The forgetting table of a `colorgan train` run: every seen task's scores after each task was learned.
 

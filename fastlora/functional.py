@@ -183,8 +183,9 @@ def fused_leaky_relu(x: Tensor, bias: Optional[Tensor] = None, negative_slope: f
 def _check_modconv(x: Tensor, weight: Tensor, style: Tensor, up: bool, down: bool, form: str) -> None:
     if x.dim() != 4:
         raise ValueError(f"modulated_conv2d: x must be [N, C_in, H, W], got {list(x.shape)}")
-    if weight.dim() != 4 or weight.shape[2] != weight.shape[3]:
-        raise ValueError(f"modulated_conv2d: weight must be [C_out, C_in, k, k], got {list(weight.shape)}")
+    if weight.dim() != 4 or weight.shape[2] != weight.shape[3] or weight.shape[2] % 2 == 0:
+        raise ValueError(f"modulated_conv2d: weight must be [C_out, C_in, k, k] with an odd k (1, 3, ...: the "
+                         f"output keeps the input's size), got {list(weight.shape)}")
     n, c_in = x.shape[:2]
     if weight.shape[1] != c_in:
         raise ValueError(f"modulated_conv2d: x has {c_in} channels but weight expects C_in={weight.shape[1]}")
@@ -201,6 +202,22 @@ def _check_modconv(x: Tensor, weight: Tensor, style: Tensor, up: bool, down: boo
         raise ValueError("modulated_conv2d: up and down cannot both be set")
     if form not in FORMS:
         raise ValueError(f"modulated_conv2d: form must be one of {FORMS}, got {form!r}")
+    check_finite_inputs("modulated_conv2d", x=x, style=style, weight=weight)
+
+
+class NonFiniteInput(ValueError):
+    """An op was given NaN or infinite values (checked on CPU tensors only: see `check_finite_inputs`)."""
+
+
+def check_finite_inputs(op: str, **tensors: Optional[Tensor]) -> None:
+    """Raise NonFiniteInput when an input holds NaN or infinity. Checked for CPU tensors, where one pass over
+    the input is cheap next to the op; skipped on GPUs (the check would stall the stream with a host sync;
+    a NaN input there gives NaN outputs) and while tracing, compiling or exporting."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return
+    for name, t in tensors.items():
+        if t is not None and t.device.type == "cpu" and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise NonFiniteInput(f"{op}: {name} holds NaN or infinite values")
 
 
 def _epilogue(y: Tensor, bias: Optional[Tensor], noise: Optional[Tensor], activation: Optional[str],
@@ -333,6 +350,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, adapter:
         raise ValueError(f"linear: bias must be [{weight.shape[0]}], got {list(bias.shape)}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"linear: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    check_finite_inputs("linear", x=x, weight=weight)
     chosen = resolve_backend(backend, x, weight)
     if chosen == "triton":
         from fastlora import _triton

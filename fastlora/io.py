@@ -17,9 +17,11 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
@@ -126,6 +128,32 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
         return False
     raise OSError(err, os.strerror(err), str(b))
+
+
+def load_torch_file(path: os.PathLike, trust_pickle: bool = False, *,
+                    trust_hint: str = "rerun with --trust-pickle (trust_pickle=True)") -> Any:
+    """torch.load on the CPU with weights_only=True; full unpickling only with trust_pickle (warned).
+    trust_hint: what the refusal message tells the user to do if they trust the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"expected a .pt checkpoint at {path}, found {'a folder' if path.exists() else 'nothing'}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = next((ln.strip() for ln in str(exc).splitlines() if "WeightsUnpickler error" in ln), "")
+        if not trust_pickle:
+            raise ValueError(
+                f"{path} cannot be read with torch.load(weights_only=True){': ' + reason if reason else ''}. It holds "
+                f"pickled Python objects (for example the training arguments), and unpickling can execute arbitrary "
+                f"code. Only if you trust where this file came from, {trust_hint}.") from None
+    except Exception as exc:  # corrupt zip, truncated file, ...
+        raise ValueError(f"{path} is not a readable torch checkpoint: {exc}") from None
+    warnings.warn(f"loading {path} with torch.load(weights_only=False): this unpickles arbitrary Python objects and "
+                  f"can execute code; do this only for files from a trusted source", stacklevel=2)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable torch checkpoint: {exc}") from None
 
 
 @contextlib.contextmanager

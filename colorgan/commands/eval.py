@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from colorgan.evaluate import DEFAULT_N
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `eval` command."""
@@ -62,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from colorgan.metrics import INCEPTION_HELP, evaluate_images, format_table
     from colorgan.metrics.features import default_inception
 
+    n = DEFAULT_N if args.n is None else args.n
     args.inception = args.inception or default_inception()
     if not args.inception:
         print(f"colorgan eval: error: no Inception network given (--inception PATH). {INCEPTION_HELP}", file=sys.stderr)
@@ -78,14 +81,14 @@ def run(args: argparse.Namespace) -> int:
     elif args.run:
         from colorgan.evaluate import evaluate_run, format_forgetting
 
-        result = evaluate_run(args.run, args.real, n=args.n or 5000, truncation=args.trunc, **common)
+        result = evaluate_run(args.run, args.real, n=n, truncation=args.trunc, **common)
         print(format_forgetting(result, "fid"))
         print(format_forgetting(result, "kid_mean"))
         args.out = args.out or str(Path(args.run) / "eval.json")
     else:
         from colorgan.evaluate import evaluate_checkpoint
 
-        result = evaluate_checkpoint(args.ckpt, args.task, args.real, n=args.n or 5000, truncation=args.trunc,
+        result = evaluate_checkpoint(args.ckpt, args.task, args.real, n=n, truncation=args.trunc,
                                      shots=args.shots, **common)
         for name, res in result["tasks"].items():
             print(f"\n[{name}]")
@@ -95,8 +98,11 @@ def run(args: argparse.Namespace) -> int:
         ckpt = resolve_checkpoint(args.ckpt)  # a shipped base is read-only: its results go to the working folder
         args.out = args.out or str(Path(f"eval-{ckpt.name}.json") if is_shipped(ckpt) else ckpt / "eval.json")
     if args.out:
+        from colorgan.outputs import check_replaceable_file
+        from colorgan.version import __version__
         from fastlora.io import atomic_write_json
 
-        atomic_write_json(args.out, result)
+        check_replaceable_file(args.out, overwrite=True)  # an earlier result of colorgan's, never another file
+        atomic_write_json(args.out, {"colorgan": __version__, **result})
         print(f"wrote {args.out}")
     return 0

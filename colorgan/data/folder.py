@@ -28,9 +28,21 @@ def list_images(root: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXT
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
+def _wide_grey_to_l(img: Image.Image) -> Image.Image:
+    """16-bit ("I;16*") and 32-bit ("I", "F") greyscale as 8-bit "L": Pillow's own conversion clips them to
+    white. 16-bit modes scale by 1/257; "I"/"F" by their range (values above 255 are taken as 16-bit)."""
+    a = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("I;16") or (img.mode in ("I", "F") and np.nanmax(a, initial=0) > 255):
+        a = a / 257.0
+    return Image.fromarray(np.clip(np.nan_to_num(a), 0, 255).round().astype(np.uint8), "L")
+
+
 def to_rgb_on_white(img: Image.Image) -> Image.Image:
-    """Convert any PIL image to RGB, compositing transparency onto white."""
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    """Convert any PIL image (palette, grey, grey+alpha, 16-bit grey, CMYK, RGB(A), ...) to 8-bit RGB,
+    compositing transparency onto white."""
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _wide_grey_to_l(img)
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, rgba).convert("RGB")
@@ -39,10 +51,14 @@ def to_rgb_on_white(img: Image.Image) -> Image.Image:
 
 def load_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
     """Load one image as an HxWx3 uint8 array: RGB, alpha on white, centre-cropped to a square and
-    resized with antialiasing (LANCZOS) to `size` x `size` when `size` is given."""
-    with Image.open(path) as im:
-        im.load()
-        img = to_rgb_on_white(im)
+    resized with antialiasing (LANCZOS) to `size` x `size` when `size` is given. A file that is not a
+    readable image raises ValueError naming it."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            img = to_rgb_on_white(im)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{path} is not a readable image ({exc})") from None
     if size is not None:
         w, h = img.size
         if w != h:
@@ -52,6 +68,20 @@ def load_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
         if img.size != (size, size):
             img = img.resize((size, size), Image.LANCZOS)
     return np.array(img, dtype=np.uint8)
+
+
+def check_readable(files: list[Path]) -> None:
+    """Open every file's header (fast, no pixel decoding): ValueError naming the unreadable ones."""
+    bad = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.size  # noqa: B018 - the header is parsed on open
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            bad.append(f"{f} ({type(exc).__name__}: {exc})")
+    if bad:
+        raise ValueError(f"{len(bad)} file(s) in the image folder are not readable images; remove or fix them: "
+                         f"{'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
 
 
 def uint8_to_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -73,6 +103,7 @@ class ImageFolder(torch.utils.data.Dataset):
         self.root = Path(root)
         self.size = size
         self.files: list[Path] = list_images(self.root, extensions)
+        check_readable(self.files)
 
     def __len__(self) -> int:
         return len(self.files)

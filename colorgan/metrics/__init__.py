@@ -59,6 +59,8 @@ def evaluate_images(
     go to LPIPS. Real images are resized to the fake resolution (`resolution`, default: the fakes' size);
     their features are cached per folder, resolution and network.
     """
+    if n_fake is not None and (not isinstance(n_fake, int) or n_fake < 2):
+        raise ValueError(f"the number of fake images must be at least 2 (FID/KID compare two sets), got {n_fake!r}")
     net = inception if isinstance(inception, FeatureNetwork) else FeatureNetwork(inception, device=device)
     want_lpips = lpips is not None
     if want_lpips and shots_dir is None:

@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastlora.io import load_safetensors, load_torch_file
+
 VGG_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 VGG_POOL_AFTER = (2, 7, 14, 21)  # conv index after whose ReLU a 2x2 max-pool follows (i.e. the features tapped)
 VGG_TAPS = (2, 7, 14, 21, 28)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (by the conv index before the ReLU)
@@ -94,10 +96,8 @@ class LPIPS(nn.Module):
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        return load_safetensors(path)
+    sd = load_torch_file(path, trust_hint="save its tensors with torch.save(state_dict) or as safetensors and pass that")
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):

@@ -24,14 +24,16 @@ from colorgan.checkpoint import (check_task_name, load_checkpoint, parameter_rep
 from colorgan.data.folder import ImageFolder, list_images
 from colorgan.discriminator import Discriminator
 from colorgan.generator import Generator
+from colorgan.options import option
+from fastlora.functional import NonFiniteInput
 from colorgan.train import baselines as bl
 from colorgan.train import state as st
 from colorgan.train.augment import DEFAULT_POLICY, DiffAugment, parse_policy
 from colorgan.train.data import BatchStream
 from colorgan.train.distributed import DistInfo, barrier, gather_objects, init_distributed
 from colorgan.train.ema import copy_tensors, ema_update
-from colorgan.train.loop import (CHECKPOINT_DIR, PER_TASK_DIR, RunFolder, RunOptions, Timer, every, format_losses,
-                                 make_z, progress, resolve_amp)
+from colorgan.train.loop import (CHECKPOINT_DIR, PER_TASK_DIR, NonFiniteLoss, RunFolder, RunOptions, Timer, diverged,
+                                 ensure_finite, every, format_losses, make_z, progress, resolve_amp)
 from colorgan.train.losses import lazy_adam_params
 from colorgan.train.steps import GANSteps, RegConfig
 
@@ -61,37 +63,43 @@ def parse_tasks(text: str | Sequence[str]) -> list[list[str]]:
 class TrainConfig(RegConfig):
     """Everything that defines a continual run (saved as RUN/config.json)."""
 
-    ckpt: str
-    tasks: list
-    method: str = "color"
-    kind: Optional[str] = None          # adapter kind: llora (color default), left (lfs default), lora
-    rank: int = 1
-    alpha_conv: float = 0.1
-    alpha_linear: float = 4.0
-    act: str = "inner"
-    compat: str = "default"
-    iter: int = 3002
-    batch: int = 4
-    lr: float = 0.002
-    subspace_freq: int = 4
-    subspace_std: float = 0.1
-    n_anchors: int = 10
-    highp: int = 1
-    augment: bool = False
-    augment_policy: str = DEFAULT_POLICY
-    ema_decay: float = 0.995
-    ms_weight: float = 1.0
-    ms_batch_mult: int = 4
-    lpips: Optional[str] = None
-    ewc_lambda: float = 5e8
-    fisher_batches: int = 16
-    distill_weight: float = 1.0
-    n_sample: int = 16
-    sample_every: int = 500
-    save_every: int = 1000
-    log_every: int = 50
-    seed: int = 0
-    backend: str = "auto"
+    ckpt: str = option(help="base checkpoint folder (colorgan format, with a discriminator) or a shipped base name")
+    tasks: list = option(help="name=DIR,name=DIR,... (trained in this order)")
+    method: str = option("color", "color: CoLoR-GAN adapters; lfs: LeFT + mode seeking; ewc / distill: full "
+                         "fine-tuning with the Fisher penalty / Lifelong-GAN distillation", choices=METHODS)
+    kind: Optional[str] = option(None, "adapter kind (default: llora for color, left for lfs)",
+                                 choices=("llora", "lora", "left"))
+    rank: int = option(1, "adapter rank")
+    alpha_conv: float = option(0.1, "conv adapter scale", flags=("--alpha-conv", "--lora_alpha_conv"))
+    alpha_linear: float = option(4.0, "linear (style, mapping) adapter scale",
+                                 flags=("--alpha-linear", "--lora_alpha_fc"))
+    act: str = option("inner", "adapter activation (LLoRA: both/inner/none; LeFT: inner/none)",
+                      choices=("both", "inner", "none"))
+    compat: str = option("default", "upstream: the published adapter initialisation and alpha routing",
+                         choices=("default", "upstream"))
+    iter: int = option(3002, "iterations per task")
+    batch: int = option(4, "batch per process")
+    lr: float = option(0.002, "learning rate (Adam, lazy-regularisation scaled)")
+    subspace_freq: int = option(4, "every N-th iteration uses anchor latents")
+    subspace_std: float = option(0.1, "spread of the latents around the anchors")
+    n_anchors: int = option(10, "anchor latents", flags=("--n-anchors", "--n_train"))
+    highp: int = option(1, "patch heads drawn from (1: the first)")
+    augment: bool = option(False, "differentiable augmentation of D's inputs")
+    augment_policy: str = option(DEFAULT_POLICY, "augmentations, comma-separated")
+    ema_decay: float = option(0.995, "EMA decay of the trained tensors")
+    ms_weight: float = option(1.0, "lfs: mode-seeking loss weight")
+    ms_batch_mult: int = option(4, "lfs: fakes per G step = this x batch")
+    lpips: Optional[str] = option(None, "lfs: LPIPS weights file for the cluster assignment (default: pixel "
+                                  "distance)")
+    ewc_lambda: float = option(5e8, "ewc: penalty weight")
+    fisher_batches: int = option(16, "ewc: batches for the Fisher information")
+    distill_weight: float = option(1.0, "distill: L1 distillation weight")
+    n_sample: int = option(16, "fixed latents in the sample grids")
+    sample_every: int = option(500, "sample grid every N iterations")
+    save_every: int = option(1000, "checkpoint + state every N iterations")
+    log_every: int = option(50, "log line every N iterations")
+    seed: int = option(0, "seed of every random draw")
+    backend: str = option("auto", "fastlora backend (auto: Triton on CUDA)", choices=("auto", "torch", "triton"))
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -121,8 +129,9 @@ class TrainConfig(RegConfig):
 
 
 def train(cfg: Optional[TrainConfig], out: str | Path, *, options: Optional[RunOptions] = None,
-          overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
-    """Run (or with resume=True continue) a continual run in folder `out`; returns the summary."""
+          overwrite: bool = False, resume: bool = False, changes: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Run (or with resume=True continue) a continual run in folder `out`; returns the summary.
+    changes: on resume, settings to change (only "iter": iterations per task)."""
     options = options or RunOptions()
     info = init_distributed(options.device)
     if cfg is not None and not resume:
@@ -131,7 +140,7 @@ def train(cfg: Optional[TrainConfig], out: str | Path, *, options: Optional[RunO
     run = RunFolder(out, kind="train", overwrite=overwrite, resume=resume, is_main=info.is_main, inputs=inputs)
     barrier(info)
     if resume:
-        cfg = TrainConfig.from_dict(run.read_config())
+        cfg = TrainConfig.from_dict(run.resume_config(changes))
     elif cfg is None:
         raise ValueError("a new training run needs a config")
     try:
@@ -336,45 +345,48 @@ class Continual:
         spent = self.task_seconds.get(name, 0.0)
         losses: dict[str, float] = {}
         step = start
-        while step < cfg.iter:
-            global_step = t * cfg.iter + step
-            if self.options.stop_at is not None and global_step >= self.options.stop_at:
-                self.task_seconds[name] = spent + timer.elapsed()
-                if not (step == 0 and self.folder.state_file.exists()):  # at a task start the last state stands
+        try:
+            while step < cfg.iter:
+                global_step = t * cfg.iter + step
+                if self.options.stop_at is not None and global_step >= self.options.stop_at:
+                    self.task_seconds[name] = spent + timer.elapsed()
+                    if not (step == 0 and self.folder.state_file.exists()):  # at a task start the last state stands
+                        snapshot(step, False)
+                    return True, previous
+                real = stream.next_batch(self.device)
+                which = step % cfg.subspace_freq
+                patch = int(torch.randint(0, n_heads, (), generator=self.gens["shared"])) if which > 0 else None
+                anch = anchors if which == 0 else None
+                now = steps.d_step(real, steps.sample_latents(cfg.batch, anch, cfg.subspace_std), patch)
+                if every(step, cfg.d_reg_every):
+                    now.update(steps.r1_step(real, patch))
+                now.update(steps.g_step(steps.sample_latents(cfg.batch, anch, cfg.subspace_std), patch, extra))
+                if every(step, cfg.g_reg_every) and cfg.path_regularize > 0:
+                    now.update(steps.pl_step(cfg.batch))
+                ema_update(ema_pairs[0], ema_pairs[1], cfg.ema_decay)
+                losses.update(now)
+                step += 1
+                bar.update(1)
+                bar.set_postfix_str(f"{name} " + format_losses(losses), refresh=False)
+                if every(step, cfg.log_every) or step == cfg.iter:
+                    self.folder.log({"task": name, "task_index": t, "step": step, "global_step": t * cfg.iter + step,
+                                  **now, "time": spent + timer.elapsed()})
+                if every(step, cfg.sample_every) or step == cfg.iter:
+                    self._samples(g_ema, f"{name}_{step:07d}.png")
+                if every(step, cfg.save_every) and step < cfg.iter:
+                    self.task_seconds[name] = spent + timer.elapsed()
                     snapshot(step, False)
-                return True, previous
-            real = stream.next_batch(self.device)
-            which = step % cfg.subspace_freq
-            patch = int(torch.randint(0, n_heads, (), generator=self.gens["shared"])) if which > 0 else None
-            anch = anchors if which == 0 else None
-            now = steps.d_step(real, steps.sample_latents(cfg.batch, anch, cfg.subspace_std), patch)
-            if every(step, cfg.d_reg_every):
-                now.update(steps.r1_step(real, patch))
-            now.update(steps.g_step(steps.sample_latents(cfg.batch, anch, cfg.subspace_std), patch, extra))
-            if every(step, cfg.g_reg_every) and cfg.path_regularize > 0:
-                now.update(steps.pl_step(cfg.batch))
-            ema_update(ema_pairs[0], ema_pairs[1], cfg.ema_decay)
-            losses.update(now)
-            step += 1
-            bar.update(1)
-            bar.set_postfix_str(f"{name} " + format_losses(losses), refresh=False)
-            if every(step, cfg.log_every) or step == cfg.iter:
-                self.folder.log({"task": name, "task_index": t, "step": step, "global_step": t * cfg.iter + step,
-                              **now, "time": spent + timer.elapsed()})
-            if every(step, cfg.sample_every) or step == cfg.iter:
-                self._samples(g_ema, f"{name}_{step:07d}.png")
-            if every(step, cfg.save_every) and step < cfg.iter:
-                self.task_seconds[name] = spent + timer.elapsed()
-                snapshot(step, False)
-        self.task_seconds[name] = spent + timer.elapsed()
-        if self.adapters:
-            fastlora.set_task(self.G, None)
-            fastlora.set_task(self.g_ema, None)
-        else:
-            g_ema.update_w_avg()
-            previous = g_ema
-        self._after_task_grid(t, g_ema)
-        snapshot(cfg.iter, True)
+            self.task_seconds[name] = spent + timer.elapsed()
+            if self.adapters:
+                fastlora.set_task(self.G, None)
+                fastlora.set_task(self.g_ema, None)
+            else:
+                g_ema.update_w_avg()
+                previous = g_ema
+            self._after_task_grid(t, g_ema)
+            snapshot(cfg.iter, True)
+        except (NonFiniteLoss, NonFiniteInput) as exc:
+            raise diverged(self.folder, f"task {name!r} iteration {step + 1}", exc, cfg.lr) from None
         self.folder.info(f"task {name!r} done in {self.task_seconds[name]:.1f}s")
         return False, previous
 
@@ -414,6 +426,7 @@ class Continual:
         """Write the checkpoint(s) and RUN/state/state.pt. After a finished task the state points at
         the next task's start."""
         cfg, info = self.cfg, self.info
+        ensure_finite({"G": G, "g_ema": g_ema, "D": D})
         rng = gather_objects({"global": st.global_rng_state(), "gens": st.generator_states(self.gens),
                               "augment": augment.state_dict() if augment is not None else None,
                               "data": stream.state_dict()}, info)

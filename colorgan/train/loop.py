@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from colorgan.outputs import check_writable, prepare_output_folder, save_png
-from fastlora.io import atomic_write_json, clean_interrupted, json_safe, load_json
+from fastlora.io import atomic_write_json, clean_interrupted, json_safe, load_json, non_finite
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
@@ -31,6 +31,7 @@ LOCK_FILE = ".lock"
 EVAL_FILE = "eval.json"
 PER_TASK_DIR = "checkpoints"
 RUN_KIND_KEY = "run_kind"
+RESUME_CHANGES = ("iter",)  # settings a resumed run may change (the length of the run)
 # what colorgan writes in a run folder (--overwrite removes a run folder holding nothing else)
 RUN_ENTRIES = (CONFIG_FILE, LOG_FILE, TEXT_LOG, SAMPLES_DIR, STATE_DIR, CHECKPOINT_DIR, PER_TASK_DIR, SUMMARY_FILE,
                LOCK_FILE, EVAL_FILE)
@@ -100,6 +101,22 @@ class RunFolder:
         cfg.pop(RUN_KIND_KEY, None)
         return cfg
 
+    def resume_config(self, changes: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """The saved config, with `changes` (settings that may differ on resume, see RESUME_CHANGES) applied
+        and written back; anything else raises ValueError."""
+        cfg = self.read_config()
+        changes = dict(changes or {})
+        bad = sorted(set(changes) - set(RESUME_CHANGES))
+        if bad:
+            raise ValueError(f"a resumed run keeps the settings it was started with; {', '.join(bad)} cannot change "
+                             f"(only {', '.join(RESUME_CHANGES)} can); start a new run to change them")
+        changed = {k: v for k, v in changes.items() if cfg.get(k) != v}
+        if changed:
+            self.info("resume changes " + ", ".join(f"{k} {cfg.get(k)} -> {v}" for k, v in changed.items()))
+            cfg.update(changed)
+            self.write_config(cfg)
+        return cfg
+
     def log(self, record: dict[str, Any]) -> None:
         """One JSON line in log.jsonl (floats rounded for readability)."""
         if not self.is_main:
@@ -141,6 +158,43 @@ def lock_folder(folder: Path) -> int:
         raise RuntimeError(f"another colorgan process is training in {folder} (it holds {folder / LOCK_FILE}); "
                            f"wait for it to finish or stop it first") from None
     return fd
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss (or weight) came out NaN or infinite; the update it would have made was not applied."""
+
+
+def checked(values: dict[str, float]) -> dict[str, float]:
+    """`values` unchanged, or NonFiniteLoss naming the first NaN or infinite one."""
+    for name, v in values.items():
+        if not math.isfinite(v):
+            raise NonFiniteLoss(f"the {name} loss is {v}")
+    return values
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced a NaN or infinite loss or weight; the run stops, keeping its last good save."""
+
+
+def diverged(run: RunFolder, where: str, reason: Exception, lr: float) -> TrainingDiverged:
+    """The error to raise when training diverges at `where` (logged in the run folder too)."""
+    kept = (f"the last good checkpoint and state (from the last save) are kept in {run.path}"
+            if run.state_file.exists() else "nothing was saved (no save had happened yet)")
+    msg = (f"training diverged at {where}: {reason}; {kept}. Lower --lr (now {lr:g}) and start a new run"
+           + (f", or --resume {run.path} to retry from the last save" if run.state_file.exists() else ""))
+    run.info(msg)
+    run.log({"diverged": where, "reason": str(reason)})
+    return TrainingDiverged(msg)
+
+
+def ensure_finite(models: dict[str, Optional[torch.nn.Module]]) -> None:
+    """Raise NonFiniteLoss naming the first NaN or infinite parameter (w_avg, NaN until computed, aside)."""
+    for prefix, m in models.items():
+        if m is None:
+            continue
+        bad = non_finite({k: v for k, v in m.state_dict().items() if not k.endswith("w_avg")})
+        if bad:
+            raise NonFiniteLoss(f"{prefix} weight {bad[0]} is NaN or infinite ({len(bad)} tensor(s))")
 
 
 def make_grid(images: Tensor, nrow: Optional[int] = None, pad: int = 2) -> np.ndarray:

@@ -14,41 +14,55 @@ from colorgan.checkpoint import save_checkpoint
 from colorgan.data.folder import ImageFolder
 from colorgan.discriminator import Discriminator
 from colorgan.generator import Generator
+from colorgan.options import option
+from fastlora.functional import NonFiniteInput
 from colorgan.train import state as st
 from colorgan.train.augment import DEFAULT_POLICY, DiffAugment, parse_policy
 from colorgan.train.data import BatchStream
 from colorgan.train.distributed import DistInfo, barrier, broadcast_tensors, gather_objects, init_distributed
 from colorgan.train.ema import copy_tensors, ema_decay_for, ema_update, module_tensors
-from colorgan.train.loop import (CHECKPOINT_DIR, RunFolder, RunOptions, Timer, every, format_losses, make_z, progress,
-                                 resolve_amp)
+from colorgan.train.loop import (CHECKPOINT_DIR, NonFiniteLoss, RunFolder, RunOptions, Timer, diverged, ensure_finite,
+                                 every, format_losses, make_z, progress, resolve_amp)
 from colorgan.train.losses import lazy_adam_params
 from colorgan.train.steps import GANSteps, RegConfig
 
 AUGMENT_AUTO_MAX_IMAGES = 5000
 
 
+def parse_channels(text: str | None) -> dict[int, int] | None:
+    """"4:64,8:64,16:32" → {4: 64, 8: 64, 16: 32}."""
+    if text is None:
+        return None
+    try:
+        return {int(k): int(v) for k, v in (p.split(":") for p in text.split(",") if p.strip())}
+    except ValueError:
+        raise ValueError(f"channels must look like 4:64,8:64,16:32 (resolution:channels), got {text!r}") from None
+
+
 @dataclass(kw_only=True)
 class PretrainConfig(RegConfig):
     """Everything that defines a pretraining run (saved as RUN/config.json)."""
 
-    data: str
-    size: int
-    iter: int = 20000
-    batch: int = 16
-    lr: float = 0.002
-    style_dim: int = 512
-    n_mlp: int = 8
-    channel_multiplier: int = 2
-    channels: Optional[dict] = None
-    augment: str = "auto"
-    augment_policy: str = DEFAULT_POLICY
-    ema_kimg: float = 10.0
-    n_sample: int = 16
-    sample_every: int = 1000
-    save_every: int = 5000
-    log_every: int = 50
-    seed: int = 0
-    backend: str = "auto"
+    data: str = option(help="image folder (the source domain)")
+    size: int = option(help="image size (power of two)")
+    iter: int = option(20000, "iterations")
+    batch: int = option(16, "batch per process")
+    lr: float = option(0.002, "learning rate (Adam, lazy-regularisation scaled)")
+    style_dim: int = option(512, "latent and style dimension")
+    n_mlp: int = option(8, "mapping network layers")
+    channel_multiplier: int = option(2, "StyleGAN2 channel multiplier")
+    channels: Optional[dict] = option(None, "explicit channel table, e.g. 4:128,8:128,16:64,32:32",
+                                      parse=parse_channels)
+    augment: str = option("auto", "differentiable augmentation of D's inputs; auto = on for sets of <= 5000 images",
+                          choices=("auto", "on", "off"))
+    augment_policy: str = option(DEFAULT_POLICY, "augmentations, comma-separated")
+    ema_kimg: float = option(10.0, "EMA half-life in thousands of images")
+    n_sample: int = option(16, "fixed latents in the sample grids")
+    sample_every: int = option(1000, "sample grid every N iterations")
+    save_every: int = option(5000, "checkpoint + state every N iterations")
+    log_every: int = option(50, "log line every N iterations")
+    seed: int = option(0, "seed of every random draw")
+    backend: str = option("auto", "fastlora backend (auto: Triton on CUDA)", choices=("auto", "torch", "triton"))
 
     def __post_init__(self) -> None:
         if self.augment not in ("auto", "on", "off"):
@@ -75,15 +89,16 @@ def _build(cfg: PretrainConfig, device: torch.device) -> tuple[Generator, Discri
 
 
 def pretrain(cfg: Optional[PretrainConfig], out: str | Path, *, options: Optional[RunOptions] = None,
-             overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
-    """Run (or with resume=True continue) a pretraining run in folder `out`; returns the summary."""
+             overwrite: bool = False, resume: bool = False, changes: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Run (or with resume=True continue) a pretraining run in folder `out`; returns the summary.
+    changes: on resume, settings to change (only "iter": a longer or shorter run)."""
     options = options or RunOptions()
     info = init_distributed(options.device)
     run = RunFolder(out, kind="pretrain", overwrite=overwrite, resume=resume, is_main=info.is_main,
                     inputs=[cfg.data] if cfg is not None else [])
     barrier(info)
     if resume:
-        cfg = PretrainConfig.from_dict(run.read_config())
+        cfg = PretrainConfig.from_dict(run.resume_config(changes))
     elif cfg is None:
         raise ValueError("a new pretraining run needs a config")
     try:
@@ -131,31 +146,35 @@ def _pretrain(cfg: PretrainConfig, run: RunFolder, info: DistInfo, options: RunO
     bar = progress(cfg.iter, step, "pretrain", options.progress and info.is_main)
     losses: dict[str, float] = {}
     stopped = False
-    while step < cfg.iter:
-        if options.stop_at is not None and step >= options.stop_at:
-            stopped = True
-            break
-        G.train()
-        real = stream.next_batch(device)
-        now = steps.d_step(real, steps.sample_latents(cfg.batch))
-        if every(step, cfg.d_reg_every):
-            now.update(steps.r1_step(real))
-        now.update(steps.g_step(steps.sample_latents(cfg.batch)))
-        if every(step, cfg.g_reg_every) and cfg.path_regularize > 0:
-            now.update(steps.pl_step(cfg.batch))
-        losses.update(now)
-        ema_update(module_tensors(g_ema), module_tensors(G), decay)
-        step += 1
-        bar.update(1)
-        bar.set_postfix_str(format_losses(losses), refresh=False)
-        if every(step, cfg.log_every) or step == cfg.iter:
-            run.log({"step": step, **now, "time": timer.elapsed()})
-        if every(step, cfg.sample_every) or step == cfg.iter:
-            _samples(run, g_ema, sample_z, f"{step:07d}.png", cfg.backend)
-        if every(step, cfg.save_every) and step < cfg.iter:
-            snapshot(step)
-    bar.close()
-    snapshot(step)
+    try:
+        while step < cfg.iter:
+            if options.stop_at is not None and step >= options.stop_at:
+                stopped = True
+                break
+            G.train()
+            real = stream.next_batch(device)
+            now = steps.d_step(real, steps.sample_latents(cfg.batch))
+            if every(step, cfg.d_reg_every):
+                now.update(steps.r1_step(real))
+            now.update(steps.g_step(steps.sample_latents(cfg.batch)))
+            if every(step, cfg.g_reg_every) and cfg.path_regularize > 0:
+                now.update(steps.pl_step(cfg.batch))
+            losses.update(now)
+            ema_update(module_tensors(g_ema), module_tensors(G), decay)
+            step += 1
+            bar.update(1)
+            bar.set_postfix_str(format_losses(losses), refresh=False)
+            if every(step, cfg.log_every) or step == cfg.iter:
+                run.log({"step": step, **now, "time": timer.elapsed()})
+            if every(step, cfg.sample_every) or step == cfg.iter:
+                _samples(run, g_ema, sample_z, f"{step:07d}.png", cfg.backend)
+            if every(step, cfg.save_every) and step < cfg.iter:
+                snapshot(step)
+        snapshot(step)
+    except (NonFiniteLoss, NonFiniteInput) as exc:
+        raise diverged(run, f"iteration {step + 1}", exc, cfg.lr) from None
+    finally:
+        bar.close()
     summary = {"kind": "pretrain", "step": step, "finished": step >= cfg.iter, "losses": losses,
                "seconds_this_invocation": timer.elapsed(), "world_size": info.world_size,
                "checkpoint": str(run.path / CHECKPOINT_DIR)}
@@ -177,7 +196,9 @@ def _samples(run: RunFolder, g_ema: Generator, z: torch.Tensor, name: str, backe
 
 def _snapshot(run: RunFolder, cfg: PretrainConfig, step: int, G, D, g_ema, g_optim, d_optim, gens, augment,
               stream, steps, info: DistInfo) -> None:
-    """Write RUN/checkpoint (colorgan format: g_ema, d, g) and RUN/state/state.pt (everything else)."""
+    """Write RUN/checkpoint (colorgan format: g_ema, d, g) and RUN/state/state.pt (everything else);
+    NonFiniteLoss (nothing written) when a weight is NaN or infinite."""
+    ensure_finite({"G": G, "D": D, "g_ema": g_ema})
     rng = gather_objects({"global": st.global_rng_state(), "gens": st.generator_states(gens),
                           "augment": augment.state_dict() if augment is not None else None,
                           "data": stream.state_dict()}, info)

@@ -8,9 +8,10 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from colorgan.options import option
 from colorgan.train.augment import DiffAugment
 from colorgan.train.distributed import DistInfo, all_mean, average_gradients
-from colorgan.train.loop import autocast_ctx, mixing_z, requires_grad, style_kwargs
+from colorgan.train.loop import autocast_ctx, checked, mixing_z, requires_grad, style_kwargs
 from colorgan.train.losses import (d_logistic_loss, g_nonsaturating_loss, path_length_penalty, per_image_logits,
                                    r1_penalty)
 
@@ -18,16 +19,17 @@ from colorgan.train.losses import (d_logistic_loss, g_nonsaturating_loss, path_l
 ExtraLoss = Callable[[Tensor, Sequence[Tensor], dict], dict[str, Tensor]]
 
 
+
 @dataclass
 class RegConfig:
     """Regularisation and mixing settings shared by pretraining and continual training (their configs extend it)."""
 
-    r1: float = 10.0
-    path_regularize: float = 2.0
-    path_batch_shrink: int = 2
-    d_reg_every: int = 16
-    g_reg_every: int = 4
-    mixing: float = 0.9
+    r1: float = option(10.0, "R1 penalty weight (gamma)")
+    path_regularize: float = option(2.0, "path-length regularisation weight (0: off)")
+    path_batch_shrink: int = option(2, "path-length batch = batch / this")
+    d_reg_every: int = option(16, "R1 every N iterations (lazy regularisation)")
+    g_reg_every: int = option(4, "path length every N iterations (lazy regularisation)")
+    mixing: float = option(0.9, "style-mixing probability")
 
 
 class GANSteps:
@@ -79,20 +81,22 @@ class GANSteps:
             fake_pred = self._d(fake.detach().float(), patch)
             real_pred = self._d(real, patch)
         loss = d_logistic_loss(real_pred, fake_pred)
+        out = checked({"d": loss.item(), "real_score": real_pred.mean().item(), "fake_score": fake_pred.mean().item()})
         self.d_optim.zero_grad(set_to_none=True)
         loss.backward()
         self._step(self.d_optim, self.d_params)
-        return {"d": loss.item(), "real_score": real_pred.mean().item(), "fake_score": fake_pred.mean().item()}
+        return out
 
     def r1_step(self, real: Tensor, patch: Optional[int] = None) -> dict[str, float]:
         requires_grad(self.d_params, True)
         real = real.detach().requires_grad_(True)
         real_pred = per_image_logits(self._d(real, patch))
         r1 = r1_penalty(real_pred, real)
+        out = checked({"r1": r1.item()})
         self.d_optim.zero_grad(set_to_none=True)
         (self.reg.r1 / 2 * r1 * self.reg.d_reg_every + 0 * real_pred[0, 0]).backward()
         self._step(self.d_optim, self.d_params)
-        return {"r1": r1.item()}
+        return out
 
     def g_step(self, zs: Sequence[Tensor], patch: Optional[int] = None,
                extra: Optional[ExtraLoss] = None) -> dict[str, float]:
@@ -107,6 +111,7 @@ class GANSteps:
             for name, value in extra(fake.float(), zs, kw).items():
                 total = total + value
                 out[name] = value.item()
+        checked(out)
         self.g_optim.zero_grad(set_to_none=True)
         total.backward()
         self._step(self.g_optim, self.g_params)
@@ -122,6 +127,7 @@ class GANSteps:
             return {}
         noise = torch.randn(fake.shape, generator=self.gen).to(fake)
         penalty, self.mean_path_length, lengths = path_length_penalty(fake, latents, self.mean_path_length, noise)
+        out = checked({"path": penalty.item(), "path_length": lengths.mean().item()})
         weighted = self.reg.path_regularize * self.reg.g_reg_every * penalty
         if self.reg.path_batch_shrink > 1:
             weighted = weighted + 0 * fake[0, 0, 0, 0]
@@ -130,4 +136,4 @@ class GANSteps:
         self._step(self.g_optim, self.g_params)
         self.mean_path_length = all_mean(self.mean_path_length, self.info)
         requires_grad(self.d_params, True)
-        return {"path": penalty.item(), "path_length": lengths.mean().item()}
+        return out
