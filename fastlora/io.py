@@ -56,6 +56,7 @@ def _check_writable_parent(path: Path) -> None:
 def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
     path = Path(path)
     _check_writable_parent(path)
+    _clean_siblings(path)
     tmp = _tmp_path(path)
     try:
         with open(tmp, "wb") as f:
@@ -174,6 +175,7 @@ def atomic_directory(path: os.PathLike, overwrite: bool = False,
     if path.exists() and check_replace is not None:
         check_replace(path)
     _check_writable_parent(path)
+    _clean_siblings(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, umask_mode(folder=True))
     try:
@@ -205,6 +207,26 @@ def find_interrupted(path: os.PathLike) -> Optional[Path]:
     return None
 
 
+def _clean_siblings(path: Path) -> None:
+    """Remove what an interrupted earlier write of `path` left beside it (`.<name>.*.tmp`; a parked `.old`
+    folder goes back to `path` when `path` is missing)."""
+    for cand in sorted(path.parent.glob(f".{glob.escape(path.name)}.*")):
+        m = LEFTOVER.match(cand.name)
+        if not m or m.group("name") != path.name:
+            continue
+        _drop_leftover(cand, path, m.group("what"))
+
+
+def _drop_leftover(p: Path, target: Path, what: str) -> None:
+    """Remove one leftover; a parked `.old` folder is first moved back to `target` if `target` is missing."""
+    if what == "old" and (p / "x").is_dir() and not target.exists():
+        os.replace(p / "x", target)
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
 def clean_interrupted(root: os.PathLike) -> list[str]:
     """Remove what interrupted atomic writes left under `root` (recursively): temporary files and
     folders named `.<name>.<8 chars>.tmp`, and `.old` folders, after moving a parked folder back
@@ -220,14 +242,9 @@ def clean_interrupted(root: os.PathLike) -> list[str]:
             if not m:
                 continue
             p = here / name
-            target = here / m.group("name")
-            if m.group("what") == "old" and (p / "x").is_dir() and not target.exists():
-                os.replace(p / "x", target)
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
+            if name in dirnames:
                 dirnames.remove(name)
-            else:
-                p.unlink(missing_ok=True)
+            _drop_leftover(p, here / m.group("name"), m.group("what"))
             removed.append(str(p))
     return removed
 
