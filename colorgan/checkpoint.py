@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import fastlora
-from fastlora.bank import key_diff
+from fastlora.bank import copy_strict
 from fastlora.io import (atomic_directory, atomic_save_safetensors, atomic_write_json, check_finite, find_interrupted,
                          load_json, load_safetensors, sha256_file)
 
@@ -76,7 +76,7 @@ def check_task_name(name: str) -> None:
     """Task names become folder names and CLI values (fastlora.check_task_name), and are not reserved words."""
     fastlora.check_task_name(name)
     if name in RESERVED_TASK_NAMES:
-        raise ValueError(f"{name!r} is reserved (generate --task {'|'.join(RESERVED_TASK_NAMES)}); choose another task name")
+        raise ValueError(f"{name!r} is reserved (it selects the base or every task when generating); choose another task name")
 
 
 def _has_tasks(model: Optional[nn.Module]) -> bool:
@@ -116,7 +116,7 @@ def check_checkpoint_output(path: PathLike, overwrite: bool, inputs: Sequence[Op
     check_writable(path, "checkpoint")
     if path.exists():
         if not overwrite:
-            raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+            raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
         check_replaceable(path, "checkpoint", ENTRIES, inputs)
 
 
@@ -220,14 +220,7 @@ def _check_task_entries(cfg: dict[str, Any], file: Path) -> None:
 
 
 def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
-    expected = model.state_dict()
-    expected = {k: v for k, v in expected.items() if ".adapters." not in f".{k}"}
-    diff = key_diff({k: tuple(v.shape) for k, v in expected.items()}, {k: tuple(v.shape) for k, v in tensors.items()})
-    if diff:
-        raise ValueError(f"{what} does not match the architecture in config.json:\n{diff}")
-    with torch.no_grad():
-        for k, v in expected.items():
-            v.copy_(tensors[k].to(dtype=v.dtype))
+    copy_strict(fastlora.base_state_dict(model), tensors, f"{what} does not match the architecture in config.json")
 
 
 def _split(tensors: dict[str, torch.Tensor], modules: Iterable[str], file: Path) -> dict[str, dict[str, torch.Tensor]]:

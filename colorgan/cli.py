@@ -10,6 +10,7 @@ import argparse
 import errno
 import importlib
 import pkgutil
+import re
 import sys
 from typing import Sequence
 
@@ -40,15 +41,29 @@ OS_HINTS = {errno.ENOSPC: "the disk is full; free some space and run again",
             errno.EISDIR: "a folder is where a file was expected"}
 
 
+# library messages name parameters ("pass overwrite=True (CLI: --overwrite)"); the CLI shows its own spelling
+CLI_SPELLING = re.compile(r"\w+=True \(CLI: (--[\w-]+)\)")
+
+
 def describe_error(exc: BaseException) -> str:
-    """One line for the user: the library's own message, or for an OS error what failed, where, and what to do."""
+    """One line for the user: the library's own message (in the CLI's spelling), or for an OS error what
+    failed, where, and what to do."""
     if isinstance(exc, KeyError) and exc.args:
-        return str(exc.args[0])
+        return CLI_SPELLING.sub(r"\1", str(exc.args[0]))
     if isinstance(exc, OSError) and exc.errno is not None:
         where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
         hint = OS_HINTS.get(exc.errno, "")
         return f"{exc.strerror or exc}{': ' + where if where else ''}" + (f" ({hint})" if hint else "")
-    return str(exc)
+    return CLI_SPELLING.sub(r"\1", str(exc))
+
+
+def in_cli_words(message: str, words: dict[str, str]) -> str:
+    """A library message that starts with a parameter name ("truncation must be ...") in the command's own
+    spelling ("--trunc must be ..."); `words` maps parameter names to options."""
+    if not words:
+        return message
+    pattern = re.compile(r"^(" + "|".join(map(re.escape, sorted(words, key=len, reverse=True))) + r")\b")
+    return pattern.sub(lambda m: words[m.group(1)], message)
 
 
 def interrupted_hint(args: argparse.Namespace) -> str:
@@ -72,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"half-written was kept{interrupted_hint(args)}", file=sys.stderr)
         return 130
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
-        print(f"colorgan {args.command}: error: {describe_error(exc)}", file=sys.stderr)
+        msg = in_cli_words(describe_error(exc), getattr(args, "cli_words", {}))
+        print(f"colorgan {args.command}: error: {msg}", file=sys.stderr)
         return 1
 
 

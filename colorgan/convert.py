@@ -22,7 +22,7 @@ from torch import Tensor
 
 import fastlora
 from fastlora import AdapterConfig
-from fastlora.bank import key_diff
+from fastlora.bank import add_task_from_tensors, copy_strict
 from fastlora.functional import make_blur_kernel
 from fastlora.io import load_torch_file
 
@@ -120,12 +120,7 @@ def _import_state(model: torch.nn.Module, sd: Mapping[str, Tensor], what: str) -
         if k in ours and v.dim() == 5 and ours[k].dim() == 4 and v.shape[0] == 1:
             v = v.squeeze(0)  # modulated conv weight [1, C_out, C_in, k, k]
         src[k] = v
-    diff = key_diff({k: tuple(v.shape) for k, v in ours.items()}, {k: tuple(v.shape) for k, v in src.items()})
-    if diff:
-        raise ValueError(f"{what} does not match the inferred architecture:\n{diff}")
-    with torch.no_grad():
-        for k, v in ours.items():
-            v.copy_(src[k].to(v.dtype))
+    copy_strict(ours, src, f"{what} does not match the inferred architecture")
     return dropped
 
 
@@ -262,7 +257,7 @@ def convert_adapters(src: PathLike, ckpt: PathLike, task: str, *, fmt: str = "au
                                       compat=compat)
     cfg = read_checkpoint_config(ckpt)
     if task in [e["name"] for e in cfg["tasks"]] and not overwrite:
-        raise FileExistsError(f"{ckpt} already has task {task!r}; pass --overwrite to replace it")
+        raise FileExistsError(f"{ckpt} already has task {task!r}; pass overwrite=True (CLI: --overwrite) to replace it")
     base = cfg.get("source", {}).get("generator_base")
     if base == "g_ema" and compat == "default":
         warnings.warn(f"{ckpt} was converted with base g_ema, but the published adapters were trained on the source "
@@ -279,20 +274,6 @@ def add_published_task(G: Generator, task: str, tensors: Mapping[str, Tensor], f
     except LeFT's optional additive pairs)."""
     roles = {path: m.role for path, m in fastlora.adapted_layers(G)}
     mapped = map_adapter_tensors(tensors, fmt, config, roles)
-    fastlora.add_task(G, task, config)
-    try:
-        expected = fastlora.task_state_dict(G, task)
-        if fmt == "lfs":
-            optional = ("A_in", "A_out", "b_add", "P", "Q", "R", "S")
-            for k, p in expected.items():
-                if k not in mapped and k.rsplit(".", 1)[1] in optional:
-                    mapped[k] = torch.zeros_like(p)
-        diff = key_diff({k: tuple(v.shape) for k, v in expected.items()}, {k: tuple(v.shape) for k, v in mapped.items()})
-        if diff:
-            raise ValueError(f"the adapters in {source} do not fit this generator:\n{diff}")
-        with torch.no_grad():
-            for k, p in expected.items():
-                p.copy_(mapped[k].to(p.dtype))
-    except BaseException:
-        fastlora.remove_task(G, task)
-        raise
+    optional = ("A_in", "A_out", "b_add", "P", "Q", "R", "S") if fmt == "lfs" else ()
+    add_task_from_tensors(G, task, config, mapped, f"the adapters in {source} do not fit this generator",
+                          optional=optional)

@@ -51,7 +51,7 @@ def evaluate_checkpoint(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequenc
                         batch_size: int = 32, device: str = "cpu", lpips=None, **metric_kw: Any) -> dict:
     """Scores of every requested task of a checkpoint: {"tasks": {name: evaluate_images result}, ...}."""
     if n < 2:
-        raise ValueError(f"--n must be at least 2 samples per task, got {n}")
+        raise ValueError(f"n must be at least 2 samples per task, got {n}")
     cfg = read_checkpoint_config(ckpt)
     names = resolve_tasks(tasks, [e["name"] for e in cfg["tasks"]])
     G, _, _ = load_checkpoint(ckpt, device, tasks=[t for t in names if t != BASE], load_d=False)

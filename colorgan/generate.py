@@ -1,7 +1,6 @@
 """Batched image generation from a checkpoint folder, one fixed z per seed for every task."""
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -14,7 +13,7 @@ import fastlora
 from colorgan.checkpoint import load_checkpoint, read_checkpoint_config
 from colorgan.generator import NOISE_MODES, Generator
 from colorgan.outputs import check_replaceable_file, save_png
-from colorgan.seeds import parse_seeds, seed_noise, seeds_to_z
+from colorgan.seeds import render_request, seed_noise, seeds_to_z
 
 BASE = "base"
 
@@ -23,12 +22,12 @@ def resolve_tasks(spec: Union[str, Sequence[str]], available: Sequence[str]) -> 
     """"a,b" | "all" | "base" (and mixes such as "base,all") → task names in order, "base" for the base."""
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
     if not items or any(not s for s in items):
-        raise ValueError(f"--task must be NAME[,NAME...], 'all' or 'base', got {spec!r}")
+        raise ValueError(f"tasks must be NAME[,NAME...], 'all' or 'base', got {spec!r}")
     out: list[str] = []
     for s in items:
         names = list(available) if s == "all" else [s]
         if s == "all" and not names:
-            raise ValueError("--task all: the checkpoint has no tasks (use --task base for the base model)")
+            raise ValueError("'all': the checkpoint has no tasks (use 'base' for the base model)")
         for n in names:
             if n != BASE and n not in available:
                 raise KeyError(f"unknown task {n!r}; the checkpoint has tasks {list(available)} "
@@ -53,18 +52,18 @@ def check_outputs(files: Sequence[Path], overwrite: bool) -> None:
     when colorgan wrote it (colorgan.outputs.check_replaceable_file); refused before anything is written."""
     existing = [p for p in files if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{len(existing)} output file(s) already exist, e.g. {existing[0]}; pass --overwrite "
-                              f"to replace them or choose another --outdir")
+        raise FileExistsError(f"{len(existing)} output file(s) already exist, e.g. {existing[0]}; pass overwrite=True "
+                              f"(CLI: --overwrite) to replace them or choose another output folder")
     for p in files:
         check_replaceable_file(p, overwrite)
 
 
 def _device(device: str) -> torch.device:
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+        raise ValueError(f"device must be cpu or cuda, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device} was requested but no CUDA device is available (torch "
-                           f"{torch.__version__}); use --device cpu")
+        raise RuntimeError(f"device {device} was requested but no CUDA device is available (torch "
+                           f"{torch.__version__}); use device cpu")
     return torch.device(device)
 
 
@@ -100,15 +99,9 @@ def generate(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequence[str]], se
     a row per task and a column per seed, with grid=True). Returns the written paths."""
     from tqdm import tqdm
 
-    seed_list = parse_seeds(seeds) if isinstance(seeds, str) else [int(s) for s in seeds]
-    if not seed_list:
-        raise ValueError("no seeds given")
-    if batch < 1:
-        raise ValueError(f"--batch must be a positive integer, got {batch}")
-    if not math.isfinite(truncation) or truncation < 0:
-        raise ValueError(f"--trunc must be a non-negative number (psi toward w_avg; 1 = none), got {truncation}")
+    seed_list = render_request(seeds, batch, truncation)
     if noise_mode not in NOISE_MODES:
-        raise ValueError(f"--noise must be one of {NOISE_MODES}, got {noise_mode!r}")
+        raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
     dev = _device(device)
     cfg = read_checkpoint_config(ckpt)
     available = [e["name"] for e in cfg["tasks"]]

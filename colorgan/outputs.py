@@ -125,8 +125,8 @@ def prepare_output_folder(folder: PathLike, kind: str, known: Iterable[str], *, 
     check_writable(folder, what)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         if not overwrite:
-            raise FileExistsError(f"{what} {folder} already exists and is not empty; pass --overwrite to replace "
-                                  f"an earlier colorgan output there, or choose another")
+            raise FileExistsError(f"{what} {folder} already exists and is not empty; pass overwrite=True (CLI: --overwrite) "
+                                  f"to replace an earlier colorgan output there, or choose another")
         clear_output(folder, kind, known, inputs)
     folder.mkdir(parents=True, exist_ok=True)
     write_marker(folder, kind)
@@ -183,7 +183,8 @@ def check_replaceable_file(path: PathLike, overwrite: bool) -> None:
     if path.is_dir() or path.is_symlink():
         raise FileExistsError(f"refusing to write {path}: a {'folder' if path.is_dir() else 'link'} is there")
     if not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it or choose another output")
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it or choose another "
+                              f"output")
     own = OWNERSHIP.get(path.suffix.lower())
     if own is None or not own(path):
         raise FileExistsError(f"refusing to replace {path}: colorgan did not write it (no colorgan tag in the file); "

@@ -5,8 +5,9 @@ same on every machine and device, for every task and for the base.
 """
 from __future__ import annotations
 
+import math
 import re
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -71,3 +72,16 @@ def seed_noise(seed: int, shapes: Sequence[Sequence[int]]) -> list[torch.Tensor]
         raise ValueError(f"seed must lie in 0..{MAX_SEED}, got {seed}")
     g = torch.Generator().manual_seed(seed + 2 ** 32)
     return [torch.randn(*s, generator=g) for s in shapes]
+
+
+def render_request(seeds: Union[str, Sequence[int]], batch: int, truncation: float) -> list[int]:
+    """Check what every renderer (`colorgan generate`, `onnx-generate`) is asked for: seeds ("0-9" or a
+    list, at least one), a positive batch and a non-negative truncation psi. Returns the seed list."""
+    seed_list = parse_seeds(seeds) if isinstance(seeds, str) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ValueError("no seeds given")
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch}")
+    if not math.isfinite(truncation) or truncation < 0:
+        raise ValueError(f"truncation must be a non-negative number (psi toward w_avg; 1 = none), got {truncation}")
+    return seed_list

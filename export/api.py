@@ -378,7 +378,7 @@ def output_paths(tasks: Sequence[str], out: PathLike, many: bool) -> dict[str, P
     out = Path(out)
     if many or out.is_dir() or out_s.endswith(("/", os.sep)):
         if out.exists() and not out.is_dir():
-            raise ExportError(f"--out {out} must be a folder when exporting several tasks, but it is a file")
+            raise ExportError(f"out {out} must be a folder when exporting several tasks, but it is a file")
         return {t: out / f"{t}.onnx" for t in tasks}
     return {tasks[0]: out}
 

@@ -17,7 +17,7 @@ import fastlora
 
 from colorgan.generate import check_outputs, seed_file
 from colorgan.outputs import save_png
-from colorgan.seeds import parse_seeds, seed_noise, seeds_to_z
+from colorgan.seeds import render_request, seed_noise, seeds_to_z
 
 PathLike = Union[str, os.PathLike]
 INPUT_NOISE = ("random", "zero")
@@ -60,7 +60,7 @@ def run_seeds(session, seeds: Sequence[int], *, trunc: float = 1.0, noise: str =
     if info["psi"]:
         feed["psi"] = np.array([trunc], dtype=np.float32)
     elif trunc != 1.0:
-        raise ValueError(f"truncation {trunc} was asked for but this file has no 'psi' input; export it with --psi")
+        raise ValueError(f"truncation {trunc} was asked for but this file has no 'psi' input; export it with psi=True (CLI: --psi)")
     if info["noise"]:
         if noise == "random":
             per_seed = [seed_noise(s, info["noise_shapes"]) for s in seeds]
@@ -79,13 +79,7 @@ def render_onnx(file: PathLike, seeds: Union[str, Sequence[int]], outdir: PathLi
     from an exported file. Returns the written paths and the providers that ran."""
     from export.api import make_session
 
-    seed_list = parse_seeds(seeds) if isinstance(seeds, str) else [int(s) for s in seeds]
-    if not seed_list:
-        raise ValueError("no seeds given")
-    if batch < 1:
-        raise ValueError(f"batch must be a positive integer, got {batch}")
-    if not np.isfinite(trunc) or trunc < 0:
-        raise ValueError(f"trunc must be a non-negative number (1 = none), got {trunc}")
+    seed_list = render_request(seeds, batch, trunc)
     file = Path(file)
     if not file.is_file():
         raise FileNotFoundError(f"no ONNX file at {file}")

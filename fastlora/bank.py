@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -256,19 +256,37 @@ def load_task(model: nn.Module, directory: Union[str, os.PathLike], *, task: Opt
         raise ValueError(f"{directory / CONFIG_FILE}: {exc}") from None
     tensors = load_safetensors(file)
     check_finite(tensors, str(file))
-    add_task(model, name, config)
-    try:
-        expected = task_state_dict(model, name)
-        diff = key_diff({k: tuple(v.shape) for k, v in expected.items()}, {k: tuple(v.shape) for k, v in tensors.items()})
-        if diff:
-            raise ValueError(f"the adapters in {directory} do not fit this model:\n{diff}")
-        with torch.no_grad():
-            for k, p in expected.items():
-                p.copy_(tensors[k].to(dtype=p.dtype))
-    except BaseException:
-        remove_task(model, name)
-        raise
+    add_task_from_tensors(model, name, config, tensors, f"the adapters in {directory} do not fit this model")
     return name
+
+
+def copy_strict(expected: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor], mismatch: str) -> None:
+    """Copy `tensors` into `expected` (cast to each target's dtype) when the keys and shapes match exactly;
+    else ValueError: `mismatch` (a sentence) and the missing, unexpected and mis-shaped keys (nothing copied)."""
+    diff = key_diff({k: tuple(v.shape) for k, v in expected.items()}, {k: tuple(v.shape) for k, v in tensors.items()})
+    if diff:
+        raise ValueError(f"{mismatch}:\n{diff}")
+    with torch.no_grad():
+        for k, p in expected.items():
+            p.copy_(tensors[k].to(dtype=p.dtype))
+
+
+def add_task_from_tensors(model: nn.Module, task: str, config: AdapterConfig, tensors: Mapping[str, torch.Tensor],
+                          mismatch: str, *, optional: Sequence[str] = ()) -> None:
+    """Add `task` to the model with its adapter tensors (keys as in `task_state_dict`), strictly (`mismatch`:
+    the sentence of the error otherwise); on any failure the task is removed again. optional: tensor names
+    (the last key part) that may be missing and then start at zero."""
+    add_task(model, task, config)
+    try:
+        expected = task_state_dict(model, task)
+        filled = dict(tensors)
+        for k, p in expected.items():
+            if k not in filled and k.rsplit(".", 1)[-1] in optional:
+                filled[k] = torch.zeros_like(p)
+        copy_strict(expected, filled, mismatch)
+    except BaseException:
+        remove_task(model, task)
+        raise
 
 
 def merge_task(model: nn.Module, task: str) -> None:

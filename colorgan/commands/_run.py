@@ -27,6 +27,11 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def cli_words(cls: type) -> dict[str, str]:
+    """A config's field names as options, for error messages (see colorgan.cli.in_cli_words)."""
+    return {f.name: flag(cls, f.name) for f in option_fields(cls)}
+
+
 def start_or_resume(args: argparse.Namespace, fn: Callable[..., dict], cls: type,
                     config: Optional[dict[str, Any]] = None) -> Optional[dict]:
     """Run `fn` (pretrain or train) as a new run of config class `cls` or with --resume; None on ranks

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from colorgan.generate import generate
 from colorgan.generator import NOISE_MODES
 
 
@@ -30,12 +31,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="const: the stored per-layer noise; random: per-seed noise; none (default const)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, cli_words=CLI_WORDS)
+
+
+# the library's parameter names as this command spells them (for error messages)
+CLI_WORDS = {"truncation": "--trunc", "batch": "--batch", "device": "--device", "noise_mode": "--noise",
+             "tasks": "--task", "'all'": "--task all"}
 
 
 def run(args: argparse.Namespace) -> int:
-    from colorgan.generate import generate
-
     result = generate(args.ckpt, args.task, args.seeds, args.outdir, truncation=args.trunc, batch=args.batch,
                       grid=args.grid, device=args.device, noise_mode=args.noise, backend=args.backend,
                       overwrite=args.overwrite, progress=not args.no_progress)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from export.render import render_onnx
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `onnx-generate` command."""
@@ -21,12 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=16, help="images per run (default 16)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="onnxruntime provider (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace existing images")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, cli_words={"truncation": "--trunc", "batch": "--batch"})
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.render import render_onnx
-
     res = render_onnx(args.onnx, args.seeds, args.outdir, grid=args.grid, batch=args.batch, trunc=args.trunc,
                       noise=args.noise, device=args.device, overwrite=args.overwrite)
     print(f"wrote {len(res['files'])} images of task {res['task']!r} to {args.outdir} "

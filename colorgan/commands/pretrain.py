@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from colorgan.commands._run import add_run_options, start_or_resume
+from colorgan.commands._run import add_run_options, cli_words, start_or_resume
 from colorgan.options import add_options
 from colorgan.train.pretrain import PretrainConfig, pretrain
 
@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "state/ (for --resume). Multi-GPU: torchrun --nproc_per_node N -m colorgan pretrain ..."))
     add_options(p, PretrainConfig)
     add_run_options(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, cli_words=cli_words(PretrainConfig))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from colorgan.commands._run import add_run_options, start_or_resume
+from colorgan.commands._run import add_run_options, cli_words, start_or_resume
 from colorgan.options import add_options
 from colorgan.train.continual import TrainConfig, train
 
@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--use_act", "--use-act", dest="act", action="store_const", const="both",
                    default=argparse.SUPPRESS, help="upstream spelling: activation on (same as --act both)")
     add_run_options(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, cli_words=cli_words(TrainConfig))
 
 
 def run(args: argparse.Namespace) -> int:

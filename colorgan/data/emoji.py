@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from colorgan.data.folder import list_images
 from colorgan.outputs import check_replaceable, check_writable, write_marker
-from fastlora.io import atomic_directory
+from fastlora.io import atomic_directory, sha256_file
 
 NOTO_FONT_CANDIDATES = (
     "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
@@ -296,14 +296,6 @@ def _ttf_version_string(path: Path) -> str:
     return "unknown"
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _debian_version(pkg: str) -> str | None:
     if shutil.which("dpkg-query") is None:
         return None
@@ -407,7 +399,7 @@ def build_emoji_benchmark(
         raise ValueError(f"unknown task(s) {unknown}; expected some of {sorted(TASKS)}")
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"output folder {str(out)!r} exists and is not empty; pass --overwrite to replace it")
+        raise FileExistsError(f"output folder {str(out)!r} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
 
     def replaceable(folder: Path) -> None:
         check_replaceable(folder, "data", DATA_ENTRIES, inputs=[npm_dir, noto_font])
@@ -491,7 +483,7 @@ def build_emoji_benchmark(
             }
 
         sources = {
-            "noto": {**LICENCES["noto"], "font_file": font_path.name, "font_sha256": _sha256_file(font_path),
+            "noto": {**LICENCES["noto"], "font_file": font_path.name, "font_sha256": sha256_file(font_path),
                      "font_version": _ttf_version_string(font_path),
                      "debian_version": _debian_version("fonts-noto-color-emoji"),
                      "render_size": NOTO_BITMAP_SIZE, "layout_engine": noto.layout},

@@ -64,7 +64,7 @@ def evaluate_images(
     net = inception if isinstance(inception, FeatureNetwork) else FeatureNetwork(inception, device=device)
     want_lpips = lpips is not None
     if want_lpips and shots_dir is None:
-        raise ValueError("LPIPS metrics need the training shots folder (--shots DIR) as cluster centres")
+        raise ValueError("LPIPS metrics need the training shots folder (shots_dir) as cluster centres")
     result: dict = {"warnings": []}
     lpips_imgs: torch.Tensor | None = None
 

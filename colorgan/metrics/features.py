@@ -13,9 +13,9 @@ returns N x 2048 features.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from colorgan.data.folder import list_images, load_image, uint8_to_tensor
+from fastlora.io import atomic_write_bytes, sha256_file
 
 CACHE_FORMAT = 1
 DEFAULT_INPUT_SIZE = 299
@@ -50,15 +51,6 @@ def default_inception() -> str | None:
         return env
     path = Path("~/.cache/colorgan/inception-fid.pt").expanduser()
     return str(path) if path.is_file() else None
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class FeatureNetwork:
@@ -176,16 +168,8 @@ def folder_features(folder: str | os.PathLike, net: FeatureNetwork, resolution: 
     feats = extract_features(iter_folder_batches(files, resolution, batch_size), net, n=len(files),
                              progress=progress, desc=f"features {folder.name}")
     if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=cache_path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, features=feats,
-                         meta=np.array(json.dumps({"folder": str(folder.resolve()), "n": len(files),
-                                                   "resolution": resolution, "net": str(net.path)})))
-            os.replace(tmp, cache_path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        buf = io.BytesIO()
+        np.savez(buf, features=feats, meta=np.array(json.dumps({"folder": str(folder.resolve()), "n": len(files),
+                                                                 "resolution": resolution, "net": str(net.path)})))
+        atomic_write_bytes(cache_path, buf.getvalue())
     return feats

@@ -45,15 +45,15 @@ def parse_tasks(text: str | Sequence[str]) -> list[list[str]]:
     """"name=DIR,name=DIR" (or a list of "name=DIR") → [[name, dir], ...], names checked and unique."""
     items = [p for t in ([text] if isinstance(text, str) else text) for p in t.split(",") if p.strip()]
     if not items:
-        raise ValueError("--tasks needs at least one name=DIR")
+        raise ValueError("tasks needs at least one name=DIR")
     out, seen = [], set()
     for item in items:
         name, sep, folder = item.strip().partition("=")
         if not sep or not name or not folder:
-            raise ValueError(f"bad task {item!r} in --tasks: expected name=DIR (e.g. twemoji=data/twemoji/train)")
+            raise ValueError(f"bad task {item!r} in tasks: expected name=DIR (e.g. twemoji=data/twemoji/train)")
         check_task_name(name)
         if name in seen:
-            raise ValueError(f"task {name!r} appears twice in --tasks")
+            raise ValueError(f"task {name!r} appears twice in tasks")
         seen.add(name)
         out.append([name, folder])
     return out
@@ -103,7 +103,7 @@ class TrainConfig(RegConfig):
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}")
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         self.tasks = parse_tasks([f"{n}={d}" for n, d in self.tasks]) if self.tasks and \
             isinstance(self.tasks[0], (list, tuple)) else parse_tasks(self.tasks)
         if self.kind is None and self.method in ADAPTER_METHODS:
@@ -163,7 +163,7 @@ def _check_inputs(cfg: TrainConfig) -> None:
                              f"choose another name")
         list_images(folder)
     if cfg.lpips is not None and not Path(cfg.lpips).is_file():
-        raise FileNotFoundError(f"--lpips {cfg.lpips}: no such file")
+        raise FileNotFoundError(f"LPIPS weights file {cfg.lpips}: no such file")
 
 
 class Continual:

@@ -41,7 +41,7 @@ def pick_device(requested: Optional[str], local_rank: int = 0) -> torch.device:
     dev = torch.device(requested)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but CUDA is not available")
+            raise RuntimeError("device cuda was asked for but CUDA is not available")
         if dev.index is None:
             dev = torch.device(f"cuda:{local_rank}")
     return dev

@@ -64,10 +64,10 @@ class RunFolder:
         if resume:
             cfg = self.path / CONFIG_FILE
             if not cfg.is_file():
-                raise FileNotFoundError(f"--resume {self.path}: no {CONFIG_FILE} there; is it a run folder?")
+                raise FileNotFoundError(f"cannot resume {self.path}: no {CONFIG_FILE} there; is it a run folder?")
             found = load_json(cfg).get(RUN_KIND_KEY)
             if found != kind:
-                raise ValueError(f"--resume {self.path}: that run is a {found!r} run, not {kind!r}")
+                raise ValueError(f"cannot resume {self.path}: that run is a {found!r} run, not {kind!r}")
             if is_main:
                 self._lock = lock_folder(self.path)
                 check_writable(self.path, "run folder")
@@ -270,7 +270,7 @@ def autocast_ctx(device: torch.device, amp: str):
 
 def resolve_amp(amp: str, device: torch.device) -> str:
     if amp not in ("auto", "off", "bf16"):
-        raise ValueError(f"--amp must be auto, off or bf16, got {amp!r}")
+        raise ValueError(f"amp must be auto, off or bf16, got {amp!r}")
     if amp == "auto":
         return "bf16" if device.type == "cuda" else "off"
     return amp
