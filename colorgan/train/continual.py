@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -30,12 +30,12 @@ from colorgan.train import baselines as bl
 from colorgan.train import state as st
 from colorgan.train.augment import DEFAULT_POLICY, DiffAugment, parse_policy
 from colorgan.train.data import BatchStream
-from colorgan.train.distributed import DistInfo, barrier, gather_objects, init_distributed
+from colorgan.train.distributed import DistInfo, barrier, gather_objects
 from colorgan.train.ema import copy_tensors, ema_update
 from colorgan.train.loop import (CHECKPOINT_DIR, PER_TASK_DIR, NonFiniteLoss, RunFolder, RunOptions, Timer, diverged,
-                                 ensure_finite, every, format_losses, make_z, progress, resolve_amp)
+                                 ensure_finite, every, format_losses, make_z, progress, resolve_amp, start_run)
 from colorgan.train.losses import lazy_adam_params
-from colorgan.train.steps import GANSteps, RegConfig
+from colorgan.train.steps import ExtraLoss, GANSteps, RegConfig
 
 METHODS = ("color", "lfs", "ewc", "distill")
 ADAPTER_METHODS = ("color", "lfs")
@@ -122,31 +122,17 @@ class TrainConfig(RegConfig):
         return fastlora.AdapterConfig(kind=self.kind, rank=self.rank, alpha_conv=self.alpha_conv,
                                       alpha_linear=self.alpha_linear, act=self.act, compat=self.compat)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def train(cfg: Optional[TrainConfig], out: str | Path, *, options: Optional[RunOptions] = None,
           overwrite: bool = False, resume: bool = False, changes: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Run (or with resume=True continue) a continual run in folder `out`; returns the summary.
     changes: on resume, settings to change (only "iter": iterations per task)."""
-    options = options or RunOptions()
-    info = init_distributed(options.device)
     if cfg is not None and not resume:
         _check_inputs(cfg)
-    inputs = [] if cfg is None else [resolve_checkpoint(cfg.ckpt), cfg.lpips, *(d for _, d in cfg.tasks)]
-    run = RunFolder(out, kind="train", overwrite=overwrite, resume=resume, is_main=info.is_main, inputs=inputs)
-    barrier(info)
-    if resume:
-        cfg = TrainConfig.from_dict(run.resume_config(changes))
-    elif cfg is None:
-        raise ValueError("a new training run needs a config")
-    try:
-        return Continual(cfg, run, info, options, resume).run()
-    finally:
-        run.close()
+    return start_run("train", TrainConfig, cfg, out, lambda *a: Continual(*a).run(), options=options,
+                     overwrite=overwrite, resume=resume, changes=changes,
+                     inputs=lambda c: [resolve_checkpoint(c.ckpt), c.lpips, *(d for _, d in c.tasks)])
 
 
 def _check_inputs(cfg: TrainConfig) -> None:
@@ -164,6 +150,29 @@ def _check_inputs(cfg: TrainConfig) -> None:
         list_images(folder)
     if cfg.lpips is not None and not Path(cfg.lpips).is_file():
         raise FileNotFoundError(f"LPIPS weights file {cfg.lpips}: no such file")
+
+
+@dataclass
+class TaskContext:
+    """Everything one task's training holds: models, optimizers, data stream, anchors."""
+
+    t: int
+    name: str
+    G: Generator                 # the trained generator (the base with this task's adapters, or a full copy)
+    g_ema: Generator
+    g_params: list               # the trained tensors
+    ema_params: list             # their EMA counterparts in g_ema
+    D: Discriminator
+    g_optim: torch.optim.Optimizer
+    d_optim: torch.optim.Optimizer
+    augment: Optional[DiffAugment]
+    stream: BatchStream
+    steps: GANSteps
+    anchors: Tensor
+    n_heads: int                 # patch heads drawn from
+    source: Optional[list]       # ewc: the source weights
+    previous: Generator          # the generator before this task (distill's teacher)
+    n_images: int
 
 
 class Continual:
@@ -287,20 +296,22 @@ class Continual:
             bar.close()
         return self._finish(stopped)
 
-    def _task(self, t: int, start: int, state: Optional[dict], previous: Generator, bar) -> tuple[bool, Generator]:
-        cfg, info = self.cfg, self.info
-        name, folder = cfg.tasks[t]
+    def _task_models(self, t: int, name: str, previous: Generator) -> tuple[Generator, Generator, list[Tensor]]:
+        """(trained G, its EMA, the trained tensors): the task's fresh adapters on the frozen base, or a full
+        copy of the previous generator for the fine-tuning baselines."""
         if self.adapters:
             self._add_adapters(t, name)
             fastlora.set_task(self.G, name)
             fastlora.set_task(self.g_ema, name)
-            G, g_ema = self.G, self.g_ema
-            g_params = fastlora.task_parameters(G, name)
-            ema_pairs = (fastlora.task_parameters(g_ema, name), g_params)
-        else:
-            G, g_ema = self._full_generators(previous)
-            g_params = list(G.parameters())
-            ema_pairs = (list(g_ema.parameters()), g_params)
+            return self.G, self.g_ema, fastlora.task_parameters(self.G, name)
+        G, g_ema = self._full_generators(previous)
+        return G, g_ema, list(G.parameters())
+
+    def _task_context(self, t: int, previous: Generator) -> "TaskContext":
+        cfg, info = self.cfg, self.info
+        name, folder = cfg.tasks[t]
+        G, g_ema, g_params = self._task_models(t, name, previous)
+        ema_params = fastlora.task_parameters(g_ema, name) if self.adapters else list(g_ema.parameters())
         D = self._fresh_d(t)
         dataset = ImageFolder(folder, G.size)
         g_lr, g_betas = lazy_adam_params(cfg.lr, cfg.g_reg_every)
@@ -314,81 +325,99 @@ class Continual:
                          self.device, info, augment, self.amp, cfg.backend)
         anchors = make_z(cfg.n_anchors, G.style_dim, torch.Generator().manual_seed(cfg.seed * 31 + t + 1),
                          self.device)
-        n_heads = min(cfg.highp, D.num_patch_heads)
         source = [p.detach().clone() for p in self.base_G.parameters()] if cfg.method == "ewc" else None
-        if state is not None:
-            self._restore(state, G, g_ema, D, g_optim, d_optim, augment, stream, steps)
-        if self.adapters and start == 0:
-            self.folder.info(f"task {t + 1}/{len(cfg.tasks)} {name!r}: {len(dataset)} images, "
-                          f"{sum(p.numel() for p in g_params)} trainable adapter parameters")
-        elif start == 0:
-            self.folder.info(f"task {t + 1}/{len(cfg.tasks)} {name!r}: {len(dataset)} images, full fine-tuning of "
-                          f"{sum(p.numel() for p in g_params)} generator parameters")
+        return TaskContext(t=t, name=name, G=G, g_ema=g_ema, g_params=g_params, ema_params=ema_params, D=D,
+                           g_optim=g_optim, d_optim=d_optim, augment=augment, stream=stream, steps=steps,
+                           anchors=anchors, n_heads=min(cfg.highp, D.num_patch_heads), source=source,
+                           previous=previous, n_images=len(dataset))
+
+    def _extra_losses(self, ctx: "TaskContext", real: Tensor) -> ExtraLoss:
+        """The method's extra generator losses for this iteration's real batch `real`."""
+        cfg = self.cfg
 
         def extra(fake: Tensor, zs, kw) -> dict[str, Tensor]:
             out: dict[str, Tensor] = {}
             if cfg.method == "lfs" and cfg.ms_weight > 0:
-                ms = bl.generator_mode_seeking(G, real, cfg.ms_batch_mult * cfg.batch, self.gens["latent"],
+                ms = bl.generator_mode_seeking(ctx.G, real, cfg.ms_batch_mult * cfg.batch, self.gens["latent"],
                                                self.distance, cfg.backend)
                 if ms is not None:
                     out["mode_seeking"] = cfg.ms_weight * ms
             if cfg.method == "ewc":
-                out["ewc"] = bl.ewc_penalty(g_params, source, self.fisher, cfg.ewc_lambda)
+                out["ewc"] = bl.ewc_penalty(ctx.g_params, ctx.source, self.fisher, cfg.ewc_lambda)
             if cfg.method == "distill":
-                out["distill"] = cfg.distill_weight * bl.distill_loss(fake, previous, zs, kw, cfg.backend)
+                out["distill"] = cfg.distill_weight * bl.distill_loss(fake, ctx.previous, zs, kw, cfg.backend)
             return out
 
-        def snapshot(step: int, task_done: bool) -> None:
-            self._snapshot(t, step, task_done, G, g_ema, D, g_optim, d_optim, augment, stream, steps, previous)
+        return extra
 
-        timer = Timer()
-        spent = self.task_seconds.get(name, 0.0)
-        losses: dict[str, float] = {}
-        step = start
+    def _iteration(self, ctx: "TaskContext", step: int) -> dict[str, float]:
+        """One iteration of the recipe: anchors with the image-level D every `subspace_freq`-th step, else free
+        latents with a patch head; D step, lazy R1, G step (with the method's extra losses), lazy path length."""
+        cfg, steps = self.cfg, ctx.steps
+        real = ctx.stream.next_batch(self.device)
+        which = step % cfg.subspace_freq
+        patch = int(torch.randint(0, ctx.n_heads, (), generator=self.gens["shared"])) if which > 0 else None
+        anch = ctx.anchors if which == 0 else None
+        now = steps.d_step(real, steps.sample_latents(cfg.batch, anch, cfg.subspace_std), patch)
+        if every(step, cfg.d_reg_every):
+            now.update(steps.r1_step(real, patch))
+        now.update(steps.g_step(steps.sample_latents(cfg.batch, anch, cfg.subspace_std), patch,
+                                self._extra_losses(ctx, real)))
+        if every(step, cfg.g_reg_every) and cfg.path_regularize > 0:
+            now.update(steps.pl_step(cfg.batch))
+        ema_update(ctx.ema_params, ctx.g_params, cfg.ema_decay)
+        return now
+
+    def _task(self, t: int, start: int, state: Optional[dict], previous: Generator, bar) -> tuple[bool, Generator]:
+        """Train task t from step `start` (restoring `state` when resuming); returns (stopped, previous)."""
+        cfg = self.cfg
+        ctx = self._task_context(t, previous)
+        if state is not None:
+            self._restore(state, ctx)
+        if start == 0:
+            what = "trainable adapter parameters" if self.adapters else "generator parameters, full fine-tuning"
+            self.folder.info(f"task {t + 1}/{len(cfg.tasks)} {ctx.name!r}: {ctx.n_images} images, "
+                             f"{sum(p.numel() for p in ctx.g_params)} {what}")
+        timer, spent, losses, step = Timer(), self.task_seconds.get(ctx.name, 0.0), {}, start
         try:
             while step < cfg.iter:
-                global_step = t * cfg.iter + step
-                if self.options.stop_at is not None and global_step >= self.options.stop_at:
-                    self.task_seconds[name] = spent + timer.elapsed()
+                if self.options.stop_at is not None and t * cfg.iter + step >= self.options.stop_at:
+                    self.task_seconds[ctx.name] = spent + timer.elapsed()
                     if not (step == 0 and self.folder.state_file.exists()):  # at a task start the last state stands
-                        snapshot(step, False)
+                        self._snapshot(ctx, step, False)
                     return True, previous
-                real = stream.next_batch(self.device)
-                which = step % cfg.subspace_freq
-                patch = int(torch.randint(0, n_heads, (), generator=self.gens["shared"])) if which > 0 else None
-                anch = anchors if which == 0 else None
-                now = steps.d_step(real, steps.sample_latents(cfg.batch, anch, cfg.subspace_std), patch)
-                if every(step, cfg.d_reg_every):
-                    now.update(steps.r1_step(real, patch))
-                now.update(steps.g_step(steps.sample_latents(cfg.batch, anch, cfg.subspace_std), patch, extra))
-                if every(step, cfg.g_reg_every) and cfg.path_regularize > 0:
-                    now.update(steps.pl_step(cfg.batch))
-                ema_update(ema_pairs[0], ema_pairs[1], cfg.ema_decay)
+                now = self._iteration(ctx, step)
                 losses.update(now)
                 step += 1
                 bar.update(1)
-                bar.set_postfix_str(f"{name} " + format_losses(losses), refresh=False)
+                bar.set_postfix_str(f"{ctx.name} " + format_losses(losses), refresh=False)
                 if every(step, cfg.log_every) or step == cfg.iter:
-                    self.folder.log({"task": name, "task_index": t, "step": step, "global_step": t * cfg.iter + step,
-                                  **now, "time": spent + timer.elapsed()})
+                    self.folder.log({"task": ctx.name, "task_index": t, "step": step,
+                                     "global_step": t * cfg.iter + step, **now, "time": spent + timer.elapsed()})
                 if every(step, cfg.sample_every) or step == cfg.iter:
-                    self._samples(g_ema, f"{name}_{step:07d}.png")
+                    self._samples(ctx.g_ema, f"{ctx.name}_{step:07d}.png")
                 if every(step, cfg.save_every) and step < cfg.iter:
-                    self.task_seconds[name] = spent + timer.elapsed()
-                    snapshot(step, False)
-            self.task_seconds[name] = spent + timer.elapsed()
-            if self.adapters:
-                fastlora.set_task(self.G, None)
-                fastlora.set_task(self.g_ema, None)
-            else:
-                g_ema.update_w_avg()
-                previous = g_ema
-            self._after_task_grid(t, g_ema)
-            snapshot(cfg.iter, True)
+                    self.task_seconds[ctx.name] = spent + timer.elapsed()
+                    self._snapshot(ctx, step, False)
+            self.task_seconds[ctx.name] = spent + timer.elapsed()
+            previous = self._end_task(ctx)
+            self._snapshot(ctx, cfg.iter, True)
         except (NonFiniteLoss, NonFiniteInput) as exc:
-            raise diverged(self.folder, f"task {name!r} iteration {step + 1}", exc, cfg.lr) from None
-        self.folder.info(f"task {name!r} done in {self.task_seconds[name]:.1f}s")
+            raise diverged(self.folder, f"task {ctx.name!r} iteration {step + 1}", exc, cfg.lr) from None
+        self.folder.info(f"task {ctx.name!r} done in {self.task_seconds[ctx.name]:.1f}s")
         return False, previous
+
+    def _end_task(self, ctx: "TaskContext") -> Generator:
+        """Close a finished task (the grid after it); returns the generator the next task starts from."""
+        if self.adapters:
+            fastlora.set_task(self.G, None)
+            fastlora.set_task(self.g_ema, None)
+            previous = ctx.previous
+        else:
+            ctx.g_ema.update_w_avg()
+            previous = ctx.g_ema
+        self._after_task_grid(ctx.t, ctx.g_ema)
+        return previous
 
     # ------------------------------------------------------------------ pieces
     def _compute_fisher(self) -> list[Tensor]:
@@ -421,11 +450,12 @@ class Continual:
             rows.append(g_ema(z, noise_mode="const", backend=self.cfg.backend))
         self.folder.save_grid(torch.cat(rows), f"after_{self.cfg.tasks[t][0]}.png", nrow=z.shape[0])
 
-    def _snapshot(self, t: int, step: int, task_done: bool, G, g_ema, D, g_optim, d_optim, augment, stream, steps,
-                  previous: Generator) -> None:
+    def _snapshot(self, ctx: "TaskContext", step: int, task_done: bool) -> None:
         """Write the checkpoint(s) and RUN/state/state.pt. After a finished task the state points at
         the next task's start."""
         cfg, info = self.cfg, self.info
+        t, G, g_ema, D, previous = ctx.t, ctx.G, ctx.g_ema, ctx.D, ctx.previous
+        g_optim, d_optim, augment, stream, steps = ctx.g_optim, ctx.d_optim, ctx.augment, ctx.stream, ctx.steps
         ensure_finite({"G": G, "g_ema": g_ema, "D": D})
         rng = gather_objects({"global": st.global_rng_state(), "gens": st.generator_states(self.gens),
                               "augment": augment.state_dict() if augment is not None else None,
@@ -471,7 +501,9 @@ class Continual:
         D.load_state_dict({k: v for k, v in self.base_D_state.items() if not k.startswith("extra.")})
         return D
 
-    def _restore(self, state: dict, G, g_ema, D, g_optim, d_optim, augment, stream, steps) -> None:
+    def _restore(self, state: dict, ctx: "TaskContext") -> None:
+        G, g_ema, D, augment, stream, steps = ctx.G, ctx.g_ema, ctx.D, ctx.augment, ctx.stream, ctx.steps
+        g_optim, d_optim = ctx.g_optim, ctx.d_optim
         mine = state["ranks"][self.info.rank]
         st.set_global_rng_state(mine["global"])
         st.set_generator_states(self.gens, mine["gens"])

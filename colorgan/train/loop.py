@@ -10,13 +10,14 @@ import os
 import time
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from colorgan.outputs import check_writable, prepare_output_folder, save_png
+from colorgan.train.distributed import barrier, init_distributed
 from fastlora.io import atomic_write_json, clean_interrupted, json_safe, load_json, non_finite
 
 CONFIG_FILE = "config.json"
@@ -145,6 +146,27 @@ class RunFolder:
         if self._lock is not None:
             os.close(self._lock)  # releases the lock
             self._lock = None
+
+
+def start_run(kind: str, cls: type, cfg: Any, out: Union[str, Path], body: Callable[..., dict[str, Any]], *,
+              options: Optional[RunOptions], overwrite: bool, resume: bool, changes: Optional[dict[str, Any]],
+              inputs: Callable[[Any], Sequence[Any]] = lambda cfg: ()) -> dict[str, Any]:
+    """What every training run shares: the processes, the run folder (new, or resumed with its saved config
+    of class `cls`), then `body(cfg, run, info, options, resume)`; the folder is closed whatever happens.
+    inputs(cfg): what the new run reads (never removed by --overwrite)."""
+    options = options or RunOptions()
+    info = init_distributed(options.device)
+    if cfg is None and not resume:
+        raise ValueError(f"a new {kind} run needs a config")
+    run = RunFolder(out, kind=kind, overwrite=overwrite, resume=resume, is_main=info.is_main,
+                    inputs=() if resume else inputs(cfg))
+    barrier(info)
+    if resume:
+        cfg = cls.from_dict(run.resume_config(changes))
+    try:
+        return body(cfg, run, info, options, resume)
+    finally:
+        run.close()
 
 
 def lock_folder(folder: Path) -> int:

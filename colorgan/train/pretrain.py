@@ -4,7 +4,7 @@ augmentation for small sets and bf16 autocast on GPU."""
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,10 +19,10 @@ from fastlora.functional import NonFiniteInput
 from colorgan.train import state as st
 from colorgan.train.augment import DEFAULT_POLICY, DiffAugment, parse_policy
 from colorgan.train.data import BatchStream
-from colorgan.train.distributed import DistInfo, barrier, broadcast_tensors, gather_objects, init_distributed
+from colorgan.train.distributed import DistInfo, barrier, broadcast_tensors, gather_objects
 from colorgan.train.ema import copy_tensors, ema_decay_for, ema_update, module_tensors
 from colorgan.train.loop import (CHECKPOINT_DIR, NonFiniteLoss, RunFolder, RunOptions, Timer, diverged, ensure_finite,
-                                 every, format_losses, make_z, progress, resolve_amp)
+                                 every, format_losses, make_z, progress, resolve_amp, start_run)
 from colorgan.train.losses import lazy_adam_params
 from colorgan.train.steps import GANSteps, RegConfig
 
@@ -72,10 +72,6 @@ class PretrainConfig(RegConfig):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PretrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def _build(cfg: PretrainConfig, device: torch.device) -> tuple[Generator, Discriminator, Generator]:
@@ -92,19 +88,8 @@ def pretrain(cfg: Optional[PretrainConfig], out: str | Path, *, options: Optiona
              overwrite: bool = False, resume: bool = False, changes: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Run (or with resume=True continue) a pretraining run in folder `out`; returns the summary.
     changes: on resume, settings to change (only "iter": a longer or shorter run)."""
-    options = options or RunOptions()
-    info = init_distributed(options.device)
-    run = RunFolder(out, kind="pretrain", overwrite=overwrite, resume=resume, is_main=info.is_main,
-                    inputs=[cfg.data] if cfg is not None else [])
-    barrier(info)
-    if resume:
-        cfg = PretrainConfig.from_dict(run.resume_config(changes))
-    elif cfg is None:
-        raise ValueError("a new pretraining run needs a config")
-    try:
-        return _pretrain(cfg, run, info, options, resume)
-    finally:
-        run.close()
+    return start_run("pretrain", PretrainConfig, cfg, out, _pretrain, options=options, overwrite=overwrite,
+                     resume=resume, changes=changes, inputs=lambda c: [c.data])
 
 
 def _pretrain(cfg: PretrainConfig, run: RunFolder, info: DistInfo, options: RunOptions, resume: bool) -> dict:

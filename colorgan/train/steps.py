@@ -2,8 +2,8 @@
 length. Shared by `pretrain` and `continual`; every random draw comes from explicit generators."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,12 @@ class RegConfig:
     d_reg_every: int = option(16, "R1 every N iterations (lazy regularisation)")
     g_reg_every: int = option(4, "path length every N iterations (lazy regularisation)")
     mixing: float = option(0.9, "style-mixing probability")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        """The config saved in a run folder (keys that are not fields, such as n_images, are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 class GANSteps:
