@@ -152,13 +152,17 @@ class Generator(nn.Module):
             out.append(torch.randn(batch, 1, res, res, generator=generator, device=dev))
         return [t.to(self.device, self.input.input.dtype) for t in out]
 
+    def stored_noise(self) -> list[Tensor]:
+        """The fixed per-layer noise maps of noise_mode "const" ([1, 1, res, res] each, layer order)."""
+        return [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
+
     def _noise_list(self, batch: int, noise_mode: str, noise: Optional[Sequence[Optional[Tensor]]]) -> list:
         if noise is not None:
             if len(noise) != self.num_layers:
                 raise ValueError(f"noise must be a list of {self.num_layers} tensors (or None entries), got {len(noise)}")
             return list(noise)
         if noise_mode == "const":
-            return [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
+            return self.stored_noise()
         if noise_mode == "random":
             return self.make_noise(batch)
         if noise_mode == "none":

@@ -1,8 +1,8 @@
 """An export-only StyleGAN2 generator: one task merged into constant weights, plain torch ops.
 
-`ExportGenerator(G, task, ...)` reads the merged state of a `colorgan.Generator`
-(`fastlora.merged_state_dict`, merged in fp32 and cast afterwards) and implements the
-forward pass with ops that trace into a small, static ONNX graph (SPEC §2, user need N3):
+`ExportGenerator(G, task, ...)` walks the layers of a `colorgan.Generator`, takes each one's
+weights with `task` merged (`fastlora.merged_weights`: fp32 merge, cast afterwards) and
+implements the forward pass with ops that trace into a small, static ONNX graph:
 
 * the shared-weight modulated convolution: x·s, one constant kernel (pre-scaled by the
   equalised-LR factor), then the demodulation d = rsqrt(s² @ Σ_taps Ŵ² + 1e-8) with
@@ -17,7 +17,6 @@ Inputs are float32 whatever the weights' dtype (the graph casts), the output is 
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Optional, Sequence
 
 import torch
@@ -25,13 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import fastlora
+from colorgan.layers import StyledConv
 from fastlora import functional as FL
+from fastlora.functional import DEMOD_EPS, SQRT2
 
 INPUTS = ("z", "w", "wplus")
 NOISE = ("const", "input")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-SQRT2 = math.sqrt(2.0)
-DEMOD_EPS = 1e-8
 
 
 def resolve_dtype(dtype: Any) -> tuple[str, torch.dtype]:
@@ -62,18 +61,19 @@ class _Affine(nn.Module):
 
 
 class _ModConv(nn.Module):
-    """One modulated conv with its epilogue (StyledConv: noise, bias, leaky-ReLU·√2; ToRGB: bias, skip)."""
+    """One modulated conv with its epilogue (StyledConv: noise, bias, leaky-ReLU·√2; ToRGB: bias, skip),
+    built from the generator's own layer with `task` merged into its weights."""
 
-    def __init__(self, state: dict[str, Tensor], prefix: str, layer: fastlora.ModulatedConv2d, dtype: torch.dtype, *,
-                 kind: str, noise_mode: str, noise_index: Optional[int] = None,
-                 const_noise: Optional[Tensor] = None) -> None:
+    def __init__(self, layer: nn.Module, task: Optional[str], dtype: torch.dtype, *, noise_mode: str,
+                 noise_index: Optional[int] = None, const_noise: Optional[Tensor] = None) -> None:
         super().__init__()
-        mod = layer.modulation
-        self.affine = _Affine(state[f"{prefix}.conv.modulation.weight"], state[f"{prefix}.conv.modulation.bias"],
-                              mod.scale, mod.lr_mul, dtype)
-        w = state[f"{prefix}.conv.weight"].float() * layer.scale  # [C_out, C_in, k, k], merged in fp32
+        conv = layer.conv  # the fastlora.ModulatedConv2d of a StyledConv or ToRGB
+        mod = conv.modulation
+        self.affine = _Affine(*fastlora.merged_weights(mod, task), mod.scale, mod.lr_mul, dtype)
+        w = fastlora.merged_weights(conv, task)[0].float() * conv.scale  # [C_out, C_in, k, k], merged in fp32
         self.k = w.shape[-1]
-        self.up, self.demodulate, self.kind = layer.up, layer.demodulate, kind
+        self.kind = "styled" if isinstance(layer, StyledConv) else "rgb"
+        self.up, self.demodulate = conv.up, conv.demodulate
         self.noise_mode, self.noise_index = noise_mode, noise_index
         self.register_buffer("weight", (w.transpose(0, 1) if self.up else w).contiguous().to(dtype))
         self.register_buffer("wsq", w.square().sum((2, 3)).t().contiguous().to(dtype) if self.demodulate else None)
@@ -82,15 +82,15 @@ class _ModConv(nn.Module):
             self.blur_pad = FL.up_blur_pad(self.k)
             c_out = w.shape[0]
             self.register_buffer("blur", torch.flip(blur, (0, 1))[None, None].repeat(c_out, 1, 1, 1).to(dtype))
-        if kind == "styled":
-            self.register_buffer("bias", state[f"{prefix}.activate.bias"].float().reshape(1, -1, 1, 1).to(dtype))
-            strength = state[f"{prefix}.noise.weight"].float()
+        if self.kind == "styled":
+            self.register_buffer("bias", layer.activate.bias.detach().float().reshape(1, -1, 1, 1).to(dtype))
+            strength = layer.noise.weight.detach().float()
             if noise_mode == "const":
                 self.register_buffer("noise", (strength * const_noise.float()).to(dtype))
             else:
                 self.register_buffer("strength", strength.reshape(1, 1, 1, 1).to(dtype))
         else:
-            self.register_buffer("bias", state[f"{prefix}.bias"].float().reshape(1, 3, 1, 1).to(dtype))
+            self.register_buffer("bias", layer.bias.detach().float().reshape(1, 3, 1, 1).to(dtype))
             # ToRGB skip: zero insertion ×2, pad (2, 1) and the 4×4 FIR (gain 4) as one depthwise
             # stride-2 transposed conv (padding 1 crops the full output to 2H).
             self.register_buffer("skip_kernel", (FL.make_blur_kernel() * 4)[None, None].repeat(3, 1, 1, 1).to(dtype))
@@ -144,35 +144,30 @@ class ExportGenerator(nn.Module):
         self.input_kind, self.psi_input, self.noise_mode, self.task = input, bool(psi_input), noise, task
         self.size, self.style_dim = G.size, G.style_dim
         self.n_latent, self.num_layers = G.n_latent, G.num_layers
-        state = {k: v.detach().cpu() for k, v in fastlora.merged_state_dict(G, task).items()}
         dt = self.dtype
+        if task is not None and task not in fastlora.task_names(G):
+            raise KeyError(f"unknown task {task!r}; the generator has tasks {fastlora.task_names(G)}")
 
         self.mapping = nn.ModuleList()
         if input == "z":
-            for i, layer in enumerate(G.style[1:], start=1):
-                self.mapping.append(_Affine(state[f"style.{i}.weight"], state[f"style.{i}.bias"], layer.scale,
-                                            layer.lr_mul, dt, activation="lrelu"))
+            for layer in G.style[1:]:  # after PixelNorm: the mapping's EqualLinear layers
+                self.mapping.append(_Affine(*fastlora.merged_weights(layer, task), layer.scale, layer.lr_mul, dt,
+                                            activation="lrelu"))
         if self.psi_input:
             center = task_center(G, task) if w_avg is None else w_avg.detach().float().cpu()
             if center.shape != (G.style_dim,) or not torch.isfinite(center).all():
                 raise ValueError(f"the truncation centre must be a finite [{G.style_dim}] vector, got "
                                  f"{list(center.shape)} with {int((~torch.isfinite(center)).sum())} non-finite values")
             self.register_buffer("w_avg", center.to(dt))
-        self.register_buffer("const", state["input.input"].float().to(dt))
-        noises = [state[f"noises.noise_{i}"] for i in range(G.num_layers)]
+        self.register_buffer("const", G.input.input.detach().float().to(dt))
+        noises = [t.detach().cpu() for t in G.stored_noise()]
         self.noise_shapes = [tuple(t.shape[1:]) for t in noises]
-
-        def styled(prefix: str, layer: nn.Module, i: int) -> _ModConv:
-            return _ModConv(state, prefix, layer.conv, dt, kind="styled", noise_mode=noise, noise_index=i,
-                            const_noise=noises[i])
-
-        def rgb(prefix: str, layer: nn.Module) -> _ModConv:
-            return _ModConv(state, prefix, layer.conv, dt, kind="rgb", noise_mode=noise)
-
-        self.conv1 = styled("conv1", G.conv1, 0)
-        self.to_rgb1 = rgb("to_rgb1", G.to_rgb1)
-        self.convs = nn.ModuleList(styled(f"convs.{i}", c, i + 1) for i, c in enumerate(G.convs))
-        self.to_rgbs = nn.ModuleList(rgb(f"to_rgbs.{i}", c) for i, c in enumerate(G.to_rgbs))
+        styled = [G.conv1, *G.convs]
+        self.conv1, *convs = [_ModConv(layer, task, dt, noise_mode=noise, noise_index=i, const_noise=noises[i])
+                              for i, layer in enumerate(styled)]
+        self.convs = nn.ModuleList(convs)
+        self.to_rgb1 = _ModConv(G.to_rgb1, task, dt, noise_mode=noise)
+        self.to_rgbs = nn.ModuleList(_ModConv(layer, task, dt, noise_mode=noise) for layer in G.to_rgbs)
 
     # ----------------------------------------------------------------- I/O description
     def input_names(self) -> list[str]:

@@ -23,6 +23,7 @@ from fastlora.bank import (
     load_task,
     merge_task,
     merged_state_dict,
+    merged_weights,
     read_task_config,
     remove_task,
     save_task,
@@ -42,4 +43,5 @@ __all__ = [
     "adapted_layers", "add_task", "remove_task", "set_task", "active_task", "task_names", "task_config",
     "task_parameters", "base_parameters", "freeze_base", "task_state_dict", "base_state_dict", "base_checksum",
     "count_parameters", "check_task_name", "set_deterministic", "deterministic", "save_task", "load_task", "read_task_config", "merge_task", "unmerge", "merged_state_dict",
+    "merged_weights",
 ]

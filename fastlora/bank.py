@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fastlora.config import AdapterConfig
+from fastlora.functional import adapted_bias, adapted_weight
 from fastlora.io import (atomic_directory, atomic_save_safetensors, atomic_write_json, check_finite, load_json,
                          load_safetensors, sha256_file)
 from fastlora.modules import AdaptedLayer
@@ -303,19 +304,28 @@ def unmerge(model: nn.Module) -> None:
         m.unmerge()
 
 
+@torch.no_grad()
+def merged_weights(layer: AdaptedLayer, task: Optional[str]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """One layer's (weight, bias) with `task` merged (fp32 merge, cast back; None: the base), as new
+    tensors, without touching the layer."""
+    if task is None:
+        return layer.weight.detach().clone(), None if layer.bias is None else layer.bias.detach().clone()
+    if task not in layer.adapters:
+        raise KeyError(f"unknown task {task!r}; the layer has tasks {list(layer.adapters)}")
+    a = layer.adapters[task].adapter()
+    bias = None if layer.bias is None else adapted_bias(layer.bias, a).detach().clone()
+    return adapted_weight(layer.weight, a).detach().clone(), bias
+
+
 def merged_state_dict(model: nn.Module, task: Optional[str]) -> dict[str, torch.Tensor]:
     """The base state with `task` merged (fp32 merge, cast back), without touching the model."""
-    from fastlora.functional import adapted_bias, adapted_weight
-
     state = {k: v.detach().clone() for k, v in base_state_dict(model).items()}
     if task is None:
         return state
     _require_task(model, task)
     for path, m in adapted_layers(model):
-        a = m.adapters[task].adapter()
         prefix = f"{path}." if path else ""
-        with torch.no_grad():
-            state[prefix + "weight"] = adapted_weight(m.weight, a).detach().clone()
-            if m.bias is not None:
-                state[prefix + "bias"] = adapted_bias(m.bias, a).detach().clone()
+        state[prefix + "weight"], bias = merged_weights(m, task)
+        if bias is not None:
+            state[prefix + "bias"] = bias
     return state
