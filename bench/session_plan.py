@@ -103,7 +103,7 @@ GPU = Plan(
     e2e_size=256, e2e_quick=False, e2e_gen_batch=16, e2e_train_batch=4, e2e_rank=1, e2e_act="inner",
     e2e_iters=5, e2e_warmup=2,
     onnx_size=256, onnx_quick=False, onnx_batches=(1, 16), onnx_cpu_batches=(1,), onnx_iters=10, onnx_warmup=3,
-    tests=GPU_TESTS, tests_marker="gpu", tests_extra=(), test_workers=12, test_timeout_s=100,
+    tests=GPU_TESTS, tests_marker="gpu", tests_extra=(), test_workers=12, test_timeout_s=110,
     warmup_workers=12, warmup_second_call=True,
     notes=("methods: ours-heuristic is the fused path as `colorgan train` runs it (tile heuristic; autotuning "
            "is off by default and would benchmark every tile per shape); torch.compile variants are left out "

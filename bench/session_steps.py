@@ -154,6 +154,8 @@ def step_warmup(ctx: Context, deadline: float) -> dict:
 
 # ----------------------------------------------------------------------------- layers
 
+WRITE_EVERY_S = 10.0  # the layer step rewrites layers.json (status "running") at most this often
+
 def step_layers(ctx: Context, deadline: float) -> dict:
     from bench import session_plan
     from bench.cases import ladder
@@ -178,7 +180,7 @@ def step_layers(ctx: Context, deadline: float) -> dict:
             "case_wall_s": []}
     records: List[dict] = []
     base = {"device": env["device"], "torch": env["torch"], "triton": env["triton"]}
-    t_start = time.monotonic()
+    t_start = last_write = time.monotonic()
     for i, c in enumerate(cases):
         if _left(deadline) <= 0:
             meta["stopped_early"] = (f"time ran out: {i} of {len(cases)} cases measured; not run: "
@@ -201,10 +203,13 @@ def step_layers(ctx: Context, deadline: float) -> dict:
         timed = {r["method"]: r["median_ms"] for r in recs if r["mode"] == plan.modes[0] and r["median_ms"]}
         log(f"  {c.layer} b{c.batch} r{c.rank} {c.act} {c.dtype}: "
             + " ".join(f"{m} {t:.3g}" for m, t in timed.items()) + f" ms ({meta['case_wall_s'][-1]:.1f} s)")
-        add_derived(records, ceilings)
-        common.write_json(session.folder / FILES["layers"],
-                          {"step": "layers", "status": "running", **session.header(), "meta": meta,
-                           "records": records})
+        if time.monotonic() - last_write > WRITE_EVERY_S:  # a session stopped from outside keeps these
+            add_derived(records, ceilings)
+            common.write_json(session.folder / FILES["layers"],
+                              {"step": "layers", "status": "running", **session.header(), "meta": meta,
+                               "records": records})
+            last_write = time.monotonic()
+    add_derived(records, ceilings)
     wall = time.monotonic() - t_start
     n_meas = sum(r["median_ms"] is not None for r in records)
     out: Dict[str, Any] = {"meta": meta, "records": records}

@@ -6,6 +6,8 @@ lists every fused call it will make (`jobs`), groups them so that calls likely t
 land in one process, and runs the groups in worker processes (`python -m bench.warmup --worker ...`),
 each launching its calls once (compiling) and, on a GPU, a second time (already compiled): the
 difference is that call's compile time. Later steps then load the compiled kernels from the disk cache.
+Calls in different processes can compile the same specialisation at the same time (Triton has no
+cross-process lock); the groups keep the calls most likely to share kernels in one process.
 Run as a script, this module is the worker.
 """
 from __future__ import annotations
@@ -37,13 +39,11 @@ def generator_job(size: int, quick: bool, batch: int, rank: int, act: str, amp: 
 
 
 def group_key(job: dict) -> tuple:
-    """Calls likely to share kernel specialisations: one layer kind (plain, up, ToRGB) at one act and rank."""
+    """Calls likely to share their costly kernel specialisations: one layer shape (layer, batch, dtype) at every
+    rank and act (rank and act change only the small prologue and reduction kernels; the shape picks the conv
+    tiles). Each generator call is its own group."""
     if job["kind"] == "layer":
-        from bench.cases import ladder
-
-        case = ladder(job["ladder"], [job["layer"]])[0]
-        return ("layer", "torgb" if case.torgb else "up" if case.up else "conv", job["act"], job["rank"],
-                job["dtype"])
+        return ("layer", job["layer"], job["batch"], job["dtype"])
     return ("generator", job["size"], job["batch"], job["amp"], job["train"])
 
 
@@ -54,19 +54,19 @@ def weight(job: dict) -> float:
 
 
 def assign(jobs: Sequence[dict], workers: int) -> List[List[int]]:
-    """Job indices per worker: whole groups, heaviest first, each to the least-loaded worker."""
+    """Job indices per worker: whole groups, in the order their first job appears in `jobs` (the order the
+    session needs them), each to the least-loaded worker so far; within a worker, jobs keep that order."""
     groups: Dict[tuple, List[int]] = {}
     for i, job in enumerate(jobs):
         groups.setdefault(group_key(job), []).append(i)
-    ordered = sorted(groups.values(), key=lambda idx: -sum(weight(jobs[i]) for i in idx))
-    n = max(1, min(workers, len(ordered)))
+    n = max(1, min(workers, len(groups)))
     load = [0.0] * n
     out: List[List[int]] = [[] for _ in range(n)]
-    for idx in ordered:
+    for idx in groups.values():
         w = min(range(n), key=lambda k: load[k])
         out[w].extend(idx)
         load[w] += sum(weight(jobs[i]) for i in idx)
-    return [o for o in out if o]
+    return [sorted(o) for o in out if o]
 
 
 # ----------------------------------------------------------------------------- introspection
