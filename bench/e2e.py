@@ -165,13 +165,15 @@ def bench_generate(G, method: str, batch: int, amp: str, dev: torch.device, iter
     form = "grouped" if method == "published" else "shared"
     extra: Dict[str, Any] = {}
 
-    def call(_i):
-        with torch.inference_mode(), autocast_ctx(dev, amp):
-            return G(z, backend=backend, noise_mode="const")
-
     if method == "ours-graph":
         replay, extra["graph"] = graphed_generator(G, z, amp)
-        call = lambda _i: replay()  # noqa: E731
+
+        def call(_i):
+            return replay()
+    else:
+        def call(_i):
+            with torch.inference_mode(), autocast_ctx(dev, amp):
+                return G(z, backend=backend, noise_mode="const")
 
     with modconv_form(G, form):
         err = common.rel_err(call(0).float(), ref)
@@ -212,13 +214,14 @@ def reference_images(G, z: torch.Tensor, dev: torch.device) -> torch.Tensor:
 
 def measure_job(G, D, kind: str, reg: Optional[bool], method: str, batch: int, amp: str, dev: torch.device,
                 iters: int, warmup: int, seed: int, ref: Optional[torch.Tensor], z: torch.Tensor,
-                base: dict) -> Dict[str, Any]:
+                base: dict, skip: Optional[str] = None) -> Dict[str, Any]:
     """One record: a training iteration (kind "train", `reg` adds R1 and path length) or generation
-    ("generate") with one method; unavailable methods are recorded with the reason, errors with the message."""
+    ("generate") with one method; unavailable methods (or `skip`, a reason to leave it out) are recorded with
+    the reason, errors with the message."""
     rec: Dict[str, Any] = dict(base, kind=kind, reg=reg, batch=batch, method=method, median_ms=None, p20_ms=None,
                                p80_ms=None, reps=None, images_per_s=None, peak_mb=None, rel_err=None, skipped=None,
                                error=None)
-    why = unavailable_reason(method, G, dev)
+    why = skip or unavailable_reason(method, G, dev)
     if why is None and kind == "train" and method == "ours-graph":
         why = "the CUDA graph covers the generator forward (generation) only"
     if why:

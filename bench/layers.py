@@ -134,13 +134,14 @@ def run_case(case: Case, batch: int, rank: int, act: str, dtype: str, modes: Seq
 
 
 def failed_case(case: Case, batch: int, rank: int, act: str, dtype: str, modes: Sequence[str],
-                methods: Sequence[str], why: str) -> List[dict]:
-    """Records of a case that could not be set up (e.g. out of memory building the inputs)."""
+                methods: Sequence[str], why: str, skipped: bool = False) -> List[dict]:
+    """Records of a case that could not be set up (e.g. out of memory building the inputs), or, with
+    `skipped`, of methods left out on purpose (`why` says why)."""
     return [dict(layer=case.name, c_in=case.c_in, c_out=case.c_out, res=case.res, k=case.k, up=case.up,
                  down=case.down, demod=case.demod, batch=batch, rank=rank, act=act, dtype=dtype,
                  flops=case.flops(batch), bytes=None, input_sets=None, mode=mode, method=name, median_ms=None,
                  p20_ms=None, p80_ms=None, reps=None, peak_mb=None, rel_err=None, rel_err_out=None,
-                 rel_err_grad=None, skipped=None, error=why)
+                 rel_err_grad=None, skipped=why if skipped else None, error=None if skipped else why)
             for name in methods for mode in modes]
 
 

@@ -40,10 +40,11 @@ def environment(dev: torch.device, threads: int) -> dict[str, Any]:
 
 def bench_generator(G, tname: Optional[str], batches: Sequence[int] = (1, 16), *,
                     cpu_batches: Optional[Sequence[int]] = None, dtype: str = "fp32", warmup: int = 5,
-                    iters: int = 20, threads: Optional[int] = None,
+                    iters: int = 20, threads: Optional[int] = None, fused_skip: Optional[str] = None,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
     """Export task `tname` (None: the base) of the CPU generator G to a temporary file (with its parity check)
-    and time every row; onnxruntime's CPU provider only at `cpu_batches` (default: all batches)."""
+    and time every row; onnxruntime's CPU provider only at `cpu_batches` (default: all batches);
+    `fused_skip`: a reason to leave the torch-fused rows out."""
     import fastlora
     from export.api import ExportError, export_generator, make_session
     from export.graph import ExportGenerator
@@ -79,7 +80,7 @@ def bench_generator(G, tname: Optional[str], batches: Sequence[int] = (1, 16), *
         G, merged = G.to(dev), merged.to(dev)
         if tname is not None:
             fastlora.set_task(G, tname)
-        fused_reason = triton_unavailable_reason(G.input.input)
+        fused_reason = fused_skip or triton_unavailable_reason(G.input.input)
         if fused_reason is None and dev.type != "cuda":
             fused_reason = "the fused kernels are timed on CUDA only (on the CPU they would run in Triton's interpreter)"
         with torch.inference_mode():

@@ -28,7 +28,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 FILES = {"env": "env.json", "tests": "tests.json", "warmup": "warmup.json", "layers": "layers.json",
          "e2e": "e2e.json", "onnx": "onnx.json"}
@@ -86,7 +86,7 @@ class Session:
         wall = self.elapsed() - start
         self.status[step] = {"status": status, "started_s": round(start, 1), "wall_s": round(wall, 1),
                              "deadline_s": round(self.deadlines[step], 1)}
-        doc = {"step": step, **self.status[step], **self.header(), **payload}
+        doc = {"step": step, **self.status[step], **payload, **self.header()}
         common.write_json(self.folder / FILES[step], doc)
         self.write_summary()
         return doc
@@ -115,7 +115,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=480.0, help="seconds for the whole session (default 480)")
     p.add_argument("--out", default=None, help="parent folder of the session folder (default bench/results)")
     p.add_argument("--steps", default=",".join(session_plan.STEPS),
-                   help=f"comma-separated subset of {','.join(session_plan.STEPS)} (run in that order)")
+                   help=f"comma-separated subset of {','.join(session_plan.STEPS)} (run in that order; env always "
+                        "runs: every session folder records its environment)")
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes: exercise every step without a GPU")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
                    help="activation layout of the layer step: auto = channels-last where the fused path "
@@ -128,7 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
     from bench import session_plan
 
-    steps = [s for s in session_plan.STEPS if s in set(args.steps.split(","))]
+    steps = [s for s in session_plan.STEPS if s in set(args.steps.split(",")) | {"env"}]  # env.json always
     unknown = set(args.steps.split(",")) - set(session_plan.STEPS)
     if unknown or not steps:
         raise SystemExit(f"--steps: unknown {sorted(unknown)}; choose from {','.join(session_plan.STEPS)}")

@@ -94,6 +94,29 @@ def step_env(ctx: Context, deadline: float) -> dict:
             "triton_interpret": os.environ.get("TRITON_INTERPRET")}
 
 
+def warmup_failures(ctx: Context) -> Dict[tuple, str]:
+    """Fused calls whose warm-up failed (an exception, or the worker process died), by job key: the main
+    process leaves them out, since a fault on the device (an illegal address) would end every later
+    measurement of the session."""
+    import json
+
+    f = ctx.session.folder / FILES["warmup"]
+    if not f.is_file():
+        return {}
+    out = {}
+    for r in json.loads(f.read_text()).get("records") or []:
+        err = r.get("error")
+        if err and not err.startswith("not run"):
+            out[job_key(r)] = err
+    return out
+
+
+def job_key(job: dict) -> tuple:
+    if job["kind"] == "layer":
+        return ("layer", job["layer"], job["batch"], job["rank"], job["act"], job["dtype"])
+    return ("generator", job["size"], job["batch"], job["amp"], job["train"])
+
+
 def _ceilings(ctx: Context) -> Optional[dict]:
     """The ceilings env.json measured (None on the CPU or when env did not run)."""
     import json
@@ -156,6 +179,7 @@ def step_warmup(ctx: Context, deadline: float) -> dict:
 
 WRITE_EVERY_S = 10.0  # the layer step rewrites layers.json (status "running") at most this often
 
+
 def step_layers(ctx: Context, deadline: float) -> dict:
     from bench import session_plan
     from bench.cases import ladder
@@ -170,6 +194,7 @@ def step_layers(ctx: Context, deadline: float) -> dict:
     cl = ctx.use_channels_last()
     build_kw = {} if cuda else {"ours-heuristic": {"allow_interpreter": True}}
     ceilings = _ceilings(ctx)
+    failed = warmup_failures(ctx)
     env = session.env
     meta = {"timing": ("CUDA events, warm-up first, L2 flushed (256 MB) before each rep, inputs rotated over >=2 "
                        "sets; " + ", ".join(f"{k} {v:g}" for k, v in plan.layer_timing.items())) if cuda else
@@ -177,7 +202,7 @@ def step_layers(ctx: Context, deadline: float) -> dict:
             "interpreter (no timing meaning)",
             "ceilings": ceilings, "layout": "channels_last" if cl else "nchw", "methods": list(plan.layer_methods),
             "modes": list(plan.modes), "cases_planned": len(cases), "cases_run": 0, "stopped_early": None,
-            "case_wall_s": []}
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark), "case_wall_s": []}
     records: List[dict] = []
     base = {"device": env["device"], "torch": env["torch"], "triton": env["triton"]}
     t_start = last_write = time.monotonic()
@@ -188,21 +213,31 @@ def step_layers(ctx: Context, deadline: float) -> dict:
             log(f"  {meta['stopped_early'][:200]}")
             break
         t_case = time.monotonic()
+        case = by_name[c.layer]
+        methods, recs = list(plan.layer_methods), []
+        why = failed.get(("layer", c.layer, c.batch, c.rank, c.act, c.dtype))
+        if why:
+            fused = [m for m in methods if m.startswith("ours")]
+            methods = [m for m in methods if m not in fused]
+            recs = failed_case(case, c.batch, c.rank, c.act, c.dtype, plan.modes, fused,
+                               f"left out: its warm-up call failed ({why[:300]})", skipped=True)
         try:
-            recs = run_case(by_name[c.layer], c.batch, c.rank, c.act, c.dtype, plan.modes, plan.layer_methods, dev,
-                            compile_reason=None, seed=i, cpu_reps=plan.cpu_reps, cpu_warmup=plan.cpu_warmup,
-                            log=lambda s: None, timing_kw=plan.layer_timing if cuda else {}, build_kw=build_kw,
-                            inputs_on_device=cuda, channels_last=cl)
+            recs = run_case(case, c.batch, c.rank, c.act, c.dtype, plan.modes, methods, dev, compile_reason=None,
+                            seed=i, cpu_reps=plan.cpu_reps, cpu_warmup=plan.cpu_warmup, log=lambda s: None,
+                            timing_kw=plan.layer_timing if cuda else {}, build_kw=build_kw,
+                            inputs_on_device=cuda, channels_last=cl) + recs
         except Exception as exc:  # e.g. out of memory building the inputs or the float64 reference
-            recs = failed_case(by_name[c.layer], c.batch, c.rank, c.act, c.dtype, plan.modes, plan.layer_methods,
-                               f"case failed: {type(exc).__name__}: {exc}"[:500])
+            recs = failed_case(case, c.batch, c.rank, c.act, c.dtype, plan.modes, methods,
+                               f"case failed: {type(exc).__name__}: {exc}"[:500]) + recs
         _free(dev)
         records.extend({**base, **r} for r in recs)
         meta["cases_run"] = i + 1
         meta["case_wall_s"].append(round(time.monotonic() - t_case, 2))
         timed = {r["method"]: r["median_ms"] for r in recs if r["mode"] == plan.modes[0] and r["median_ms"]}
+        errors = [f"{r['method']} {r['mode']}: {r['error'][:120]}" for r in recs if r["error"]]
         log(f"  {c.layer} b{c.batch} r{c.rank} {c.act} {c.dtype}: "
-            + " ".join(f"{m} {t:.3g}" for m, t in timed.items()) + f" ms ({meta['case_wall_s'][-1]:.1f} s)")
+            + " ".join(f"{m} {t:.3g}" for m, t in timed.items()) + f" ms ({meta['case_wall_s'][-1]:.1f} s)"
+            + ("".join(f"\n    ERROR {e}" for e in errors)))
         if time.monotonic() - last_write > WRITE_EVERY_S:  # a session stopped from outside keeps these
             add_derived(records, ceilings)
             common.write_json(session.folder / FILES["layers"],
@@ -244,14 +279,17 @@ def step_e2e(ctx: Context, deadline: float) -> dict:
                 rank=plan.e2e_rank, act=plan.e2e_act, amp=amp, dtype="bf16-amp" if amp == "bf16" else "fp32")
     jobs = [("generate", None, m, plan.e2e_gen_batch) for m in session_plan.E2E_METHODS]
     jobs += [("train", False, m, plan.e2e_train_batch) for m in session_plan.E2E_METHODS if m != "ours-graph"]
+    failed = warmup_failures(ctx)
     records, not_run = [], []
     t_jobs = time.monotonic()
     for kind, reg, method, batch in jobs:
         if _left(deadline) <= 0:
             not_run.append(f"{kind} {method} b{batch}")
             continue
+        why = failed.get(("generator", plan.e2e_size, batch, amp, kind == "train")) if method != "published" else None
         rec = measure_job(G, D, kind, reg, method, batch, amp, dev, plan.e2e_iters, plan.e2e_warmup, 0,
-                          ref if kind == "generate" else None, z, base)
+                          ref if kind == "generate" else None, z, base,
+                          skip=f"left out: its warm-up call failed ({why[:300]})" if why else None)
         records.append(rec)
         log(f"  {job_line(rec)}")
     add_speedups(records)
@@ -286,12 +324,16 @@ def step_onnx(ctx: Context, deadline: float) -> dict:
         return {"status": "skipped", "reason": f"{_left(deadline):.0f} s left, the export alone needs ~"
                                                f"{ONNX_MIN_S[dev.type]:.0f} s"}
     feat = ctx.feature("ort_cuda")
+    failed = warmup_failures(ctx)
+    why = next((failed[k] for k in failed if k[0] == "generator" and k[1] == plan.onnx_size and k[3] == "off"), None)
     G, _ = build_models(plan.onnx_size, plan.onnx_quick, plan.e2e_rank, plan.e2e_act, torch.device("cpu"), 0)
     saved = torch.get_num_threads()
     try:
         report = bench_generator(G, "task", plan.onnx_batches, cpu_batches=plan.onnx_cpu_batches,
                                  warmup=plan.onnx_warmup, iters=plan.onnx_iters,
-                                 threads=None if dev.type == "cuda" else 1, log=lambda s: log(f"  {s}"))
+                                 threads=None if dev.type == "cuda" else 1,
+                                 fused_skip=f"left out: its warm-up call failed ({why[:300]})" if why else None,
+                                 log=lambda s: log(f"  {s}"))
     finally:
         torch.set_num_threads(saved)
     report["ort_cuda"] = feat.to_dict()

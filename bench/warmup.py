@@ -216,7 +216,7 @@ def run(jobs: List[dict], *, device: str, workers: int, second_call: bool, deadl
             logf.close()
         results: Dict[int, dict] = {}
         startups, failures = [], []
-        for proc, _logf, rf, w in procs:
+        for (proc, _logf, rf, w), idx in zip(procs, parts):
             lines = [json.loads(x) for x in rf.read_text().splitlines() if x.strip()] if rf.exists() else []
             startups += [x["startup_s"] for x in lines if x.get("event") == "start"]
             for x in lines:
@@ -225,6 +225,10 @@ def run(jobs: List[dict], *, device: str, workers: int, second_call: bool, deadl
             if proc.returncode not in (0, None) and w not in killed:
                 tail = (Path(tmp) / f"worker{w}.log").read_text(errors="replace")[-1500:]
                 failures.append({"worker": w, "returncode": proc.returncode, "log_tail": tail})
+                pending = [i for i in idx if i not in results]
+                if pending:  # the call running when the process died, then the ones it never reached
+                    results[pending[0]] = {"first_s": None, "second_s": None, "compile_s": None, "kernels_new": None,
+                                           "error": f"crashed: the worker process exited with code {proc.returncode}"}
     wall = time.monotonic() - t0
     cubins_after = cached_cubins()
     records = []

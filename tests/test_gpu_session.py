@@ -190,7 +190,7 @@ def test_readme_table_prints_without_markers(dry, tmp_path, capsys):
 
 
 def test_steps_without_time_left_are_recorded_as_skipped(tmp_path):
-    rc, _ = _run(["gpu-session", "--dry-run", "--budget-s", "0.001", "--steps", "env,layers", "--out", str(tmp_path)])
+    rc, _ = _run(["gpu-session", "--dry-run", "--budget-s", "0.001", "--steps", "layers", "--out", str(tmp_path)])
     folder = next(tmp_path.iterdir())
     assert rc == 0 and {p.name for p in folder.iterdir()} == {"env.json", "layers.json", "summary.md"}
     for name in ("env.json", "layers.json"):
@@ -295,3 +295,27 @@ def test_session_folder_never_mixes_two_sessions(tmp_path):
     (a / "env.json").write_text("{}")
     b = session_folder(tmp_path, "nvidia-h200", False)
     assert b.name == a.name + "-2"
+
+
+def test_fused_calls_that_failed_their_warmup_are_left_out(tmp_path):
+    """A fused call that failed in a warm-up worker (e.g. an illegal address on the device) is not repeated
+    in the session's own process, where a device fault would end every later measurement."""
+    import dataclasses
+
+    from bench import session_steps
+    from bench.session import Session
+
+    plan = dataclasses.replace(session_plan.DRY, layers=("torgb16@8",), layer_order=((2, "inner"),))
+    session = Session(tmp_path, 60.0, ["layers"], plan, torch.device("cpu"), True, "test")
+    session.env = session_steps.environment(session)
+    job = {"kind": "layer", "layer": "torgb16@8", "batch": 2, "rank": 2, "act": "inner", "dtype": "fp32",
+           "error": "RuntimeError: CUDA error: an illegal memory access was encountered"}
+    (tmp_path / "warmup.json").write_text(json.dumps({"records": [job]}))
+    out = session_steps.step_layers(session_steps.Context(session), deadline=time.monotonic() + 60)
+    by = {(r["method"], r["mode"]): r for r in out["records"]}
+    assert set(by) == {(m, mode) for m in plan.layer_methods for mode in plan.modes}
+    for mode in plan.modes:
+        for m in ("ours-heuristic", "ours-graph"):
+            assert by[(m, mode)]["median_ms"] is None and "warm-up call failed" in by[(m, mode)]["skipped"]
+            assert "illegal memory access" in by[(m, mode)]["skipped"]
+        assert by[("merged", mode)]["median_ms"] > 0 and by[("published", mode)]["rel_err"] < 1e-5
