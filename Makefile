@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean gpu-session
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m colorgan demo --overwrite
+
+# The GPU session runs on the GPU machine's own python3 (no virtualenv, nothing to install): docs/gpu-session.md.
+gpu-session:
+	PYTHONPATH=. PYTHONUNBUFFERED=1 python3 -m bench gpu-session --budget-s 480 --out $${OUT:-bench/results}
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,10 +1,12 @@
-"""python -m bench {layers,e2e,onnx,forward,quality} [options]
+"""python -m bench {layers,e2e,onnx,forward,quality,gpu-session,readme-table} [options]
 
   layers   per-layer benchmark over the SPEC §6 matrix (bench/layers.py)
   e2e      one CoLoR-GAN training iteration and generation images/s (bench/e2e.py)
   onnx     images/s of an exported task in onnxruntime vs PyTorch (bench/onnx.py)
   forward  alias of `layers --mode forward` (the earlier forward-only benchmark)
   quality  FID/KID of the emoji demo tasks per adapter configuration against the base, and forgetting
+  gpu-session   every GPU measurement in one time-budgeted run, files to commit (bench/session.py)
+  readme-table  the README's benchmark table from the newest committed session (bench/readme_table.py)
 
 `python -m bench SUBCOMMAND --help` lists each one's options.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-SUBCOMMANDS = ("layers", "e2e", "onnx", "forward", "quality")
+SUBCOMMANDS = ("layers", "e2e", "onnx", "forward", "quality", "gpu-session", "readme-table")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -39,6 +41,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from bench import quality
 
         return quality.main(rest)
+    if cmd == "gpu-session":
+        from bench import session
+
+        return session.main(rest)
+    if cmd == "readme-table":
+        from bench import readme_table
+
+        return readme_table.main(rest)
     if cmd == "forward":
         from bench import forward
 

@@ -63,17 +63,21 @@ def _summary(times_ms: List[float], warmup: int) -> Timing:
 
 
 def time_cpu(fn: Callable[[Any], Any], n_sets: int = 1, *, warmup: int = 1, reps: int = 5,
-             setup: Optional[Callable[[int], Any]] = None) -> Timing:
+             setup: Optional[Callable[[int], Any]] = None, sync: Optional[Callable[[], Any]] = None) -> Timing:
     """Wall-clock time of fn(setup(i)) (i rotating over n_sets input sets; setup untimed), after
-    `warmup` calls."""
+    `warmup` calls. `sync` (e.g. torch.cuda.synchronize) runs inside the timed region after each call,
+    for work that is asynchronous (wall time of a whole call, copies included)."""
     setup = setup or (lambda i: i)
+    sync = sync or (lambda: None)
     for i in range(warmup):
         fn(setup(i % n_sets))
+    sync()
     ts = []
     for i in range(reps):
         arg = setup(i % n_sets)
         t0 = time.perf_counter()
         fn(arg)
+        sync()
         ts.append((time.perf_counter() - t0) * 1e3)
         del arg
     return _summary(ts, warmup)
@@ -273,15 +277,29 @@ def check_writable(stem: Path, suffixes: Sequence[str], overwrite: bool) -> None
         raise SystemExit(f"refusing to overwrite {', '.join(existing)}; pass --overwrite or choose --out DIR")
 
 
-def write_outputs(stem: Path, report: dict, markdown: str) -> List[Path]:
-    """The JSON report and the markdown table, each written atomically."""
+def write_json(path: os.PathLike, obj: Any) -> Path:
+    """`obj` as indented JSON (non-finite floats as null), written atomically."""
     from fastlora.io import atomic_write_bytes
 
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    js, md = stem.with_suffix(".json"), stem.with_suffix(".md")
-    atomic_write_bytes(js, (json.dumps(_clean(report), indent=1, allow_nan=False) + "\n").encode())
-    atomic_write_bytes(md, markdown.encode())
-    return [js, md]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(_clean(obj), indent=1, allow_nan=False) + "\n").encode())
+    return path
+
+
+def write_text(path: os.PathLike, text: str) -> Path:
+    """A text file, written atomically."""
+    from fastlora.io import atomic_write_bytes
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, text.encode())
+    return path
+
+
+def write_outputs(stem: Path, report: dict, markdown: str) -> List[Path]:
+    """The JSON report and the markdown table, each written atomically."""
+    return [write_json(stem.with_suffix(".json"), report), write_text(stem.with_suffix(".md"), markdown)]
 
 
 def parse_list(text: Optional[str], conv: Callable[[str], Any] = str) -> Optional[list]:

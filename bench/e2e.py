@@ -7,7 +7,8 @@ Methods (the same generator and discriminator, adapters on the frozen base, one 
   ours       fastlora backend="triton" (fused kernels; CUDA only);
   published  the published-style reference: torch backend with the per-sample-weight grouped conv
              (form="grouped" in every modulated conv);
-  shared     torch backend, shared-weight form (the project's reference path).
+  shared     torch backend, shared-weight form (the project's reference path);
+  ours-graph generation only: ours' G(z) captured in a CUDA graph and replayed (bench.graphs).
 A training iteration (colorgan.train.steps.GANSteps, as `colorgan train` runs it): D step +
 G step + EMA update of the adapters, with the patch head CoLoR-GAN uses on 3 of 4 iterations;
 "+reg" adds the lazy R1 step and the path-length step (both with second-order gradients).
@@ -28,7 +29,8 @@ import torch
 
 from bench import common
 
-E2E_METHODS = ("ours", "published", "shared")
+E2E_METHODS = ("ours", "published", "shared", "ours-graph")
+DEFAULT_E2E_METHODS = ("ours", "published", "shared")
 
 
 @contextlib.contextmanager
@@ -137,16 +139,41 @@ def bench_train(G, D, method: str, batch: int, reg: bool, amp: str, dev: torch.d
     return out
 
 
+def graphed_generator(G, z: torch.Tensor, amp: str) -> tuple:
+    """(replay, how): G(z) with the fused backend (const noise) captured in a CUDA graph, through the
+    project's own generator-graph API where bench.features finds one, else captured here with
+    torch.cuda.graph (autocast's weight-cast cache off, as capture needs)."""
+    from bench import features, graphs
+
+    api = features.detect(z.device)["generator_graph"]
+    if api.available and api.call is not None:
+        return api.call(G, z, amp), api.how
+    amp_ctx = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if amp == "bf16"
+               else contextlib.nullcontext())
+
+    def fwd():
+        with torch.inference_mode(), amp_ctx:
+            return G(z, backend="triton", noise_mode="const")
+    return graphs.capture(fwd), f"torch.cuda.graph around G(z) in bench ({api.how})"
+
+
 def bench_generate(G, method: str, batch: int, amp: str, dev: torch.device, iters: int, warmup: int,
                    ref: torch.Tensor, z: torch.Tensor) -> dict:
     from colorgan.train.loop import autocast_ctx
 
-    backend = "triton" if method == "ours" else "torch"
+    backend = "triton" if method in ("ours", "ours-graph") else "torch"
     form = "grouped" if method == "published" else "shared"
+    extra: Dict[str, Any] = {}
 
-    def call(_i):
-        with torch.inference_mode(), autocast_ctx(dev, amp):
-            return G(z, backend=backend, noise_mode="const")
+    if method == "ours-graph":
+        replay, extra["graph"] = graphed_generator(G, z, amp)
+
+        def call(_i):
+            return replay()
+    else:
+        def call(_i):
+            with torch.inference_mode(), autocast_ctx(dev, amp):
+                return G(z, backend=backend, noise_mode="const")
 
     with modconv_form(G, form):
         err = common.rel_err(call(0).float(), ref)
@@ -157,7 +184,70 @@ def bench_generate(G, method: str, batch: int, amp: str, dev: torch.device, iter
         else:
             t = common.time_cpu(call, warmup=warmup, reps=iters)
             peak = None
-    return {**t.to_dict(), "images_per_s": batch / (t.median_ms * 1e-3), "peak_mb": peak, "rel_err": err}
+    return {**t.to_dict(), "images_per_s": batch / (t.median_ms * 1e-3), "peak_mb": peak, "rel_err": err, **extra}
+
+
+def unavailable_reason(method: str, G, dev: torch.device) -> Optional[str]:
+    """Why `method` cannot run with G on `dev`, or None."""
+    from bench import graphs
+    from fastlora.backend import triton_unavailable_reason
+
+    if method in ("ours", "ours-graph"):
+        if dev.type != "cuda":
+            return "the fused Triton kernels are timed on CUDA only"
+        why = triton_unavailable_reason(G.input.input)
+        if why:
+            return why
+    if method == "ours-graph":
+        return graphs.unavailable_reason(dev)
+    return None
+
+
+def reference_images(G, z: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """G(z) in float64 with the reference backend, const noise (the generation records' rel_err)."""
+    with torch.inference_mode():
+        G64 = copy.deepcopy(G).double()
+        ref = G64(z.to(dev, torch.float64), backend="torch", noise_mode="const")
+        del G64
+    return ref
+
+
+def measure_job(G, D, kind: str, reg: Optional[bool], method: str, batch: int, amp: str, dev: torch.device,
+                iters: int, warmup: int, seed: int, ref: Optional[torch.Tensor], z: torch.Tensor,
+                base: dict, skip: Optional[str] = None) -> Dict[str, Any]:
+    """One record: a training iteration (kind "train", `reg` adds R1 and path length) or generation
+    ("generate") with one method; unavailable methods (or `skip`, a reason to leave it out) are recorded with
+    the reason, errors with the message."""
+    rec: Dict[str, Any] = dict(base, kind=kind, reg=reg, batch=batch, method=method, median_ms=None, p20_ms=None,
+                               p80_ms=None, reps=None, images_per_s=None, peak_mb=None, rel_err=None, skipped=None,
+                               error=None)
+    why = skip or unavailable_reason(method, G, dev)
+    if why is None and kind == "train" and method == "ours-graph":
+        why = "the CUDA graph covers the generator forward (generation) only"
+    if why:
+        rec["skipped"] = why
+        return rec
+    try:
+        if kind == "train":
+            rec.update(bench_train(G, D, method, batch, bool(reg), amp, dev, iters, warmup, seed))
+        else:
+            rec.update(bench_generate(G, method, batch, amp, dev, iters, warmup, ref, z))
+    except torch.cuda.OutOfMemoryError:
+        rec["skipped"] = "out of memory"
+    except Exception as exc:
+        rec["error"] = f"{type(exc).__name__}: {exc}"[:500]
+    finally:
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    return rec
+
+
+def job_line(rec: dict) -> str:
+    """One log line for a record."""
+    status = (f"{rec['median_ms']:.3f} ms" if rec["median_ms"] is not None
+              else rec["skipped"] or f"ERROR {rec['error']}")
+    return (f"{rec['kind']}{'+reg' if rec.get('reg') else ''} b{rec['batch']} r{rec['rank']} {rec['act']} "
+            f"{rec['method']:10s} {status}")
 
 
 def markdown(records: List[dict], meta: dict) -> str:
@@ -207,7 +297,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--act", default="inner", help="LLoRA act settings (default inner)")
     p.add_argument("--amp", default="auto", choices=("auto", "off", "bf16"),
                    help="as `colorgan train --amp` (auto: bf16 on CUDA, off on the CPU)")
-    p.add_argument("--methods", default=",".join(E2E_METHODS))
+    p.add_argument("--methods", default=",".join(DEFAULT_E2E_METHODS),
+                   help=f"of {','.join(E2E_METHODS)} (ours-graph: generation only)")
     p.add_argument("--no-reg", action="store_true", help="only the iteration without regularisation steps")
     p.add_argument("--no-generate", action="store_true", help="skip the generation benchmark")
     p.add_argument("--iters", type=int, default=None, help="timed iterations (default 10 on CUDA, 2 on the CPU)")
@@ -222,7 +313,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     from colorgan.train.loop import resolve_amp
-    from fastlora.backend import triton_unavailable_reason
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
@@ -259,45 +349,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         act=act, amp=amp, dtype="bf16-amp" if amp == "bf16" else "fp32")
             for batch in batches:
                 z = torch.randn(batch, G.style_dim, generator=torch.Generator().manual_seed(args.seed + batch))
-                ref = None
-                if not args.no_generate:
-                    with torch.inference_mode():
-                        G64 = copy.deepcopy(G).double()
-                        ref = G64(z.to(dev, torch.float64), backend="torch", noise_mode="const")
-                        del G64
+                ref = None if args.no_generate else reference_images(G, z, dev)
                 jobs = [("train", False)] + ([] if args.no_reg else [("train", True)]) + \
                        ([] if args.no_generate else [("generate", None)])
                 for kind, reg in jobs:
                     for method in methods:
-                        rec: Dict[str, Any] = dict(base, kind=kind, reg=reg, batch=batch, method=method,
-                                                   median_ms=None, p20_ms=None, p80_ms=None, reps=None,
-                                                   images_per_s=None, peak_mb=None, rel_err=None, skipped=None,
-                                                   error=None)
-                        why = None
-                        if method == "ours":
-                            why = ("the fused Triton kernels are timed on CUDA only" if not cuda
-                                   else triton_unavailable_reason(G.input.input))
-                        if why:
-                            rec["skipped"] = why
-                        else:
-                            try:
-                                if kind == "train":
-                                    rec.update(bench_train(G, D, method, batch, bool(reg), amp, dev, iters, warmup,
-                                                           args.seed))
-                                else:
-                                    rec.update(bench_generate(G, method, batch, amp, dev, iters, warmup, ref,
-                                                              z.to(dev)))
-                            except torch.cuda.OutOfMemoryError:
-                                rec["skipped"] = "out of memory"
-                            except Exception as exc:
-                                rec["error"] = f"{type(exc).__name__}: {exc}"[:500]
-                            finally:
-                                if cuda:
-                                    torch.cuda.empty_cache()
+                        rec = measure_job(G, D, kind, reg, method, batch, amp, dev, iters, warmup, args.seed,
+                                          ref, z.to(dev), base)
                         records.append(rec)
-                        status = (f"{rec['median_ms']:.3f} ms" if rec["median_ms"] is not None
-                                  else rec["skipped"] or f"ERROR {rec['error']}")
-                        log(f"  {kind}{'+reg' if reg else ''} b{batch} r{rank} {act} {method:10s} {status}")
+                        log(f"  {job_line(rec)}")
             del G, D
     add_speedups(records)
     meta["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -65,24 +65,33 @@ def _err(vals: List[Optional[float]]) -> Optional[float]:
 def run_case(case: Case, batch: int, rank: int, act: str, dtype: str, modes: Sequence[str],
              methods: Sequence[str], dev: torch.device, *, compile_reason: Optional[str], seed: int,
              cpu_reps: int, log: Callable[[str], None], timing_kw: Optional[dict] = None,
-             compile_mode: Optional[str] = None) -> List[dict]:
-    """All methods and modes of one (layer, batch, rank, act, dtype)."""
+             compile_mode: Optional[str] = None, build_kw: Optional[Dict[str, dict]] = None,
+             inputs_on_device: bool = False, channels_last: bool = False, cpu_warmup: int = 1) -> List[dict]:
+    """All methods and modes of one (layer, batch, rank, act, dtype).
+
+    `build_kw`: extra keyword arguments per method name for its factory; `inputs_on_device`: draw the
+    random inputs on `dev` (fast for large layers on a GPU) instead of on the CPU; `channels_last`: lay
+    out activations (x, skip and the output gradient) in torch.channels_last for every method."""
     dt = DTYPES[dtype]
     if dev.type == "cuda":
         _tf32(dtype == "tf32")
-    gen = torch.Generator().manual_seed(seed)
-    cpu_sets = [make_inputs(case, batch, rank, act, gen)]
+    gen = torch.Generator(device=dev if inputs_on_device else "cpu").manual_seed(seed)
+    fmt = torch.channels_last if channels_last else None
+    cpu_sets = [make_inputs(case, batch, rank, act, gen, fmt)]
     elsize = torch.tensor([], dtype=dt).element_size()
     n_sets = n_input_sets(cpu_sets[0].nbytes() * elsize // 4, dev)
-    cpu_sets += [make_inputs(case, batch, rank, act, gen) for _ in range(n_sets - 1)]
+    cpu_sets += [make_inputs(case, batch, rank, act, gen, fmt) for _ in range(n_sets - 1)]
     oh = case.res
-    gy_cpu = torch.randn(batch, case.c_out, oh, oh, generator=gen)
+    gy_cpu = torch.randn(batch, case.c_out, oh, oh, generator=gen, device=gen.device)
+    if fmt is not None:
+        gy_cpu = gy_cpu.contiguous(memory_format=fmt)
     y_ref, g_ref = reference(cpu_sets[0].to(dev, torch.float64), case, gy_cpu.to(dev))
     gy = gy_cpu.to(dev, dt)
     flops, nbytes = case.flops(batch), case.bytes(batch, torch.tensor([], dtype=dt).element_size())
     common_rec = dict(layer=case.name, c_in=case.c_in, c_out=case.c_out, res=case.res, k=case.k, up=case.up,
                       down=case.down, demod=case.demod, batch=batch, rank=rank, act=act, dtype=dtype,
-                      flops=flops, bytes=nbytes, input_sets=n_sets)
+                      layout="channels_last" if channels_last else "nchw", flops=flops, bytes=nbytes,
+                      input_sets=n_sets)
     recs: List[dict] = []
     for name in methods:
         m = METHODS[name]
@@ -93,6 +102,7 @@ def run_case(case: Case, batch: int, rank: int, act: str, dtype: str, modes: Seq
                 if name in COMPILED:
                     torch._dynamo.reset()
                 kw = {"mode": compile_mode} if name in COMPILED and compile_mode else {}
+                kw.update((build_kw or {}).get(name, {}))
                 fn = m.build(case, cpu_sets[0].to(dev, dt), dev, **kw)
             except NotApplicable as exc:
                 skip_reason = str(exc)
@@ -103,7 +113,7 @@ def run_case(case: Case, batch: int, rank: int, act: str, dtype: str, modes: Seq
             if fn is not None:
                 try:
                     rec.update(_measure(fn, m.grads, name != "base", cpu_sets, dt, dev, mode,
-                                        gy, y_ref, g_ref, cpu_reps, timing_kw or {}))
+                                        gy, y_ref, g_ref, cpu_reps, timing_kw or {}, cpu_warmup))
                 except torch.cuda.OutOfMemoryError:
                     rec["skipped"] = "out of memory"
                 except NotApplicable as exc:
@@ -123,8 +133,20 @@ def run_case(case: Case, batch: int, rank: int, act: str, dtype: str, modes: Seq
     return recs
 
 
+def failed_case(case: Case, batch: int, rank: int, act: str, dtype: str, modes: Sequence[str],
+                methods: Sequence[str], why: str, skipped: bool = False) -> List[dict]:
+    """Records of a case that could not be set up (e.g. out of memory building the inputs), or, with
+    `skipped`, of methods left out on purpose (`why` says why)."""
+    return [dict(layer=case.name, c_in=case.c_in, c_out=case.c_out, res=case.res, k=case.k, up=case.up,
+                 down=case.down, demod=case.demod, batch=batch, rank=rank, act=act, dtype=dtype,
+                 flops=case.flops(batch), bytes=None, input_sets=None, mode=mode, method=name, median_ms=None,
+                 p20_ms=None, p80_ms=None, reps=None, peak_mb=None, rel_err=None, rel_err_out=None,
+                 rel_err_grad=None, skipped=why if skipped else None, error=None if skipped else why)
+            for name in methods for mode in modes]
+
+
 def _measure(fn, grads_of: str, same_function: bool, cpu_sets: List[Inputs], dt, dev, mode: str, gy,
-             y_ref, g_ref, cpu_reps: int, timing_kw: dict) -> dict:
+             y_ref, g_ref, cpu_reps: int, timing_kw: dict, cpu_warmup: int = 1) -> dict:
     sets = [s.to(dev, dt) for s in cpu_sets]
     if mode != "forward":
         for s in sets:
@@ -151,7 +173,7 @@ def _measure(fn, grads_of: str, same_function: bool, cpu_sets: List[Inputs], dt,
         def call(i: int):
             with torch.no_grad():
                 return fn(sets[i])
-        timing = common.time_fn(call, len(sets), dev, cpu_reps=cpu_reps, **timing_kw)
+        timing = common.time_fn(call, len(sets), dev, cpu_reps=cpu_reps, cpu_warmup=cpu_warmup, **timing_kw)
         out["peak_mb"] = common.peak_mb(lambda: call(0), dev)
     elif mode == "backward":
         def forward(i: int):  # untimed: the graph whose backward is timed (no retain_graph: compiled
@@ -159,14 +181,14 @@ def _measure(fn, grads_of: str, same_function: bool, cpu_sets: List[Inputs], dt,
 
         def call(arg):
             return torch.autograd.grad(arg[0], arg[1], gy)
-        timing = common.time_fn(call, len(sets), dev, cpu_reps=cpu_reps, setup=forward, **timing_kw)
+        timing = common.time_fn(call, len(sets), dev, cpu_reps=cpu_reps, cpu_warmup=cpu_warmup, setup=forward, **timing_kw)
         arg0 = forward(0)
         out["peak_mb"] = common.peak_mb(lambda: call(arg0), dev)
         del arg0
     else:
         def call(i: int):
             return torch.autograd.grad(fn(sets[i]), sets[i].grad_tensors(grads_of), gy)
-        timing = common.time_fn(call, len(sets), dev, cpu_reps=cpu_reps, **timing_kw)
+        timing = common.time_fn(call, len(sets), dev, cpu_reps=cpu_reps, cpu_warmup=cpu_warmup, **timing_kw)
         out["peak_mb"] = common.peak_mb(lambda: call(0), dev)
     out.update(timing.to_dict())
     return out
@@ -424,12 +446,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             except Exception as exc:  # e.g. out of memory building the inputs or the float64 reference
                 why = f"case failed: {type(exc).__name__}: {exc}"[:500]
                 log(f"  {case.name} b{batch} r{rank} {act} {dtype}: {why}")
-                recs = [dict(layer=case.name, c_in=case.c_in, c_out=case.c_out, res=case.res, k=case.k, up=case.up,
-                             down=case.down, demod=case.demod, batch=batch, rank=rank, act=act, dtype=dtype,
-                             flops=case.flops(batch), bytes=None, input_sets=None, mode=mode, method=name,
-                             median_ms=None, p20_ms=None, p80_ms=None, reps=None, peak_mb=None, rel_err=None,
-                             rel_err_out=None, rel_err_grad=None, skipped=None, error=why)
-                        for name in methods for mode in modes]
+                recs = failed_case(case, batch, rank, act, dtype, modes, methods, why)
                 if cuda:
                     torch.cuda.empty_cache()
             records.extend({"device": meta["device"], "torch": meta["torch"], "triton": meta["triton"], **r}

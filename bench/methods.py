@@ -21,6 +21,7 @@ method differentiates (the base weight is frozen everywhere):
 * compile-published / compile-shared — torch.compile of the two (max-autotune-no-cudagraphs on CUDA).
 * ours / ours-heuristic — fastlora backend="triton" (fused kernels; CUDA only), with tile
                autotuning on, and with the built-in tile heuristic only.
+* ours-graph — ours-heuristic's forward captured in a CUDA graph and replayed (forward mode only).
 """
 from __future__ import annotations
 
@@ -89,24 +90,31 @@ class Inputs:
         return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
 
-def make_inputs(case: Case, batch: int, rank: int, act: str, gen: torch.Generator) -> Inputs:
-    """Random (never zero) fp32 inputs on the CPU. Adapter tensors are scaled so that ΔW is a
-    sizeable fraction of W (a zero or tiny ΔW would hide adapter errors)."""
+def make_inputs(case: Case, batch: int, rank: int, act: str, gen: torch.Generator,
+                memory_format: Optional[torch.memory_format] = None) -> Inputs:
+    """Random (never zero) fp32 inputs on the generator's device (a CUDA generator draws them on the GPU,
+    without host work). Adapter tensors are scaled so that ΔW is a sizeable fraction of W (a zero or tiny
+    ΔW would hide adapter errors). `memory_format` (e.g. torch.channels_last) lays out x and skip."""
     if act not in ACT_SETTINGS:
         raise ValueError(f"act must be one of {ACT_SETTINGS}, got {act!r}")
     k, c_in, c_out = case.k, case.c_in, case.c_out
-    x = torch.randn(batch, c_in, case.in_res, case.in_res, generator=gen)
-    weight = torch.randn(c_out, c_in, k, k, generator=gen)
-    style = torch.randn(batch, c_in, generator=gen) * 0.5 + 1.0
+
+    def randn(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=gen, device=gen.device)
+
+    x = randn(batch, c_in, case.in_res, case.in_res)
+    weight = randn(c_out, c_in, k, k)
+    style = randn(batch, c_in) * 0.5 + 1.0
     if act == "lora":
-        ad = [torch.randn(c_in * k * k, rank, generator=gen) / math.sqrt(rank),
-              torch.randn(c_out, rank, generator=gen) * 0.5]
+        ad = [randn(c_in * k * k, rank) / math.sqrt(rank), randn(c_out, rank) * 0.5]
     else:
-        ad = [torch.randn(c_in, rank, generator=gen) / math.sqrt(rank), torch.randn(c_out, rank, generator=gen),
-              torch.randn(rank, rank, k * k, generator=gen) * 0.5 / math.sqrt(rank)]
-    bias = torch.randn(c_out, generator=gen) * 0.1
-    noise = None if case.torgb else torch.randn(batch, 1, case.res, case.res, generator=gen) * 0.1
-    skip = torch.randn(batch, c_out, case.res, case.res, generator=gen) if case.torgb else None
+        ad = [randn(c_in, rank) / math.sqrt(rank), randn(c_out, rank), randn(rank, rank, k * k) * 0.5 / math.sqrt(rank)]
+    bias = randn(c_out) * 0.1
+    noise = None if case.torgb else randn(batch, 1, case.res, case.res) * 0.1
+    skip = randn(batch, c_out, case.res, case.res) if case.torgb else None
+    if memory_format is not None:
+        x = x.contiguous(memory_format=memory_format)
+        skip = None if skip is None else skip.contiguous(memory_format=memory_format)
     return Inputs(x, style, weight, ad, bias, noise, skip, act, 0.5, 1.0 / math.sqrt(c_in * k * k))
 
 
@@ -226,10 +234,11 @@ def _compiled(form: str) -> Callable:
 
 
 def _ours(autotune: bool) -> Callable:
-    def build(case: Case, p0: Inputs, dev: torch.device) -> Fn:
+    def build(case: Case, p0: Inputs, dev: torch.device, allow_interpreter: bool = False) -> Fn:
+        """`allow_interpreter`: run on the CPU through Triton's interpreter (code-path checks, no timing)."""
         from fastlora.backend import triton_unavailable_reason
 
-        if dev.type != "cuda":
+        if dev.type != "cuda" and not allow_interpreter:
             raise NotApplicable("the fused Triton kernels are timed on CUDA only (on the CPU they would run in "
                                 "Triton's interpreter, which is no benchmark)")
         reason = triton_unavailable_reason(p0.x)
@@ -243,6 +252,27 @@ def _ours(autotune: bool) -> Callable:
             return _modconv(p, case, "shared", "triton")
         return fn
     return build
+
+
+def build_ours_graph(case: Case, p0: Inputs, dev: torch.device, allow_interpreter: bool = False) -> Fn:
+    """The fused forward (tile heuristic) captured once per input set in a CUDA graph and replayed:
+    no launch gaps. Forward only; the graph reads the input set's own tensors."""
+    from bench import graphs
+
+    reason = graphs.unavailable_reason(dev)
+    if reason:
+        raise NotApplicable(reason)
+    inner = _ours(False)(case, p0, dev)
+    captured: Dict[int, tuple] = {}
+
+    def fn(p: Inputs) -> Tensor:
+        if torch.is_grad_enabled() and any(t.requires_grad for t in p.grad_tensors("all")):
+            raise NotApplicable("a CUDA graph replays the forward only")
+        key = id(p)
+        if key not in captured:  # keep p alive with its graph: the graph reads p's tensors
+            captured[key] = (p, graphs.capture(lambda: inner(p)))
+        return captured[key][1]()
+    return fn
 
 
 @dataclass(frozen=True)
@@ -264,6 +294,7 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("compile-shared", _compiled("shared"), "all", True, "torch.compile of shared"),
     Method("ours", _ours(True), "all", True, "fused Triton kernels, tiles autotuned"),
     Method("ours-heuristic", _ours(False), "all", True, "fused Triton kernels, tile heuristic"),
+    Method("ours-graph", build_ours_graph, "all", True, "ours-heuristic forward replayed from a CUDA graph"),
 )}
 DEFAULT_METHODS = ("base", "merged", "peft", "published", "shared", "compile-published", "compile-shared", "ours")
 COMPILED = ("compile-published", "compile-shared")

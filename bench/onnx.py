@@ -14,124 +14,84 @@ Unavailable rows are recorded with the reason. Timings: median (p20, p80) wall t
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
-import re
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from bench import common
 
 
-def _percentile(xs: Sequence[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]
+def time_rows(fn: Callable[[], Any], warmup: int, iters: int, sync: Optional[Callable[[], None]] = None) -> dict:
+    """Wall time per call (median, p20, p80 in ms) after `warmup` calls; `sync` ends each timed call."""
+    return common.time_cpu(lambda _i: fn(), warmup=warmup, reps=iters, sync=sync).to_dict()
 
 
-def time_fn(fn: Callable[[], Any], warmup: int, iters: int, sync: Optional[Callable[[], None]] = None) -> dict:
-    """Median, p20 and p80 seconds per call after `warmup` calls."""
-    sync = sync or (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "p20_s": _percentile(times, 0.2), "p80_s": _percentile(times, 0.8),
-            "iters": iters, "warmup": warmup}
-
-
-def device_name() -> str:
-    """'<gpu>' when CUDA is present, else 'cpu' (slugged for file names)."""
-    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
-
-
-def environment(threads: int) -> dict[str, Any]:
+def environment(dev: torch.device, threads: int) -> dict[str, Any]:
+    """The common environment record plus the ONNX packages and onnxruntime's providers."""
     import onnx
     import onnxruntime as ort
 
-    env = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-           "cpu_count": os.cpu_count(), "threads": threads, "python": platform.python_version(),
-           "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-           "ort_available_providers": ort.get_available_providers(), "cuda": torch.cuda.is_available()}
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-        env["cuda_runtime"] = torch.version.cuda
-    try:
-        import triton  # noqa: F401
-
-        env["triton"] = triton.__version__
-    except Exception:
-        env["triton"] = None
-    return env
+    return {**common.environment(dev), "threads": threads, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+            "ort_available_providers": ort.get_available_providers()}
 
 
-def run_bench(ckpt: str, task: str, batches: Sequence[int] = (1, 16), *, dtype: str = "fp32", warmup: int = 5,
-              iters: int = 20, threads: Optional[int] = None, out_dir: Optional[Path] = None,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Export `task` of `ckpt` to a temporary file (with its parity check) and time every row."""
+def bench_generator(G, tname: Optional[str], batches: Sequence[int] = (1, 16), *,
+                    cpu_batches: Optional[Sequence[int]] = None, dtype: str = "fp32", warmup: int = 5,
+                    iters: int = 20, threads: Optional[int] = None, fused_skip: Optional[str] = None,
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Export task `tname` (None: the base) of the CPU generator G to a temporary file (with its parity check)
+    and time every row; onnxruntime's CPU provider only at `cpu_batches` (default: all batches);
+    `fused_skip`: a reason to leave the torch-fused rows out."""
     import fastlora
-    from colorgan.checkpoint import load_checkpoint
     from export.api import ExportError, export_generator, make_session
     from export.graph import ExportGenerator
     from fastlora.backend import triton_unavailable_reason
 
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    tname = None if task == "base" else task
-    G, _, _ = load_checkpoint(ckpt, "cpu", tasks=[] if tname is None else [tname], load_d=False)
+    cpu_batches = list(batches if cpu_batches is None else cpu_batches)
     rows: list[dict[str, Any]] = []
 
     def add(name: str, batch: int, timing: Optional[dict] = None, skipped: Optional[str] = None, **extra) -> None:
         row = {"path": name, "batch": batch, **extra}
         if timing:
-            row.update(timing, images_per_s=batch / timing["median_s"])
+            row.update(timing, images_per_s=batch / (timing["median_ms"] * 1e-3))
             log(f"  {name:13s} batch {batch:3d}: {row['images_per_s']:10.1f} img/s  "
-                f"(median {timing['median_s'] * 1e3:.2f} ms)")
+                f"(median {timing['median_ms']:.2f} ms)")
         else:
             row["skipped"] = skipped
             log(f"  {name:13s} batch {batch:3d}: skipped ({skipped})")
         rows.append(row)
 
     gen = torch.Generator().manual_seed(0)
-    zs = {b: torch.randn(b, G.style_dim, generator=gen) for b in batches}
+    zs = {b: torch.randn(b, G.style_dim, generator=gen) for b in sorted(set(batches) | set(cpu_batches))}
     merged = ExportGenerator(G, tname, dtype=dtype)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        file = Path(tmp) / f"{task}.onnx"
+        file = Path(tmp) / f"{tname or 'base'}.onnx"
         res = export_generator(G, tname, file, dtype=dtype, batches=(1, 2))
         log(res.summary())
 
         # PyTorch first, so onnxruntime's spinning worker threads cannot slow it down.
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         sync = torch.cuda.synchronize if dev.type == "cuda" else None
         G, merged = G.to(dev), merged.to(dev)
         if tname is not None:
             fastlora.set_task(G, tname)
-        fused_reason = triton_unavailable_reason(G.input.input)
+        fused_reason = fused_skip or triton_unavailable_reason(G.input.input)
         if fused_reason is None and dev.type != "cuda":
             fused_reason = "the fused kernels are timed on CUDA only (on the CPU they would run in Triton's interpreter)"
         with torch.inference_mode():
             for b in batches:
                 z = zs[b].to(dev)
-                add("torch-eager", b, time_fn(lambda: G(z, backend="torch"), warmup, iters, sync), device=dev.type)
-                add("torch-merged", b, time_fn(lambda: merged(z), warmup, iters, sync), device=dev.type)
+                add("torch-eager", b, time_rows(lambda: G(z, backend="torch"), warmup, iters, sync), device=dev.type)
+                add("torch-merged", b, time_rows(lambda: merged(z), warmup, iters, sync), device=dev.type)
                 if fused_reason:
                     add("torch-fused", b, skipped=fused_reason)
                 else:
-                    add("torch-fused", b, time_fn(lambda: G(z, backend="triton"), warmup, iters, sync),
+                    add("torch-fused", b, time_rows(lambda: G(z, backend="triton"), warmup, iters, sync),
                         device=dev.type)
         G, merged = G.cpu(), None
 
@@ -141,28 +101,38 @@ def run_bench(ckpt: str, task: str, batches: Sequence[int] = (1, 16), *, dtype: 
             sessions["ort-cuda"] = make_session(file, "cuda")
         except ExportError as exc:
             cuda_reason = str(exc).split(" (")[0]
-        for b in batches:
-            feed = {"z": zs[b].numpy()}
-            for name in ("ort-cpu", "ort-cuda"):
+        for name, sizes in (("ort-cpu", cpu_batches), ("ort-cuda", batches)):
+            for b in sizes:
                 s = sessions.get(name)
                 if s is None:
                     add(name, b, skipped=cuda_reason)
                     continue
-                add(name, b, time_fn(lambda s=s: s.run(["image"], feed), warmup, iters),
+                feed = {"z": zs[b].numpy()}
+                add(name, b, time_rows(lambda s=s, feed=feed: s.run(["image"], feed), warmup, iters),
                     providers=s.get_providers())
-        del sessions, s
+        del sessions
 
-    report = {"bench": "onnx", "date": datetime.date.today().isoformat(), "device": device_name(),
-              "environment": environment(threads), "checkpoint": str(ckpt), "task": task, "dtype": dtype,
-              "generator": G.config(), "base_params": res.base_params, "onnx_bytes": res.size_bytes,
-              "adapter_params": res.adapter_params, "parity": {"max_abs": res.max_abs, "rel": res.rel},
-              "rows": rows}
-    out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"{report['device']}-{report['date']}-onnx"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
-    report["files"] = [str(stem.with_suffix(".json")), str(stem.with_suffix(".md"))]
+    env = environment(dev, threads)
+    return {"bench": "onnx", "date": env["date"], "device": common.device_slug(dev), "environment": env, "task": tname or "base", "dtype": dtype,
+            "generator": G.config(), "base_params": res.base_params, "onnx_bytes": res.size_bytes,
+            "adapter_params": res.adapter_params, "parity": {"max_abs": res.max_abs, "rel": res.rel,
+                                                              "providers": res.providers},
+            "rows": rows}
+
+
+def run_bench(ckpt: str, task: str, batches: Sequence[int] = (1, 16), *, dtype: str = "fp32", warmup: int = 5,
+              iters: int = 20, threads: Optional[int] = None, out_dir: Optional[Path] = None,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Load `task` of checkpoint `ckpt`, time every row (bench_generator) and write
+    <device>-<date>-onnx.json and .md under `out_dir` (default bench/results)."""
+    from colorgan.checkpoint import load_checkpoint
+
+    tname = None if task == "base" else task
+    G, _, _ = load_checkpoint(ckpt, "cpu", tasks=[] if tname is None else [tname], load_d=False)
+    report = bench_generator(G, tname, batches, dtype=dtype, warmup=warmup, iters=iters, threads=threads, log=log)
+    report["checkpoint"] = str(ckpt)
+    stem = Path(out_dir if out_dir is not None else common.RESULTS_DIR) / f"{report['device']}-{report['date']}-onnx"
+    report["files"] = [str(f) for f in common.write_outputs(stem, report, markdown(report))]
     return report
 
 
@@ -178,8 +148,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"ONNX file {report['onnx_bytes'] / 2 ** 20:.2f} MB; parity max abs {report['parity']['max_abs']:.2g}, "
              f"rel {report['parity']['rel']:.2g}.",
              f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, {env['threads']} thread(s), "
-             f"{env.get('gpu') or env['processor']}. Images/s from the median of "
-             f"{report['rows'][0].get('iters', '?')} runs after warm-up.", "",
+             f"{env['device']}. Images/s from the median of "
+             f"{next((r['reps'] for r in report['rows'] if r.get('reps')), '?')} runs after warm-up.", "",
              "| path | " + " | ".join(f"batch {b}" for b in batches) + " |",
              "|---|" + "---:|" * len(batches)]
     for p in paths:
@@ -203,7 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for onnxruntime and torch")
-    p.add_argument("--out", default=None, help=f"results folder (default {RESULTS_DIR})")
+    p.add_argument("--out", default=None, help=f"results folder (default {common.RESULTS_DIR})")
     args = p.parse_args(argv)
     try:
         batches = [int(b) for b in args.batches.split(",")]
