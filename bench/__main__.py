@@ -7,6 +7,7 @@
   quality  FID/KID of the emoji demo tasks per adapter configuration against the base, and forgetting
   gpu-session   every GPU measurement in one time-budgeted run, files to commit (bench/session.py)
   readme-table  the README's benchmark table from the newest committed session (bench/readme_table.py)
+  cpu-train     CPU pretraining speed: fp32 vs bf16 autocast, channels-last, torch.compile (bench/cpu_train.py)
 
 `python -m bench SUBCOMMAND --help` lists each one's options.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-SUBCOMMANDS = ("layers", "e2e", "onnx", "forward", "quality", "gpu-session", "readme-table")
+SUBCOMMANDS = ("layers", "e2e", "onnx", "forward", "quality", "gpu-session", "readme-table", "cpu-train")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -45,6 +46,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from bench import session
 
         return session.main(rest)
+    if cmd == "cpu-train":
+        from bench import cpu_train
+
+        return cpu_train.main(rest)
     if cmd == "readme-table":
         from bench import readme_table
 

@@ -189,22 +189,27 @@ class Generator(nn.Module):
                          f"got {list(w.shape)}")
 
     def synthesis(self, w: Tensor, *, noise_mode: str = "const", noise: Optional[Sequence[Optional[Tensor]]] = None,
-                  task_ids: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
-        """w [N, D] or w+ [N, n_latent, D] → image [N, 3, size, size] (roughly in [-1, 1])."""
+                  task_ids: Optional[Tensor] = None, backend: str = "auto",
+                  return_features: bool = False) -> Union[Tensor, tuple[Tensor, list[Tensor]]]:
+        """w [N, D] or w+ [N, n_latent, D] → image [N, 3, size, size] (roughly in [-1, 1]); with
+        return_features, also the output of every styled conv ([N, C, h, w] each, coarse to fine)."""
         ws = self.broadcast_latents(w)
         n = ws.shape[0]
         noises = self._noise_list(n, noise_mode, noise)
         out = self.input(n)
         out = self.conv1(out, ws[:, 0], noise=noises[0], task_ids=task_ids, backend=backend)
+        features = [out]
         skip = self.to_rgb1(out, ws[:, 1], task_ids=task_ids, backend=backend)
         i = 1
         for conv_up, conv, n1, n2, to_rgb in zip(self.convs[::2], self.convs[1::2], noises[1::2], noises[2::2],
                                                  self.to_rgbs):
             out = conv_up(out, ws[:, i], noise=n1, task_ids=task_ids, backend=backend)
+            features.append(out)
             out = conv(out, ws[:, i + 1], noise=n2, task_ids=task_ids, backend=backend)
+            features.append(out)
             skip = to_rgb(out, ws[:, i + 2], skip, task_ids=task_ids, backend=backend)
             i += 2
-        return skip
+        return (skip, features) if return_features else skip
 
     def forward(self, styles: Union[Tensor, Sequence[Tensor]], *, input_is_latent: bool = False,
                 truncation: float = 1.0, truncation_latent: Optional[Tensor] = None, noise_mode: str = "const",
@@ -216,19 +221,27 @@ class Generator(nn.Module):
         truncation: psi toward `truncation_latent` (default: the stored w_avg); noise_mode
         "const" (stored noises.noise_i), "random" or "none", or explicit `noise` maps;
         task_ids [N] index the tasks activated with fastlora.set_task(G, [names])."""
+        latent = self.latents(styles, input_is_latent=input_is_latent, truncation=truncation,
+                              truncation_latent=truncation_latent, inject_index=inject_index, task_ids=task_ids,
+                              backend=backend)
+        image = self.synthesis(latent, noise_mode=noise_mode, noise=noise, task_ids=task_ids, backend=backend)
+        return (image, latent) if return_latents else image
+
+    def latents(self, styles: Union[Tensor, Sequence[Tensor]], *, input_is_latent: bool = False,
+                truncation: float = 1.0, truncation_latent: Optional[Tensor] = None,
+                inject_index: Optional[int] = None, task_ids: Optional[Tensor] = None,
+                backend: str = "auto") -> Tensor:
+        """The w+ [N, n_latent, D] that `forward` feeds the synthesis network (mapping, truncation, mixing)."""
         inputs = [styles] if isinstance(styles, Tensor) else list(styles)
         if not 1 <= len(inputs) <= 2:
             raise ValueError(f"styles must be one tensor or a list of one or two, got {len(inputs)}")
         ws = inputs if input_is_latent else [self.mapping(z, task_ids=task_ids, backend=backend) for z in inputs]
         ws = [self.truncate(w, truncation, truncation_latent) for w in ws]
         if len(ws) == 1:
-            latent = self.broadcast_latents(ws[0])
-        else:
-            if inject_index is None:
-                inject_index = int(torch.randint(1, self.n_latent, ()).item())
-            if not 0 <= inject_index <= self.n_latent:
-                raise ValueError(f"inject_index must lie in [0, {self.n_latent}], got {inject_index}")
-            a, b = (self.broadcast_latents(w) for w in ws)
-            latent = torch.cat([a[:, :inject_index], b[:, inject_index:]], 1)
-        image = self.synthesis(latent, noise_mode=noise_mode, noise=noise, task_ids=task_ids, backend=backend)
-        return (image, latent) if return_latents else image
+            return self.broadcast_latents(ws[0])
+        if inject_index is None:
+            inject_index = int(torch.randint(1, self.n_latent, ()).item())
+        if not 0 <= inject_index <= self.n_latent:
+            raise ValueError(f"inject_index must lie in [0, {self.n_latent}], got {inject_index}")
+        a, b = (self.broadcast_latents(w) for w in ws)
+        return torch.cat([a[:, :inject_index], b[:, inject_index:]], 1)

@@ -35,6 +35,7 @@ SYMBOLS = [
 # rename two to animal "faces" so the animal-faces subset has members
 FACE_NAMES = {"2600-FE0F": "SUN FACE", "2601-FE0F": "CLOUD FACE"}
 SHOTS = 3
+DUPLICATE = "2663-FE0F"  # its Twemoji image repeats the one before it (2660, which sorts first)
 
 
 def _mpl_dejavu() -> Path:
@@ -71,6 +72,7 @@ def _make_tree(root: Path) -> Path:
     om = nm / E.OPENMOJI_PKG
     (om / "data").mkdir(parents=True)
     (om / "color" / "svg").mkdir(parents=True)
+    (om / "black" / "svg").mkdir(parents=True)
     (om / "package.json").write_text(json.dumps({"name": E.OPENMOJI_PKG, "version": "0.0.2-test"}))
     records, om_records = [], []
     rng = np.random.default_rng(123)
@@ -82,9 +84,10 @@ def _make_tree(root: Path) -> Path:
         records.append({"name": FACE_NAMES.get(uni, name), "unified": uni, "image": img, "short_name": name.lower().replace(" ", "_"),
                         "category": cat, "subcategory": sub, "has_img_twitter": has})
         if has:
-            arr = np.zeros((64, 64, 4), np.uint8)
-            arr[8:56, 8:56, :3] = rng.integers(0, 255, 3)
-            arr[8:56, 8:56, 3] = 255
+            if uni != DUPLICATE:  # DUPLICATE's Twemoji image is the previous emoji's: deduplicated away
+                arr = np.zeros((64, 64, 4), np.uint8)
+                arr[8:56, 8:56, :3] = rng.integers(0, 255, 3)
+                arr[8:56, 8:56, 3] = 255
             Image.fromarray(arr, "RGBA").save(ds / "img" / "twitter" / "64" / img)
         if i % 4 != 3:  # some emoji have no OpenMoji
             hexcode = uni
@@ -93,6 +96,9 @@ def _make_tree(root: Path) -> Path:
             (om / "color" / "svg" / f"{hexcode}.svg").write_text(
                 f'<svg viewBox="0 0 72 72" xmlns="http://www.w3.org/2000/svg">'
                 f'<circle cx="36" cy="36" r="{10 + i}" fill="{colour}" stroke="#000" stroke-width="2"/></svg>')
+            (om / "black" / "svg" / f"{hexcode}.svg").write_text(
+                f'<svg viewBox="0 0 72 72" xmlns="http://www.w3.org/2000/svg">'
+                f'<circle cx="36" cy="36" r="{10 + i}" fill="none" stroke="#000" stroke-width="2"/></svg>')
     # a skin-tone variant on the first record
     records[0]["skin_variations"] = {"1F3FB": {"unified": "263A-1F3FB", "image": "263a-1f3fb.png", "has_img_twitter": False}}
     (ds / "emoji.json").write_text(json.dumps(records))
@@ -106,7 +112,7 @@ def _tree_bytes(root: Path) -> dict[str, str]:
 
 
 def _tasks() -> list[str]:
-    return ["twemoji", "animal-faces", "flags"] + (["openmoji"] if _has_svg() else [])
+    return ["twemoji", "animal-faces", "flags"] + (["openmoji", "openmoji-black"] if _has_svg() else [])
 
 
 @pytest.fixture
@@ -126,6 +132,10 @@ def test_build_tiny_tree(tmp_path, tree):
     # twemoji: all present emoji that have a Twemoji image
     tw = sorted(p.stem for p in (out / "twemoji" / "full").iterdir())
     assert "2615" not in tw and "263a-1f3fb" not in tw and len(tw) == m["tasks"]["twemoji"]["n_full"]
+    # identical renderings are kept once: the duplicate's Twemoji image is gone, its Noto rendering is not
+    assert DUPLICATE.lower() not in tw and m["tasks"]["twemoji"]["n_duplicates_removed"] == 1
+    assert DUPLICATE.lower() in src
+    assert m["tasks"]["twemoji"]["kind"] == "near-style" and m["tasks"]["flags"]["kind"] == "subset"
     # (the autouse fixture widens animal-faces to the category plus names ending in FACE)
     faces = sorted(p.stem for p in (out / "animal-faces" / "full").iterdir())
     assert faces == [i for i in src if i in {"2600-fe0f", "2601-fe0f", "263a-fe0f", "263a-1f3fb"}]
@@ -242,7 +252,7 @@ def test_finish_image_centres_on_white():
 
 @pytest.mark.skipif(not NOTO.is_file(), reason="Noto Color Emoji not installed (apt-get install fonts-noto-color-emoji)")
 def test_real_noto_font_renders_colour():
-    r = E.NotoRenderer(NOTO)
+    r = E.FontRenderer(NOTO)
     img = r.render("\U0001F600")
     assert img is not None
     arr = np.asarray(img)
@@ -263,3 +273,23 @@ def test_cli_data_emoji(tmp_path, tree, capsys):
     assert args.func(args) == 0
     assert "flags" in capsys.readouterr().out
     assert len(list((tmp_path / "cli" / "flags" / "train").iterdir())) == SHOTS
+
+
+def test_far_style_and_validation_tasks(tmp_path, tree):
+    """OpenMoji's black line art (when an SVG rasteriser is installed) and Symbola's glyphs (any monochrome font
+    stands in for Symbola here: matplotlib's DejaVu Sans), with their kinds and roles in the manifest."""
+    font = _font()
+    tasks = ["symbola"] + (["openmoji-black"] if _has_svg() else [])
+    m = E.build_emoji_benchmark(tmp_path / "b", 32, shots=SHOTS, npm_dir=tree, noto_font=font,
+                                symbola_font=_mpl_dejavu() if _mpl_dejavu().is_file() else DEJAVU, tasks=tasks,
+                                progress=False)
+    assert m["tasks"]["symbola"]["kind"] == "far-style" and m["tasks"]["symbola"]["role"] == "validation"
+    for t in tasks:
+        for p in (tmp_path / "b" / t / "full").iterdir():
+            arr = np.asarray(Image.open(p))
+            assert (arr[0, 0] == 255).all() and arr.min() < 100  # drawn dark on white
+            assert np.abs(arr[..., 0].astype(int) - arr[..., 2]).max() < 40  # black line art or glyphs: no colour
+    assert "symbola" in m["sources"] and "Symbola" in (tmp_path / "b" / "LICENSES.md").read_text()
+    with pytest.raises(FileNotFoundError, match="apt-get install fonts-symbola"):
+        E.build_emoji_benchmark(tmp_path / "c", 32, npm_dir=tree, noto_font=font, tasks=["symbola"],
+                                symbola_font=tmp_path / "none.ttf", progress=False)

@@ -296,3 +296,41 @@ def test_cli_train_and_upstream_flag_spellings(setup, tmp_path, capsys):
                "--batch", "2", "--style-dim", str(STYLE), "--n-mlp", "2", "--channels", "4:16,8:16,16:8",
                "--no-progress"])
     assert rc == 0 and (tmp_path / "pt" / "checkpoint" / "config.json").is_file()
+
+
+def test_correspondence_loss_and_training(setup, tmp_path):
+    from colorgan.train.losses import correspondence_loss
+
+    torch.manual_seed(0)
+    f = [torch.randn(4, 8, 3, 3), torch.randn(4, 5)]
+    assert correspondence_loss(f, f).item() == pytest.approx(0.0, abs=1e-6)  # the same relations: no loss
+    a = [t.clone().requires_grad_(True) for t in f]
+    shuffled = [t[[1, 0, 3, 2]] for t in a]  # each sample now relates to the others as another one did
+    loss = correspondence_loss(f, shuffled)
+    loss.backward()
+    assert loss.item() > 1e-3 and all(t.grad is not None and t.grad.abs().sum() > 0 for t in a)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        correspondence_loss([f[0][:1]], [f[0][:1]])
+    with pytest.raises(ValueError, match="correspondence must be >= 0"):
+        small_cfg(setup, correspondence=-1.0)
+    # the generator form: zero for fresh (identity) adapters, positive once they move, gradient to adapters only
+    from colorgan.train.baselines import adapter_correspondence
+
+    G = load_checkpoint(setup["ckpt"])[0]
+    fastlora.add_task(G, "t", fastlora.AdapterConfig(rank=2))
+    fastlora.freeze_base(G)
+    z, noise = torch.randn(4, STYLE), G.make_noise(4, generator=torch.Generator().manual_seed(1))
+    assert adapter_correspondence(G, "t", z, noise, "torch").item() == pytest.approx(0.0, abs=1e-7)
+    with torch.no_grad():
+        for p in fastlora.task_parameters(G, "t"):
+            p.add_(torch.randn_like(p))
+    loss = adapter_correspondence(G, "t", z, noise, "torch")
+    loss.backward()
+    assert loss.item() > 1e-4 and fastlora.active_task(G) == "t"
+    grads = [p.grad for p in fastlora.task_parameters(G, "t")]  # (ToRGB adapters do not change the features)
+    assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads) > len(grads) // 2
+    assert all(p.grad is None for p in fastlora.base_parameters(G))
+    summary = train(small_cfg(setup, correspondence=10.0, tasks=f"a={setup['a']}", iter=3), tmp_path / "r",
+                    options=OPTS)
+    logged = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert summary["finished"] and all(rec["correspondence"] >= 0 for rec in logged if "g" in rec)

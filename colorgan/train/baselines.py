@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import fastlora
 from colorgan.generator import Generator
+from colorgan.train.losses import correspondence_loss
 
 Distance = Callable[[Tensor, Tensor], Tensor]  # (fakes [M,...], reals [N,...]) -> [M, N]
 
@@ -135,3 +137,18 @@ def distill_loss(fake: Tensor, previous: Generator, zs: Sequence[Tensor], kw: di
     with torch.no_grad():
         target = previous(list(zs), noise_mode="random", backend=backend, **kw)
     return (fake - target.float()).abs().mean()
+
+
+def adapter_correspondence(G: Generator, task: str, z: Tensor, noise: Sequence[Tensor], backend: str = "auto") -> Tensor:
+    """Cross-domain correspondence of `task`'s adapters: the styled convs' features of the base (adapters off,
+    no gradient) against those of the adapted generator, on the same latents `z` and `noise`
+    (losses.correspondence_loss). G's active task is `task` afterwards."""
+    kw = dict(noise_mode="random", noise=noise, backend=backend, return_features=True)
+    fastlora.set_task(G, None)
+    try:
+        with torch.no_grad():
+            _, source = G.synthesis(G.latents([z], backend=backend), **kw)
+    finally:
+        fastlora.set_task(G, task)
+    _, adapted = G.synthesis(G.latents([z], backend=backend), **kw)
+    return correspondence_loss(source, adapted)

@@ -87,6 +87,9 @@ class TrainConfig(RegConfig):
     augment: bool = option(False, "differentiable augmentation of D's inputs")
     augment_policy: str = option(DEFAULT_POLICY, "augmentations, comma-separated")
     ema_decay: float = option(0.995, "EMA decay of the trained tensors")
+    correspondence: float = option(0.0, "weight of the cross-domain correspondence loss (adapter methods): keeps "
+                                   "the adapted samples' pairwise similarities, layer by layer, like the base's on "
+                                   "the same latents (0: off)")
     ms_weight: float = option(1.0, "lfs: mode-seeking loss weight")
     ms_batch_mult: int = option(4, "lfs: fakes per G step = this x batch")
     lpips: Optional[str] = option(None, "lfs: LPIPS weights file for the cluster assignment (default: pixel "
@@ -113,6 +116,9 @@ class TrainConfig(RegConfig):
                      "n_sample", "ms_batch_mult", "fisher_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.correspondence < 0 or (self.correspondence > 0 and self.batch < 2):
+            raise ValueError(f"correspondence must be >= 0 (and needs batch >= 2), got {self.correspondence} with "
+                             f"batch {self.batch}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.method in ADAPTER_METHODS:
@@ -346,9 +352,17 @@ class Continual:
                 out["ewc"] = bl.ewc_penalty(ctx.g_params, ctx.source, self.fisher, cfg.ewc_lambda)
             if cfg.method == "distill":
                 out["distill"] = cfg.distill_weight * bl.distill_loss(fake, ctx.previous, zs, kw, cfg.backend)
+            if cfg.correspondence > 0 and self.adapters:
+                out["correspondence"] = cfg.correspondence * self._correspondence(ctx)
             return out
 
         return extra
+
+    def _correspondence(self, ctx: "TaskContext") -> Tensor:
+        """The correspondence loss of this task's adapters on a fresh batch of latents and noise."""
+        G, gen = ctx.G, self.gens["latent"]
+        z = make_z(self.cfg.batch, G.style_dim, gen, self.device)
+        return bl.adapter_correspondence(G, ctx.name, z, G.make_noise(self.cfg.batch, generator=gen), self.cfg.backend)
 
     def _iteration(self, ctx: "TaskContext", step: int) -> dict[str, float]:
         """One iteration of the recipe: anchors with the image-level D every `subspace_freq`-th step, else free

@@ -2,6 +2,7 @@
 progress bar, schedules, latent/noise sampling from explicit generators."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -282,11 +283,9 @@ def requires_grad(params, flag: bool) -> None:
 
 
 def autocast_ctx(device: torch.device, amp: str):
-    """bf16 autocast on CUDA for the main loss passes when amp == "bf16" (regularisers run in fp32)."""
-    import contextlib
-
-    if amp == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast (CUDA or CPU) for the main loss passes when amp == "bf16" (regularisers run in fp32)."""
+    if amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -57,3 +57,26 @@ def lazy_adam_params(lr: float, reg_every: Optional[int], betas: tuple[float, fl
         return lr, betas
     c = reg_every / (reg_every + 1)
     return lr * c, (betas[0] ** c, betas[1] ** c)
+
+
+def correspondence_loss(source: list[Tensor], adapted: list[Tensor]) -> Tensor:
+    """Cross-domain correspondence (after Ojha et al., 2021): for each sample i of a batch, the softmax over
+    j ≠ i of the cosine similarities between sample i's and sample j's features, in the source generator and in
+    the adapted one on the same latents; the loss is KL(source ‖ adapted), averaged over samples and layers.
+    It keeps the adapted samples as distinct from each other, and alike in the same way, as their sources.
+
+    source, adapted: per layer, features [N, ...] (N ≥ 2); source carries no gradient."""
+    if not source or len(source) != len(adapted) or source[0].shape[0] < 2:
+        raise ValueError("correspondence_loss needs the same layers from both generators and at least 2 samples")
+    n = source[0].shape[0]
+    off = ~torch.eye(n, dtype=torch.bool, device=source[0].device)
+
+    def similarities(f: Tensor) -> Tensor:
+        f = F.normalize(f.float().flatten(1), dim=1)
+        return (f @ f.t())[off].view(n, n - 1)
+
+    total = source[0].new_zeros((), dtype=torch.float32)
+    for s, a in zip(source, adapted):
+        total = total + F.kl_div(F.log_softmax(similarities(a), 1), F.softmax(similarities(s), 1),
+                                 reduction="batchmean")
+    return total / len(source)

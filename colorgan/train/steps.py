@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from colorgan.options import option
 from colorgan.train.augment import DiffAugment
+from fastlora.backend import resolve_backend
 from colorgan.train.distributed import DistInfo, all_mean, average_gradients
 from colorgan.train.loop import autocast_ctx, checked, mixing_z, requires_grad, style_kwargs
 from colorgan.train.losses import (d_logistic_loss, g_nonsaturating_loss, path_length_penalty, per_image_logits,
@@ -45,8 +46,16 @@ class GANSteps:
     def __init__(self, G: nn.Module, D: nn.Module, g_params: Sequence[Tensor], d_params: Sequence[Tensor],
                  g_optim: torch.optim.Optimizer, d_optim: torch.optim.Optimizer, reg: RegConfig,
                  gen: torch.Generator, device: torch.device, info: DistInfo, augment: Optional[DiffAugment] = None,
-                 amp: str = "off", backend: str = "auto") -> None:
+                 amp: str = "off", backend: str = "auto", compile: bool = False) -> None:
         self.G, self.D = G, D
+        # with compile: torch.compile'd views of the same modules for the first-order passes (D and G steps):
+        # the synthesis network (fed a w+ of fixed shape, so mixing does not recompile) and D. The
+        # regularisers need double backward, which compiled graphs do not support, and stay eager.
+        self.compiled = compile
+        if compile:
+            backend = resolve_backend(backend, next(G.parameters()))  # resolved once: no branch inside the graph
+        self.synthesis_main = torch.compile(G.synthesis) if compile else G.synthesis
+        self.D_main = torch.compile(D) if compile else D
         self.g_params, self.d_params = list(g_params), list(d_params)
         self.g_optim, self.d_optim = g_optim, d_optim
         self.reg, self.gen, self.device, self.info = reg, gen, device, info
@@ -57,8 +66,8 @@ class GANSteps:
     def _aug(self, x: Tensor) -> Tensor:
         return self.augment(x) if self.augment is not None else x
 
-    def _d(self, x: Tensor, patch: Optional[int]) -> Tensor:
-        return self.D(self._aug(x), patch=patch).float()
+    def _d(self, x: Tensor, patch: Optional[int], main: bool = True) -> Tensor:
+        return (self.D_main if main else self.D)(self._aug(x), patch=patch).float()
 
     def sample_latents(self, n: int, anchors: Optional[Tensor] = None, anchor_std: float = 0.1) -> list[Tensor]:
         """Free latents with style mixing, or (anchors given) z near randomly chosen anchors."""
@@ -69,10 +78,12 @@ class GANSteps:
         z = anchors.cpu()[idx] + anchor_std * torch.randn(n, dim, generator=self.gen)
         return [z.to(self.device)]
 
-    def generate(self, zs: Sequence[Tensor], return_latents: bool = False):
+    def generate(self, zs: Sequence[Tensor], return_latents: bool = False, main: bool = True):
         kw = style_kwargs(self.G, zs, self.gen)
-        out = self.G(list(zs), noise_mode="random", return_latents=return_latents, backend=self.backend, **kw)
-        return out, kw
+        latent = self.G.latents(list(zs), inject_index=kw.get("inject_index"), backend=self.backend)
+        synthesis = self.synthesis_main if main else self.G.synthesis
+        image = synthesis(latent, noise_mode="random", noise=kw["noise"], backend=self.backend)
+        return ((image, latent) if return_latents else image), kw
 
     def _step(self, optim: torch.optim.Optimizer, params: Sequence[Tensor]) -> None:
         average_gradients([p for p in params if p.grad is not None], self.info)
@@ -96,7 +107,7 @@ class GANSteps:
     def r1_step(self, real: Tensor, patch: Optional[int] = None) -> dict[str, float]:
         requires_grad(self.d_params, True)
         real = real.detach().requires_grad_(True)
-        real_pred = per_image_logits(self._d(real, patch))
+        real_pred = per_image_logits(self._d(real, patch, main=False))
         r1 = r1_penalty(real_pred, real)
         out = checked({"r1": r1.item()})
         self.d_optim.zero_grad(set_to_none=True)
@@ -128,7 +139,7 @@ class GANSteps:
         requires_grad(self.d_params, False)
         n = max(1, batch // max(1, self.reg.path_batch_shrink))
         zs = self.sample_latents(n)
-        (fake, latents), _ = self.generate(zs, return_latents=True)
+        (fake, latents), _ = self.generate(zs, return_latents=True, main=False)
         if not latents.requires_grad:  # nothing upstream of w trains: no path-length gradient to apply
             return {}
         noise = torch.randn(fake.shape, generator=self.gen).to(fake)
