@@ -27,7 +27,7 @@ from colorgan.train.pretrain import PretrainConfig, parse_channels
 from colorgan.train.steps import GANSteps
 from fastlora.io import atomic_write_bytes, atomic_write_json
 
-VARIANTS = ("fp32", "bf16", "channels-last", "compile")
+VARIANTS = ("fp32", "bf16", "channels-last", "compile")  # combine with '+', e.g. compile+channels-last
 EMOJI32 = "4:256,8:256,16:128,32:64"  # the shipped base's architecture
 
 
@@ -52,10 +52,11 @@ class Variant:
 
     def __init__(self, name: str, cfg: PretrainConfig, seed: int = 0) -> None:
         self.name, self.cfg = name, cfg
+        parts = set(name.split("+"))
         torch.manual_seed(seed)
         G = Generator(cfg.size, cfg.style_dim, cfg.n_mlp, channels=cfg.channels)
         D = Discriminator(cfg.size, channels=cfg.channels)
-        self.channels_last = name == "channels-last"
+        self.channels_last = "channels-last" in parts
         if self.channels_last:
             G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
         g_lr, g_betas = lazy_adam_params(cfg.lr, cfg.g_reg_every)
@@ -64,7 +65,7 @@ class Variant:
                               torch.optim.Adam(G.parameters(), lr=g_lr, betas=g_betas),
                               torch.optim.Adam(D.parameters(), lr=d_lr, betas=d_betas), cfg,
                               torch.Generator().manual_seed(seed + 1), torch.device("cpu"), DistInfo(), None,
-                              "bf16" if name == "bf16" else "off", "torch", compile=name == "compile")
+                              "bf16" if "bf16" in parts else "off", "torch", compile="compile" in parts)
         self.step, self.times, self.losses = 0, [], {}
 
     def _real(self, real: torch.Tensor) -> torch.Tensor:
@@ -72,9 +73,13 @@ class Variant:
 
     @torch.no_grad()
     def forward(self, z: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """G and D outputs as the D step computes them (same batch size and noise form, so a compiled graph is
+        the one training uses)."""
         st = self.steps
+        noise = st.G.make_noise(z.shape[0], generator=torch.Generator().manual_seed(3))
         with autocast_ctx(torch.device("cpu"), st.amp):
-            img = st.synthesis_main(st.G.latents([z], backend="torch"), noise_mode="const", backend="torch")
+            img = st.synthesis_main(st.G.latents([z], backend="torch"), noise_mode="random", noise=noise,
+                                    backend="torch")
             return img.float(), st.D_main(self._real(real)).float()
 
     def iteration(self, real: torch.Tensor) -> float:
@@ -109,14 +114,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in names if v not in VARIANTS]
+    bad = [v for v in names if not set(v.split("+")) <= set(VARIANTS)]
     if bad or "fp32" not in names:
         raise SystemExit(f"--variants must list fp32 and any of {', '.join(VARIANTS)}, got {args.variants!r}")
     cfg = PretrainConfig(data=args.data or "-", size=args.size, style_dim=args.style_dim, n_mlp=args.n_mlp,
                          channels=parse_channels(args.channels), batch=args.batch)
     variants = [Variant(n, cfg) for n in names]
     batches = _batches(args, 8)
-    z = torch.randn(4, args.style_dim, generator=torch.Generator().manual_seed(7))
+    z = torch.randn(args.batch, args.style_dim, generator=torch.Generator().manual_seed(7))
     ref_img, ref_d = variants[0].forward(z, batches[0])
     records: dict[str, dict[str, Any]] = {}
     for v in variants:

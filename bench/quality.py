@@ -1,26 +1,30 @@
-"""Quality benchmark: adapt a base to the emoji demo tasks with each adapter configuration, score every
-task on its full set against the unadapted base, and check that earlier tasks are not forgotten.
+"""Few-shot quality benchmark: adapt a base to the emoji benchmark's tasks one after another with each adapter
+configuration and several shot seeds, and score every task against its full set beside the floors that say what
+a score can mean.
 
-    python -m bench quality --real DATA [--base emoji32] [--configs default,published,left] [--iter 1000]
-                            [--n 500] [--n-source 1000] [--runs runs/quality] [--out DIR] [--overwrite]
+    python -m bench quality --real DATA [--tasks test|validation|NAME,...] [--configs default,published,left,...]
+                            [--config NAME:key=value,...] [--seeds 0,1,2] [--iter 1000] [--budgets 250,500]
+                            [--n 500] [--base emoji32] [--runs runs/quality] [--out DIR] [--overwrite]
 
-DATA is a `colorgan data emoji --size 32` root (DATA/source, DATA/<task>/full). Configurations, all with
-`colorgan train --method color` (the same loop, seeds, shots and iterations; the shipped 10-shot folders,
-learned in the order flags, openmoji, twemoji):
-  default    LLoRA with the inner ReLU and the corrected alpha routing (the `colorgan train` defaults)
-  published  LLoRA as published: both ReLUs (--use_act) and the upstream alpha routing (--compat upstream)
-  left       LFS-GAN's LeFT adapters (--kind left) in the same loop
-Scores: FID and KID (Inception-v3, fakes from seeds 0..n-1 without truncation) of every task against its full
-set, of the unadapted base against each task's full set, and of the base against the source set. Forgetting:
-after each task the run renders every task learned so far on fixed latents (RUN/samples/after_<task>.png);
-the rows of task t after the last task must equal (max abs pixel difference 0) its rows right after task t.
-Finished runs in --runs are reused when their configuration matches, so an interrupted benchmark resumes; the
-training configuration is the demo's, so `colorgan demo`'s RUN/run can serve as --runs/default.
+DATA is a `colorgan data emoji --size 32` root. For every task, at a fixed n (fakes; the task's full set is the
+reference):
+  floors   noise: the two halves of the full set against each other (what a perfect generator scores);
+           source_gap: the source set against the full set; memorisation: the ten shots repeated to n;
+           base: the unadapted base's samples.
+  scores   per configuration: the adapted task's samples (seeds 0..n-1), mean and spread over the shot seeds;
+           `default-noconv`: the default's tasks sampled with their conv adapters switched off (what the conv
+           LLoRA contributes).
+Every configuration trains with `colorgan train --method color` on the demo's recipe (batch 4) and differs only in
+its overrides; a run learns all tasks one after another, so forgetting is measured too (the rows of
+RUN/samples/after_<task>.png after the last task against right after the task: max abs pixel difference).
+`--budgets` also scores each run after fewer iterations (runs stop and resume there; validation uses this).
+Finished runs in --runs are reused, so an interrupted benchmark resumes.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -28,34 +32,153 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 
 from bench import common
+from bench.quality_scores import Scorer, halves, scores
+from colorgan.checkpoint import read_checkpoint_config, resolve_checkpoint
+from colorgan.data.emoji import choose_shots, read_manifest
+from colorgan.data.folder import list_images
+from colorgan.demo import demo_train_config
+from colorgan.metrics.features import INCEPTION_HELP, default_inception
+from colorgan.train.continual import TrainConfig, train
+from colorgan.train.loop import RunOptions
+from fastlora.io import atomic_write_bytes, atomic_write_json
 
+# named configurations: overrides of the `colorgan train` defaults
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
     "published": {"act": "both", "compat": "upstream"},
     "left": {"kind": "left"},
+    "correspondence": {"correspondence": 1.0},
 }
+FIXED = ("ckpt", "tasks", "iter", "seed")  # set by the benchmark for every configuration
+TASK_ORDER = ("openmoji-black", "flags", "symbols", "smileys", "twemoji", "openmoji")
 
 
-def _run(cfg, folder: Path, progress: bool) -> dict:
-    """Train into `folder`, or reuse a finished run there with the same configuration."""
-    from colorgan.train.continual import train
-    from colorgan.train.pretrain import RunOptions
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench quality", description=__doc__.split("\n\n")[0])
+    p.add_argument("--real", required=True, help="data root of `colorgan data emoji --size 32`")
+    p.add_argument("--base", default="emoji32", help="base checkpoint folder or shipped base (default emoji32)")
+    p.add_argument("--tasks", default="test", help="'test' or 'validation' (the tasks of that role in the data's "
+                                                   "manifest), or task names (default test)")
+    p.add_argument("--configs", default="default,published,left,correspondence",
+                   help=f"named configurations, of {', '.join(CONFIGS)}")
+    p.add_argument("--config", action="append", default=[], metavar="NAME:key=value,...",
+                   help="an extra configuration: `colorgan train` settings by field name, e.g. "
+                        "alin1:alpha_linear=1 (repeatable)")
+    p.add_argument("--seeds", default="0,1,2", help="shot seeds (seed 0: DATA/<task>/train; default 0,1,2)")
+    p.add_argument("--iter", type=int, default=1000, help="iterations per task (default 1000)")
+    p.add_argument("--budgets", default=None, help="also score after these iterations per task (e.g. 250,500)")
+    p.add_argument("--n", type=int, default=500, help="fakes per score (default 500)")
+    p.add_argument("--no-ablation", action="store_true", help="skip default-noconv (conv adapters off)")
+    p.add_argument("--runs", default="runs/quality", help="folder of the training runs (reused when finished)")
+    p.add_argument("--inception", default=None, help="Inception network file (default: found automatically)")
+    p.add_argument("--out", default=None, help=f"results folder (default {common.RESULTS_DIR})")
+    p.add_argument("--name", default="quality", help="results file name after the device and date")
+    p.add_argument("--overwrite", action="store_true", help="replace today's results files")
+    p.add_argument("--no-progress", action="store_true")
+    return p
 
-    summary = folder / "summary.json"
-    if summary.is_file():
-        done = json.loads(summary.read_text())
+
+def parse_configs(names: Sequence[str], extra: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Named configurations plus `NAME:key=value,...` ones (values parsed as numbers where they are)."""
+    fields = set(TrainConfig.__dataclass_fields__)
+    out = {}
+    for n in names:
+        if n not in CONFIGS:
+            raise SystemExit(f"--configs: unknown configuration {n!r}; choose from {', '.join(CONFIGS)}")
+        out[n] = dict(CONFIGS[n])
+    for spec in extra:
+        name, _, body = spec.partition(":")
+        overrides: dict[str, Any] = {}
+        for item in filter(None, body.split(",")):
+            key, _, value = item.partition("=")
+            if key not in fields or key in FIXED:
+                raise SystemExit(f"--config {spec!r}: {key!r} is not a `colorgan train` setting a configuration "
+                                 f"may change ({', '.join(FIXED)} are the benchmark's own)")
+            overrides[key] = _number(value)
+        if not name or not overrides:
+            raise SystemExit(f"--config must look like NAME:key=value,..., got {spec!r}")
+        out[name] = overrides
+    return out
+
+
+def _number(text: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def select_tasks(manifest: dict, spec: str) -> list[str]:
+    info = manifest["tasks"]
+    if spec in ("test", "validation"):
+        names = [t for t, i in info.items() if i.get("role", "test") == spec]
+    else:
+        names = [t.strip() for t in spec.split(",") if t.strip()]
+    missing = [t for t in names if t not in info]
+    if missing or not names:
+        raise SystemExit(f"--tasks: {missing or spec!r} not in the data's manifest (tasks: {', '.join(info)})")
+    return sorted(names, key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER else len(TASK_ORDER), t))
+
+
+def shot_folders(real: Path, runs: Path, tasks: Sequence[str], seed: int, shots: int) -> dict[str, Path]:
+    """Each task's shots for `seed`: the data's own train split for seed 0, else drawn from the full set."""
+    if seed == 0:
+        return {t: real / t / "train" for t in tasks}
+    out = {}
+    for t in tasks:
+        folder = runs / "shots" / f"seed{seed}" / t
+        ids = [p.stem for p in list_images(real / t / "full")]
+        chosen = choose_shots(ids, shots, seed, t)
+        if not folder.is_dir() or sorted(p.stem for p in folder.iterdir()) != chosen:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            for i in chosen:
+                shutil.copyfile(real / t / "full" / f"{i}.png", folder / f"{i}.png")
+        out[t] = folder
+    return out
+
+
+def trained(cfg: TrainConfig, folder: Path, budgets: Sequence[int], progress: bool, on_budget) -> None:
+    """Train the run in `folder`, stopping at every budget (single-task runs) to call on_budget(iterations), and
+    at the end. A finished run is reused (its budgets' scores must then be cached); a stopped one continues."""
+    points = [*sorted(b for b in budgets if b < cfg.iter), cfg.iter]
+    if (folder / "config.json").is_file():
         saved = json.loads((folder / "config.json").read_text())
         wanted = json.loads(json.dumps(asdict(cfg), default=str))
-        if all(saved.get(k) == v for k, v in wanted.items() if k != "tasks"):
-            print(f"reusing the finished run {folder}")
-            return done
-        raise SystemExit(f"{folder} holds a run with another configuration; remove it or choose --runs")
-    if folder.exists():
-        raise SystemExit(f"{folder} holds an unfinished run: finish it with `colorgan train --resume {folder}` "
-                         f"(then rerun this benchmark) or remove it")
-    return train(cfg, folder, options=RunOptions(progress=progress))
+        if any(saved.get(k) != v for k, v in wanted.items()):
+            raise SystemExit(f"{folder} holds a run with another configuration; remove it or choose --runs")
+    done = (folder / "summary.json").is_file() and read_summary(folder).get("finished")
+    for b in points:
+        if not done:
+            opts = RunOptions(progress=progress, stop_at=None if b == cfg.iter else b)
+            if (folder / "state" / "state.pt").is_file():
+                train(None, folder, options=opts, resume=True)
+            else:
+                train(cfg, folder, options=opts, overwrite=folder.exists())
+        on_budget(b, done and b != cfg.iter)
+
+
+def read_summary(folder: Path) -> dict:
+    return json.loads((folder / "summary.json").read_text())
+
+
+class ScoreCache:
+    """Scores already computed, by key, in one JSON file next to the runs (an interrupted benchmark resumes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def get(self, key: str, compute) -> dict:
+        if key not in self.data:
+            self.data[key] = compute()
+            atomic_write_json(self.path, self.data)
+        return self.data[key]
 
 
 def forgetting(run: Path, tasks: Sequence[str]) -> dict[str, float]:
@@ -70,101 +193,165 @@ def forgetting(run: Path, tasks: Sequence[str]) -> dict[str, float]:
     return out
 
 
-def run_bench(base: str, real: str, configs: Sequence[str], iters: int, n: int, n_source: int, runs: Path,
-              inception: str, seed: int = 0, progress: bool = True, out_dir: Optional[str] = None,
-              overwrite: bool = False) -> dict:
-    import torch
-
-    from colorgan.checkpoint import read_checkpoint_config
-    from colorgan.demo import demo_task_dirs, demo_train_config
-    from colorgan.evaluate import fid_kid, real_folders
-
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # training picks the same device
-    stem = common.result_stem(out_dir, dev, "quality")
-    common.check_writable(stem, (".json", ".md"), overwrite)
-    read_checkpoint_config(base)
-    tasks = demo_task_dirs()
+def floors(scorer: Scorer, real: Path, base: Path, tasks: Sequence[str], n: int, seeds: Sequence[int],
+           shots: dict[int, dict[str, Path]]) -> dict[str, dict]:
+    src = scorer.folder(real / "source")
+    base_feats = scorer.generated(base, None, n)
+    out = {}
     for t in tasks:
-        real_folders(real, t, None)  # every full set exists before hours of work start
-    kw = dict(inception=inception, progress=progress, device=str(dev))
+        full = scorer.folder(real / t / "full")
+        a, b = halves(full)
+        memo = [scores(scorer.images(shots[s][t], n), full) for s in seeds]
+        out[t] = {"noise": scores(a, b), "source_gap": scores(src[:n], full), "base": scores(base_feats, full),
+                  "memorisation": _mean_scores(memo), "n_full": int(full.shape[0])}
+    return out
 
-    def scores(ckpt, task, folder, count):
-        return fid_kid(ckpt, task, folder, count, **kw)
 
-    report: dict[str, Any] = {"environment": common.environment(dev), "base": str(base), "real": str(real),
-                              "iter": iters, "n": n, "n_source": n_source, "tasks": list(tasks), "configs": {}}
+def _mean_scores(runs: Sequence[dict]) -> dict[str, float]:
+    out = {k: float(np.mean([r[k] for r in runs])) for k in ("fid", "kid", "kid_std")}
+    if len(runs) > 1:
+        out.update(fid_spread=float(np.std([r["fid"] for r in runs])), kid_spread=float(np.std([r["kid"] for r in runs])))
+    out["seeds"] = len(runs)
+    return out
+
+
+def run_bench(args: argparse.Namespace) -> dict:
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    stem = common.result_stem(args.out, dev, args.name)
+    common.check_writable(stem, (".json", ".md"), args.overwrite)
+    real, runs, base = Path(args.real), Path(args.runs), resolve_checkpoint(args.base)
+    read_checkpoint_config(base)
+    manifest = read_manifest(real)
+    tasks = select_tasks(manifest, args.tasks)
+    seeds = common.parse_list(args.seeds, int) or [0]
+    budgets = common.parse_list(args.budgets, int) or []
+    configs = parse_configs(common.parse_list(args.configs) or [], args.config)
+    inception = args.inception or default_inception()
+    if not inception:
+        raise SystemExit(f"no Inception network: {INCEPTION_HELP}")
+    if budgets and len(tasks) > 1:
+        raise SystemExit("--budgets needs one task per run: give one task with --tasks, or none")
+    scorer = Scorer(inception, str(dev), progress=not args.no_progress)
     t0 = time.perf_counter()
-    report["base_vs_source"] = scores(base, "base", real, n_source)
-    report["base_vs_task"] = {t: scores(base, "base", real_folders(real, t, None)[0], n) for t in tasks}
-    for name in configs:
-        folder = runs / name
-        summary = _run(demo_train_config(base, tasks, iters, seed, **CONFIGS[name]), folder, progress)
-        ckpt = folder / "checkpoint"
-        cfg = read_checkpoint_config(ckpt)
-        stored = {e["name"]: e["stored_params"] for e in cfg["tasks"]}
-        report["configs"][name] = {
-            "overrides": CONFIGS[name], "run": str(folder), "seconds": summary.get("seconds", {}),
-            "stored_params": stored, "generator_params": cfg["base"]["generator_params"],
-            "scores": {t: scores(ckpt, t, real, n) for t in tasks},
-            "forgetting_max_abs_pixel_diff": forgetting(folder, list(tasks)),
-        }
+    shots = {s: shot_folders(real, runs, tasks, s, manifest["shots"]) for s in seeds}
+    report: dict[str, Any] = {
+        "environment": common.environment(dev), "base": str(base), "real": str(real), "n": args.n,
+        "iter": args.iter, "budgets": budgets, "seeds": seeds, "configs": configs, "data_manifest_version":
+        manifest.get("manifest_version"), "command": "python -m bench quality " + " ".join(args.argv),
+    }
+    cache = ScoreCache(runs / "scores.json")
+    fl = floors(scorer, real, base, tasks, args.n, seeds, shots)
+    per: dict[str, dict[str, list]] = {t: {} for t in tasks}
+    params: dict[str, dict[str, int]] = {}
+    forget: dict[str, dict[str, float]] = {}
+    for name, overrides in configs.items():
+        for s in seeds:
+            folder = runs / f"{name}-seed{s}"
+            cfg = demo_train_config(base, shots[s], args.iter, s, **overrides)
+
+            def score(b: int, cached_only: bool, folder=folder, name=name) -> None:
+                key = name if b == args.iter else f"{name}@{b}"
+                ck = folder / "checkpoint"
+                for t in tasks:
+                    full = scorer.folder(real / t / "full")
+                    jobs = [(key, True)] + ([("default-noconv", False)] if name == "default" and b == args.iter
+                                           and not args.no_ablation else [])
+                    for label, conv in jobs:
+                        cache_key = f"{folder.name}|{b}|{t}|{args.n}|{label}"
+                        if cached_only and cache_key not in cache.data:
+                            raise SystemExit(f"{folder} is finished but its {b}-iteration scores were not kept; "
+                                             f"remove the run to redo it")
+
+                        def compute(ck=ck, t=t, conv=conv, full=full) -> dict:
+                            return scores(scorer.generated(ck, t, args.n, conv_adapters=conv), full)
+
+                        per[t].setdefault(label, []).append(cache.get(cache_key, compute))
+
+            trained(cfg, folder, budgets, not args.no_progress, score)
+            entries = read_checkpoint_config(folder / "checkpoint")["tasks"]
+            params[name] = {e["name"]: e["stored_params"] for e in entries}
+            forget[f"{name}-seed{s}"] = forgetting(folder, tasks) if len(tasks) > 1 else {tasks[0]: 0.0}
+    report["tasks"] = [{
+        "task": t, "kind": manifest["tasks"][t]["kind"], "role": manifest["tasks"][t].get("role", "test"),
+        "n": args.n, "n_full": fl[t]["n_full"],
+        "floors": {k: fl[t][k] for k in ("noise", "source_gap", "memorisation")},
+        "scores": {"base": {**fl[t]["base"], "params": 0},
+                   **{k: {**_mean_scores(v), "params": params.get(k.split("@")[0].replace("-noconv", ""), {}).get(t)}
+                      for k, v in per[t].items()}},
+        "forgetting_max_abs": max(f.get(t, 0.0) for f in forget.values()),
+    } for t in tasks]
+    report["forgetting"] = forget
     report["seconds"] = time.perf_counter() - t0
-    report["files"] = [str(p) for p in common.write_outputs(stem, report, markdown(report))]
+    report["grids"] = copy_grids(runs, configs, seeds[0], tasks, stem)
+    report["files"] = [str(p) for p in common.write_outputs(stem, report, markdown(report))] + report["grids"]
     return report
 
 
+def copy_grids(runs: Path, configs: dict, seed: int, tasks: Sequence[str], stem: Path) -> list[str]:
+    """Each configuration's grid after the last task (rows: the base, then every task; same latents)."""
+    out = []
+    for name in configs:
+        grid = runs / f"{name}-seed{seed}" / "samples" / f"after_{tasks[-1]}.png"
+        if grid.is_file():
+            dst = stem.parent / f"{stem.name}-{name}.png"
+            atomic_write_bytes(dst, grid.read_bytes())
+            out.append(str(dst))
+    return out
+
+
+def verdict(task: dict, bar_k: float = 3.0) -> str:
+    """Whether `default` meets the bar on this task (see docs/benchmarks.md)."""
+    s, base = task["scores"], task["scores"]["base"]
+    d = s.get("default")
+    if d is None:
+        return "-"
+    std = max(d["kid_std"], base["kid_std"])
+    if task["kind"] == "near-style":
+        return "pass" if d["kid"] <= base["kid"] + 2 * std else "fail"
+    rivals = [s[k] for k in ("published", "left") if k in s]
+    ok = d["fid"] < base["fid"] and d["kid"] < base["kid"] - bar_k * std and all(
+        d["fid"] < r["fid"] and d["kid"] < r["kid"] for r in rivals)
+    return "pass" if ok else "fail"
+
+
 def markdown(r: dict) -> str:
-    """FID / KID×10³ per task: the unadapted base and each configuration (lower is better)."""
-    names = list(r["configs"])
-    head = "| task | base | " + " | ".join(names) + " |"
-    lines = [f"Quality on the full sets: FID / KID×10³ (n = {r['n']} fakes, {r['iter']} iterations per task); "
-             f"lower is better", "", head, "|" + "---|" * (2 + len(names))]
+    """Per task: the floors, then FID / KID×10³ of the base and every configuration (mean over seeds ± spread)."""
+    names = sorted({k for t in r["tasks"] for k in t["scores"] if k != "base"},
+                   key=lambda k: (k.split("@")[0] not in CONFIGS, k))
+
+    def cell(x: Optional[dict]) -> str:
+        if x is None:
+            return "-"
+        spread = f" ±{x['fid_spread']:.0f}/{1e3 * x['kid_spread']:.0f}" if "fid_spread" in x else ""
+        return f"{x['fid']:.1f} / {1e3 * x['kid']:.1f}{spread}"
+
+    lines = [f"FID / KID×10³ against each task's full set, n = {r['n']} fakes, {r['iter']} iterations per task, "
+             f"shot seeds {r['seeds']} (mean ± spread over seeds); lower is better. `{r['command']}`", "",
+             "| task | kind | noise floor | source gap | memorisation | base | " + " | ".join(names) + " | bar |",
+             "|" + "---|" * (7 + len(names))]
     for t in r["tasks"]:
-        b = r["base_vs_task"][t]
-        cells = [f"{c['scores'][t]['fid']:.1f} / {1e3 * c['scores'][t]['kid']:.1f}" for c in r["configs"].values()]
-        lines.append(f"| {t} | {b['fid']:.1f} / {1e3 * b['kid']:.1f} | " + " | ".join(cells) + " |")
-    s = r["base_vs_source"]
-    lines += ["", f"Base against the source set: FID {s['fid']:.1f}, KID×10³ {1e3 * s['kid']:.1f} "
-                  f"(n = {r['n_source']} fakes)", "",
-              "| config | stored parameters per task | seconds per task | forgetting (max abs pixel diff) |",
-              "|---|---|---|---|"]
-    for name, c in r["configs"].items():
-        st = ", ".join(f"{t} {c['stored_params'][t]:,}" for t in r["tasks"])
-        secs = ", ".join(f"{t} {c['seconds'].get(t, float('nan')):.0f}" for t in r["tasks"])
-        fg = ", ".join(f"{t} {v:g}" for t, v in c["forgetting_max_abs_pixel_diff"].items())
-        lines.append(f"| {name} | {st} | {secs} | {fg} |")
+        f = t["floors"]
+        cells = [cell(t["scores"].get(k)) for k in names]
+        lines.append(f"| {t['task']} ({t['n_full']}) | {t['kind']} | {cell(f['noise'])} | {cell(f['source_gap'])} | "
+                     f"{cell(f['memorisation'])} | {cell(t['scores']['base'])} | " + " | ".join(cells)
+                     + f" | {verdict(t)} |")
+    lines += ["", "| configuration | stored parameters per task | forgetting (max abs pixel difference) |", "|---|---|---|"]
+    for name in r["configs"]:
+        ps = {t["scores"].get(name, {}).get("params") for t in r["tasks"]} - {None}
+        fg = max((v for k, f in r["forgetting"].items() if k.startswith(f"{name}-seed") for v in f.values()),
+                 default=float("nan"))
+        lines.append(f"| {name} | {', '.join(f'{p:,}' for p in sorted(ps))} | {fg:g} |")
+    lines.append(f"\nTotal time: {r['seconds'] / 60:.0f} min.")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from colorgan.metrics.features import default_inception
-
-    p = argparse.ArgumentParser(prog="python -m bench quality", description=__doc__.split("\n\n")[0])
-    p.add_argument("--real", required=True, help="data root of `colorgan data emoji --size 32`")
-    p.add_argument("--base", default="emoji32", help="base checkpoint folder or shipped base (default emoji32)")
-    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
-    p.add_argument("--iter", type=int, default=1000, help="iterations per task (default 1000: the CPU demo budget)")
-    p.add_argument("--n", type=int, default=500, help="fakes per task score (default 500)")
-    p.add_argument("--n-source", type=int, default=1000, help="fakes for the base-vs-source score (default 1000)")
-    p.add_argument("--runs", default="runs/quality", help="folder of the training runs (reused when finished)")
-    p.add_argument("--inception", default=None, help="Inception file (default $COLORGAN_INCEPTION, else "
-                                                     "~/.cache/colorgan/inception-fid.pt)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help=f"results folder (default {common.RESULTS_DIR})")
-    p.add_argument("--overwrite", action="store_true", help="replace today's results file")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    configs = common.parse_list(args.configs) or []
-    unknown = [c for c in configs if c not in CONFIGS]
-    if unknown or not configs:
-        p.error(f"--configs must name some of {', '.join(CONFIGS)}, got {args.configs!r}")
-    if args.iter < 1 or args.n < 2 or args.n_source < 2:
-        p.error("--iter must be >= 1 and --n, --n-source >= 2")
-    inception = args.inception or default_inception()
-    if not inception:
-        p.error("no Inception file: pass --inception PATH (see `colorgan eval --help`)")
-    report = run_bench(args.base, args.real, configs, args.iter, args.n, args.n_source, Path(args.runs), inception,
-                       seed=args.seed, progress=not args.no_progress, out_dir=args.out, overwrite=args.overwrite)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    if args.iter < 1 or args.n < 2:
+        raise SystemExit("--iter must be >= 1 and --n >= 2")
+    report = run_bench(args)
     print()
     print(markdown(report))
     print("wrote " + ", ".join(report["files"]))

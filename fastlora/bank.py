@@ -152,7 +152,7 @@ def base_checksum(model: nn.Module) -> str:
     for k, v in sorted(base_state_dict(model).items()):
         t = v.detach().cpu().contiguous()
         h.update(f"{k}|{list(t.shape)}|{t.dtype}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

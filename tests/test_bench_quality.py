@@ -1,4 +1,4 @@
-"""python -m bench quality: adapt a base with each configuration, score against the base, check forgetting."""
+"""python -m bench quality: floors, every configuration over shot seeds, the conv ablation, forgetting, reuse."""
 from __future__ import annotations
 
 import json
@@ -13,41 +13,92 @@ from bench import quality
 from colorgan import Discriminator, Generator, save_checkpoint
 from tests.helpers import write_random_images
 
+TASKS = {"black": "far-style", "flags": "subset", "twemoji": "near-style", "val": "far-style"}
 
-def test_quality_bench_end_to_end(tmp_path, tiny_net_path):
+
+def _data(root, shots=3):
+    write_random_images(root / "source", 8, 0)
+    tasks = {}
+    for i, (t, kind) in enumerate(TASKS.items()):
+        write_random_images(root / t / "full", 8, i + 1, shift=40 * i)
+        (root / t / "train").mkdir()
+        for p in sorted((root / t / "full").iterdir())[:shots]:
+            (root / t / "train" / p.name).write_bytes(p.read_bytes())
+        tasks[t] = {"kind": kind, "role": "validation" if t == "val" else "test"}
+    (root / "manifest.json").write_text(json.dumps({"shots": shots, "tasks": tasks, "manifest_version": 2}))
+    return root
+
+
+def _args(tmp_path, net, *extra):
+    argv = ["--real", str(tmp_path / "data"), "--base", str(tmp_path / "base"), "--iter", "2", "--n", "6",
+            "--runs", str(tmp_path / "runs"), "--inception", str(net), "--no-progress", *extra]
+    args = quality.build_parser().parse_args(argv)
+    args.argv = argv
+    return args
+
+
+@pytest.fixture
+def setup(tmp_path):
     torch.manual_seed(0)
     ch = {4: 16, 8: 16, 16: 8}
-    base = save_checkpoint(tmp_path / "base", Generator(16, 16, 2, channels=ch), Discriminator(16, channels=ch))
-    write_random_images(tmp_path / "data" / "source", 6, 0)
-    for i, task in enumerate(("twemoji", "openmoji", "flags")):
-        write_random_images(tmp_path / "data" / task / "full", 6, i + 1)
-    report = quality.run_bench(str(base), str(tmp_path / "data"), ["default", "left"], iters=2, n=5, n_source=4,
-                               runs=tmp_path / "runs", inception=str(tiny_net_path), progress=False,
-                               out_dir=str(tmp_path / "res"))
-    assert list(report["configs"]) == ["default", "left"]
-    for c in report["configs"].values():
-        assert set(c["scores"]) == {"twemoji", "openmoji", "flags"}
-        assert all(math.isfinite(s["fid"]) and math.isfinite(s["kid"]) for s in c["scores"].values())
-        assert c["forgetting_max_abs_pixel_diff"] == {"twemoji": 0.0, "openmoji": 0.0, "flags": 0.0}
-        assert 0 < min(c["stored_params"].values()) < c["generator_params"]
-    assert report["configs"]["left"]["stored_params"] != report["configs"]["default"]["stored_params"]
-    saved = json.loads((tmp_path / "res").glob("*-quality.json").__next__().read_text())
-    assert saved["configs"]["default"]["scores"] == report["configs"]["default"]["scores"]
-    md = (tmp_path / "res").glob("*-quality.md").__next__().read_text()
-    assert "| twemoji |" in md and "published" not in md
-    # finished runs are reused; a run with other settings in the same folder is refused
-    again = quality.run_bench(str(base), str(tmp_path / "data"), ["default"], iters=2, n=5, n_source=4,
-                              runs=tmp_path / "runs", inception=str(tiny_net_path), progress=False,
-                              out_dir=str(tmp_path / "res2"))
-    assert again["configs"]["default"]["scores"] == report["configs"]["default"]["scores"]
+    save_checkpoint(tmp_path / "base", Generator(16, 16, 2, channels=ch), Discriminator(16, channels=ch))
+    _data(tmp_path / "data")
+    return tmp_path
+
+
+def test_quality_bench_end_to_end(setup, tiny_net_path):
+    tmp_path = setup
+    report = quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default,left", "--seeds", "0,1",
+                                     "--out", str(tmp_path / "res")))
+    assert [t["task"] for t in report["tasks"]] == ["flags", "twemoji", "black"]  # the test role only
+    for t in report["tasks"]:
+        assert t["kind"] == TASKS[t["task"]] and t["n"] == 6
+        for floor in ("noise", "source_gap", "memorisation"):
+            assert math.isfinite(t["floors"][floor]["fid"]) and math.isfinite(t["floors"][floor]["kid"])
+        assert set(t["scores"]) == {"base", "default", "left", "default-noconv"}
+        for name, s in t["scores"].items():
+            assert {"fid", "kid", "kid_std", "params"} <= set(s) and math.isfinite(s["fid"])
+            if name not in ("base",):
+                assert s["seeds"] == 2 and "fid_spread" in s
+        assert 0 < t["scores"]["default"]["params"] < t["scores"]["left"]["params"]
+        assert t["forgetting_max_abs"] == 0.0
+    # seed 1 trains on other shots than seed 0's train split
+    shots1 = sorted(p.name for p in (tmp_path / "runs" / "shots" / "seed1" / "flags").iterdir())
+    assert len(shots1) == 3 and shots1 != sorted(p.name for p in (tmp_path / "data" / "flags" / "train").iterdir())
+    saved = json.loads(next((tmp_path / "res").glob("*-quality.json")).read_text())
+    assert saved["tasks"] == json.loads(json.dumps(report["tasks"]))
+    md = next((tmp_path / "res").glob("*-quality.md")).read_text()
+    assert "| flags (8) | subset |" in md and "noise floor" in md
+    assert sorted(p.name.split("-quality-")[-1] for p in (tmp_path / "res").glob("*.png")) == ["default.png", "left.png"]
+    # finished runs and their scores are reused; a run with other settings in the same folder is refused
+    again = quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default", "--seeds", "0",
+                                    "--out", str(tmp_path / "res2")))
+    first = {t["task"]: t for t in report["tasks"]}
+    for t in again["tasks"]:
+        assert t["floors"]["noise"] == first[t["task"]]["floors"]["noise"]
     with pytest.raises(SystemExit, match="another configuration"):
-        quality.run_bench(str(base), str(tmp_path / "data"), ["default"], iters=3, n=5, n_source=4,
-                          runs=tmp_path / "runs", inception=str(tiny_net_path), progress=False,
-                          out_dir=str(tmp_path / "res3"))
+        quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default", "--seeds", "0", "--iter", "3",
+                                "--out", str(tmp_path / "res3")))
     with pytest.raises(SystemExit, match="refusing to overwrite"):
-        quality.run_bench(str(base), str(tmp_path / "data"), ["default"], iters=2, n=5, n_source=4,
-                          runs=tmp_path / "runs", inception=str(tiny_net_path), progress=False,
-                          out_dir=str(tmp_path / "res"))
+        quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default", "--seeds", "0",
+                                "--out", str(tmp_path / "res")))
+
+
+def test_validation_budgets_and_custom_configs(setup, tiny_net_path):
+    tmp_path = setup
+    report = quality.run_bench(_args(tmp_path, tiny_net_path, "--tasks", "validation", "--configs", "default",
+                                     "--config", "alin1:alpha_linear=1", "--seeds", "0", "--budgets", "1",
+                                     "--no-ablation", "--out", str(tmp_path / "res")))
+    (t,) = report["tasks"]
+    assert t["task"] == "val" and t["role"] == "validation"
+    assert set(t["scores"]) == {"base", "default", "default@1", "alin1", "alin1@1"}
+    cfg = json.loads((tmp_path / "runs" / "alin1-seed0" / "config.json").read_text())
+    assert cfg["alpha_linear"] == 1
+    for bad in ("x:nope=1", "x:iter=5"):
+        with pytest.raises(SystemExit, match="not a `colorgan train` setting"):
+            quality.parse_configs([], [bad])
+    with pytest.raises(SystemExit, match="unknown configuration"):
+        quality.parse_configs(["nope"], [])
 
 
 def test_forgetting_detects_a_changed_row(tmp_path):
@@ -60,9 +111,3 @@ def test_forgetting_detects_a_changed_row(tmp_path):
     early[5, 7, 1] ^= 0x10
     Image.fromarray(early).save(samples / "after_a.png")
     assert quality.forgetting(tmp_path, ["a", "b"]) == {"a": 16.0, "b": 0.0}
-
-
-def test_quality_cli_checks_its_options(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        quality.main(["--real", str(tmp_path), "--configs", "default,nope", "--inception", "x"])
-    assert "--configs must name" in capsys.readouterr().err

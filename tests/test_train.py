@@ -171,6 +171,27 @@ def test_pretrain_writes_run_and_resumes_exactly(setup, tmp_path):
         pretrain(cfg, A, options=OPTS)
 
 
+def test_pretrain_init_and_channels_last(setup, tmp_path):
+    kw = dict(data=str(setup["src"]), size=16, iter=2, batch=2, style_dim=STYLE, n_mlp=2, channels=CH, n_sample=4,
+              sample_every=100, save_every=100, log_every=1, d_reg_every=2, g_reg_every=2)
+    # init: the run starts from the checkpoint's G (EMA) and D; with lr 0 nothing moves, so the result is that base
+    pretrain(PretrainConfig(**kw, lr=0.0, init=setup["ckpt"]), tmp_path / "init", options=OPTS)
+    base, base_d, _ = load_checkpoint(setup["ckpt"])
+    G, D, _ = load_checkpoint(tmp_path / "init" / "checkpoint")
+    for a, b in ((G, base), (D, base_d)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sb if not k.endswith("w_avg"))
+    with pytest.raises(ValueError, match="does not have this run's architecture"):
+        pretrain(PretrainConfig(**{**kw, "style_dim": 8}, init=setup["ckpt"]), tmp_path / "bad", options=OPTS)
+    # channels-last models and batches: the same run up to float rounding
+    pretrain(PretrainConfig(**kw), tmp_path / "cf", options=OPTS)
+    pretrain(PretrainConfig(**kw), tmp_path / "cl", options=RunOptions(progress=False, device="cpu", channels_last=True))
+    a, b = load_state(tmp_path / "cf/state/state.pt"), load_state(tmp_path / "cl/state/state.pt")
+    for k, v in a["g"].items():
+        if v.is_floating_point() and not k.endswith("w_avg"):
+            assert torch.allclose(v, b["g"][k], rtol=1e-3, atol=1e-5), k
+
+
 # ----------------------------------------------------------------------------- continual
 
 @pytest.mark.parametrize("method", ["color", "lfs"])

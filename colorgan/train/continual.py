@@ -190,6 +190,7 @@ class Continual:
         self.amp = resolve_amp(options.amp, self.device)
         self.adapters = cfg.method in ADAPTER_METHODS
         base, base_d, binfo = load_checkpoint(cfg.ckpt, self.device)
+        base = base.to(memory_format=options.memory_format())
         if base_d is None:
             raise ValueError(f"the base checkpoint {cfg.ckpt} has no discriminator")
         self.base_tasks = list(binfo["tasks"])
@@ -244,7 +245,7 @@ class Continual:
         bad = [k for k in missing if not k.startswith("extra.")]
         if bad or unexpected:
             raise ValueError(f"the base discriminator does not fit: missing {bad[:5]}, unexpected {unexpected[:5]}")
-        return D.to(self.device)
+        return D.to(self.device, memory_format=self.options.memory_format())
 
     def _full_generators(self, previous: Generator) -> tuple[Generator, Generator]:
         G = copy.deepcopy(previous)
@@ -368,7 +369,7 @@ class Continual:
         """One iteration of the recipe: anchors with the image-level D every `subspace_freq`-th step, else free
         latents with a patch head; D step, lazy R1, G step (with the method's extra losses), lazy path length."""
         cfg, steps = self.cfg, ctx.steps
-        real = ctx.stream.next_batch(self.device)
+        real = ctx.stream.next_batch(self.device).contiguous(memory_format=self.options.memory_format())
         which = step % cfg.subspace_freq
         patch = int(torch.randint(0, ctx.n_heads, (), generator=self.gens["shared"])) if which > 0 else None
         anch = ctx.anchors if which == 0 else None

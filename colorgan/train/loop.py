@@ -47,6 +47,10 @@ class RunOptions:
     amp: str = "auto"
     progress: bool = True
     stop_at: Optional[int] = None
+    channels_last: bool = False  # models and batches in torch.channels_last memory format (faster convs on CPUs)
+
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
 class RunFolder:

@@ -120,7 +120,7 @@ def _pretrain(cfg: PretrainConfig, run: RunFolder, info: DistInfo, options: RunO
         run.write_config({**asdict(cfg), "n_images": len(dataset), "augment_resolved": use_aug,
                           "world_size": info.world_size})
     torch.manual_seed(cfg.seed)
-    G, D, g_ema = _build(cfg, device)
+    G, D, g_ema = (m.to(memory_format=options.memory_format()) for m in _build(cfg, device))
     broadcast_tensors(list(G.parameters()) + list(G.buffers()) + list(D.parameters()), info)
     copy_tensors(module_tensors(g_ema), module_tensors(G))
 
@@ -156,7 +156,7 @@ def _pretrain(cfg: PretrainConfig, run: RunFolder, info: DistInfo, options: RunO
                 stopped = True
                 break
             G.train()
-            real = stream.next_batch(device)
+            real = stream.next_batch(device).contiguous(memory_format=options.memory_format())
             now = steps.d_step(real, steps.sample_latents(cfg.batch))
             if every(step, cfg.d_reg_every):
                 now.update(steps.r1_step(real))

@@ -54,6 +54,9 @@ class GANSteps:
         self.compiled = compile
         if compile:
             backend = resolve_backend(backend, next(G.parameters()))  # resolved once: no branch inside the graph
+            # graphs per grad mode (D step: no grad through G), per mixing and per parameter state: more than
+            # dynamo's default of 8 variants of one function
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         self.synthesis_main = torch.compile(G.synthesis) if compile else G.synthesis
         self.D_main = torch.compile(D) if compile else D
         self.g_params, self.d_params = list(g_params), list(d_params)

@@ -1,0 +1,73 @@
+"""Inception features and FID/KID for the quality benchmark: every image set is passed through the network
+once (real sets cached on disk), and every score is computed from features, so floors cost no extra passes."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+import fastlora
+from colorgan.checkpoint import load_checkpoint
+from colorgan.data.folder import list_images, load_image, uint8_to_tensor
+from colorgan.evaluate import sample_batches
+from colorgan.metrics import FeatureNetwork, extract_features, fid_from_features, folder_features, kid
+
+RESOLUTION = 32  # the emoji benchmark's size; fakes and reals reach the network alike (resized to 299 inside)
+KID_SUBSETS = 100
+
+
+class Scorer:
+    """One Inception network; features of folders, shots and generated samples; FID/KID between features."""
+
+    def __init__(self, inception: str, device: str = "cpu", progress: bool = True,
+                 cache_dir: Optional[os.PathLike] = None) -> None:
+        self.net = FeatureNetwork(inception, device=device)
+        self.device, self.progress, self.cache_dir = device, progress, cache_dir
+
+    def folder(self, folder: Path) -> np.ndarray:
+        return folder_features(folder, self.net, RESOLUTION, cache_dir=self.cache_dir, progress=self.progress)
+
+    def images(self, folder: Path, repeat_to: int) -> np.ndarray:
+        """Features of the images of `folder` (the shots), repeated to `repeat_to` rows: the memorisation floor's
+        fakes (a generator that only copies its shots)."""
+        imgs = torch.stack([uint8_to_tensor(load_image(p, RESOLUTION)) for p in list_images(folder)])
+        feats = extract_features([imgs], self.net, resolution=RESOLUTION, progress=False)
+        return np.resize(feats, (repeat_to, feats.shape[1]))
+
+    def generated(self, ckpt: Path, task: Optional[str], n: int, *, conv_adapters: bool = True) -> np.ndarray:
+        """Features of seeds 0..n-1 under `task` (None: the base); conv_adapters=False samples the task with its
+        conv adapters switched off (the ablation: only the linear/style adapters act)."""
+        G, _, _ = load_checkpoint(ckpt, self.device, tasks=[] if task is None else [task], load_d=False)
+        if task is not None and not conv_adapters:
+            drop_conv_adapters(G, task)
+        return extract_features(sample_batches(G, task, n, 50, 1.0), self.net, n=n, resolution=RESOLUTION,
+                                progress=self.progress, desc=f"features {task or 'base'}")
+
+
+def drop_conv_adapters(G: torch.nn.Module, task: str) -> None:
+    """Make `task`'s LoRA/LLoRA adapters on the convolutions the identity (A = 0, so ΔW = 0), leaving the
+    linear (mapping and style) adapters as trained."""
+    with torch.no_grad():
+        for _, layer in fastlora.adapted_layers(G):
+            if layer.role == "conv":
+                params = layer.adapters[task]
+                if not hasattr(params, "A"):
+                    raise ValueError(f"the conv ablation needs LoRA or LLoRA adapters, task {task!r} has "
+                                     f"{type(params).__name__}")
+                params.A.zero_()
+
+
+def scores(fake: np.ndarray, real: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """FID and KID (mean and std over subsets) between two feature sets."""
+    k = kid(fake, real, n_subsets=KID_SUBSETS, subset_size=1000, seed=seed)
+    return {"fid": float(fid_from_features(fake, real)), "kid": float(k["mean"]), "kid_std": float(k["std"])}
+
+
+def halves(feats: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded split of a set's features into two halves (the noise floor compares them)."""
+    idx = np.random.default_rng(seed).permutation(feats.shape[0])
+    h = feats.shape[0] // 2
+    return feats[idx[:h]], feats[idx[h:2 * h]]
