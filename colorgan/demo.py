@@ -10,12 +10,24 @@ instead draws tiny procedural data and pretrains a tiny base first (a two-minute
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
+
+from colorgan.checkpoint import load_checkpoint, parameter_report, read_checkpoint_config, resolve_checkpoint
+from colorgan.evaluate import fid_kid, real_folders
+from colorgan.generate import generate
+from colorgan.outputs import prepare_output_folder
+from colorgan.train.continual import TrainConfig, train
+from colorgan.train.loop import RunOptions
+from colorgan.train.pretrain import PretrainConfig, pretrain
+from export import export_task
+from fastlora.io import atomic_write_json
 
 DEMO_TASKS_DIR = Path(__file__).parent / "assets" / "demo_tasks"
 SHIPPED_BASE = "emoji32"
@@ -40,8 +52,6 @@ def default_task_iter(device: str) -> int:
 def default_real() -> Union[str, None]:
     """The demo tasks' full sets: $COLORGAN_EMOJI_DATA, else ./data/emoji32 when it holds them (the
     README's `colorgan data emoji --size 32 --out data/emoji32`), else None."""
-    import os
-
     env = os.environ.get("COLORGAN_EMOJI_DATA")
     if env:
         return env
@@ -52,8 +62,6 @@ def default_real() -> Union[str, None]:
 def demo_train_config(base: Union[str, Path], tasks: dict[str, Path], task_iter: int, seed: int = 0,
                       **overrides: Any):
     """The demo's `colorgan train` configuration (`bench quality` uses it too, so their runs are the same)."""
-    from colorgan.train.continual import TrainConfig
-
     return TrainConfig(ckpt=str(base), tasks=[f"{n}={d}" for n, d in tasks.items()], iter=task_iter, batch=4,
                        n_sample=8, sample_every=task_iter, save_every=task_iter, log_every=50, n_anchors=10,
                        seed=seed, **overrides)
@@ -113,15 +121,6 @@ def run_demo(out: Union[str, Path], *, base: Union[str, Path, None] = SHIPPED_BA
     iterations per task (default `default_task_iter`). With `inception` and `real` (a data root of
     `colorgan data emoji`): KID/FID of every task and of the unadapted base against each task's full set.
     """
-    import torch
-
-    from colorgan.checkpoint import load_checkpoint, parameter_report, read_checkpoint_config, resolve_checkpoint
-    from colorgan.outputs import prepare_output_folder
-    from colorgan.generate import generate
-    from colorgan.train.continual import train
-    from colorgan.train.pretrain import PretrainConfig, RunOptions, pretrain
-    from fastlora.io import atomic_write_json
-
     out = Path(out)
     if base is not None:
         read_checkpoint_config(base)  # a clear error before anything is written
@@ -161,9 +160,8 @@ def run_demo(out: Union[str, Path], *, base: Union[str, Path, None] = SHIPPED_BA
         print(f"[4/5] grid (a row for the base and each task, same seeds): {gen['grid']}")
         G, _, _ = load_checkpoint(ckpt, "cpu")
         report = parameter_report(G)
-        export = _maybe_export(ckpt, tasks[0][0], out)
-        if export:
-            print(f"[5/5] ONNX export of task {export['task']!r} (adapters merged into the base): {export['path']}, "
+        export = _export(ckpt, tasks[0][0], out)
+        print(f"[5/5] ONNX export of task {export['task']!r} (adapters merged into the base): {export['path']}, "
                   f"{export['size_bytes'] / 1e6:.2f} MB; onnxruntime vs PyTorch: max abs error {export['max_abs']:.1e}, "
                   f"relative {export['rel']:.1e}, providers {export['providers']}")
         scores = _scores(ckpt, [t for t, _ in tasks], real, inception, n_eval, progress) if inception and real else None
@@ -183,8 +181,6 @@ def run_demo(out: Union[str, Path], *, base: Union[str, Path, None] = SHIPPED_BA
 def _scores(ckpt: Path, tasks: list[str], real: Union[str, Path], inception: Union[str, Path], n: int,
             progress: bool) -> dict[str, dict]:
     """KID/FID of each task and of the unadapted base against the task's full set."""
-    from colorgan.evaluate import fid_kid, real_folders
-
     out = {}
     for t in tasks:
         full, _ = real_folders(real, t, None)
@@ -209,11 +205,7 @@ def _print_summary(summary: dict, generator_params: int, out: Path) -> None:
     print(f"  everything is in {out}")
 
 
-def _maybe_export(ckpt: Path, task: str, out: Path) -> Any:
-    """Export one task to ONNX (with the exporter's parity check) if the export package provides it."""
-    try:
-        from export import export_task  # type: ignore[attr-defined]
-    except ImportError:
-        return None
+def _export(ckpt: Path, task: str, out: Path) -> Any:
+    """Export one task to ONNX (with the exporter's parity check)."""
     result = export_task(ckpt, task, out / f"{task}.onnx")
     return json.loads(json.dumps(result, default=str))

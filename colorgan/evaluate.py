@@ -8,8 +8,10 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import torch
 
 from colorgan.checkpoint import load_checkpoint, read_checkpoint_config
+from colorgan.data.folder import list_images
 from colorgan.generate import BASE, activate, render, resolve_tasks
 from colorgan.metrics import evaluate_images
+from fastlora.io import load_json
 
 
 DEFAULT_N = 5000  # fakes per task: the published protocol
@@ -18,8 +20,6 @@ DEFAULT_N = 5000  # fakes per task: the published protocol
 def real_folders(real: Union[str, os.PathLike], task: str, shots: Optional[str]) -> tuple[Path, Optional[Path]]:
     """The real set (and shots) of `task`: `real/<task>/full` (with `real/<task>/train` as the shots;
     `real/source` for the base) in a data root written by `colorgan data emoji`, else `real` itself."""
-    from colorgan.data.folder import list_images
-
     root = Path(real)
     if not root.is_dir():
         raise FileNotFoundError(f"real image folder {root} does not exist")
@@ -86,8 +86,6 @@ def evaluate_run(run: Union[str, os.PathLike], real: Union[str, os.PathLike], *,
     Full fine-tuning methods (ewc, distill) keep one generator per task (RUN/checkpoints/<t>): the
     generator after task t is scored on every task learned so far.
     """
-    from fastlora.io import load_json
-
     run = Path(run)
     summary = load_json(run / "summary.json")
     if summary.get("kind") != "train":

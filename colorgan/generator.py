@@ -12,6 +12,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+import fastlora
+
 from colorgan.layers import (CHANNEL_BASE, CHANNEL_MAX, AdaptedLinear, ConstantInput, PixelNorm, StyledConv, ToRGB,
                              channel_table, check_channels, check_config, check_size)
 
@@ -107,8 +109,6 @@ class Generator(nn.Module):
     @torch.no_grad()
     def update_w_avg(self, n: int = W_AVG_SAMPLES, seed: int = W_AVG_SEED) -> Tensor:
         """Compute the base mapping's mean w (no task active) and store it in `w_avg`."""
-        import fastlora
-
         saved = fastlora.active_task(self)
         fastlora.set_task(self, None)
         try:
@@ -121,8 +121,6 @@ class Generator(nn.Module):
     def task_w_avg(self, n: int = W_AVG_SAMPLES, seed: int = W_AVG_SEED) -> Tensor:
         """Truncation centre for the active task: stored w_avg + (task mean − base mean) over the
         same fixed z, so a task whose mapping adapters are still the identity uses w_avg exactly."""
-        import fastlora
-
         self._require_w_avg()
         task = fastlora.active_task(self)
         if task is None:

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 import fastlora
+from colorgan.checkpoint import TASKS_DIR, load_checkpoint, read_checkpoint_config, resolve_checkpoint
+from colorgan.generate import resolve_tasks
 from colorgan.outputs import check_replaceable_file
 from fastlora.io import check_finite, umask_mode
 from export.graph import INPUTS, NOISE, ExportGenerator, reference_forward, resolve_dtype, task_center
@@ -392,9 +394,6 @@ def export_checkpoint(ckpt: PathLike, task: Union[str, Sequence[str]], out: Path
     One task (not "all") → `out` is the file (or, for an existing folder or a path ending in '/',
     `out/<task>.onnx`); several → `out` is a folder of `<task>.onnx`. Everything (task names,
     existing files) is checked before the first file is written."""
-    from colorgan.checkpoint import TASKS_DIR, load_checkpoint, read_checkpoint_config, resolve_checkpoint
-    from colorgan.generate import resolve_tasks
-
     ckpt = resolve_checkpoint(ckpt)
     _check_options(input, noise, dtype, opset, device)
     cfg = read_checkpoint_config(ckpt)

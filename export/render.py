@@ -18,6 +18,7 @@ import fastlora
 from colorgan.generate import check_outputs, seed_file
 from colorgan.outputs import save_png
 from colorgan.seeds import render_request, seed_noise, seeds_to_z
+from export.api import make_session
 
 PathLike = Union[str, os.PathLike]
 INPUT_NOISE = ("random", "zero")
@@ -77,8 +78,6 @@ def render_onnx(file: PathLike, seeds: Union[str, Sequence[int]], outdir: PathLi
                 overwrite: bool = False) -> dict[str, Any]:
     """Write `<outdir>/<task>/seedNNNN.png` per seed (and `<outdir>/grid.png`, one row, with grid=True)
     from an exported file. Returns the written paths and the providers that ran."""
-    from export.api import make_session
-
     seed_list = render_request(seeds, batch, trunc)
     file = Path(file)
     if not file.is_file():
@@ -113,6 +112,4 @@ def render_onnx(file: PathLike, seeds: Union[str, Sequence[int]], outdir: PathLi
 
 def open_session(file: PathLike, device: str = "cpu", threads: Optional[int] = None):
     """An onnxruntime session for an exported file (see export.api.make_session)."""
-    from export.api import make_session
-
     return make_session(file, device, threads=threads)

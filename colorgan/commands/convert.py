@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from colorgan.checkpoint import pack_checkpoint, read_checkpoint_config
+from colorgan.convert import convert_adapters, convert_rosinality
 from fastlora.adapters import ACTS
 
 
@@ -67,9 +69,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def run_rosinality(args: argparse.Namespace) -> int:
-    from colorgan.checkpoint import read_checkpoint_config
-    from colorgan.convert import convert_rosinality
-
     out = convert_rosinality(args.src, args.out, base=args.base, lr_mlp=args.lr_mlp, with_d=not args.no_d,
                              with_g=args.with_g, trust_pickle=args.trust_pickle, overwrite=args.overwrite)
     cfg = read_checkpoint_config(out)
@@ -81,8 +80,6 @@ def run_rosinality(args: argparse.Namespace) -> int:
 
 
 def run_adapters(args: argparse.Namespace) -> int:
-    from colorgan.convert import convert_adapters
-
     out = convert_adapters(args.src, args.ckpt, args.task, fmt=args.fmt, act=args.act, alpha_conv=args.alpha_conv,
                            alpha_linear=args.alpha_linear, compat=args.compat, trust_pickle=args.trust_pickle,
                            overwrite=args.overwrite)
@@ -92,8 +89,6 @@ def run_adapters(args: argparse.Namespace) -> int:
 
 def run_pack(args: argparse.Namespace) -> int:
     import torch
-
-    from colorgan.checkpoint import pack_checkpoint, read_checkpoint_config
 
     out = pack_checkpoint(args.src, args.out, dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
     cfg = read_checkpoint_config(out)

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from colorgan.demo import default_real, run_demo
+from colorgan.metrics.features import default_inception
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="run the whole pipeline end to end (adapt, generate, export, score)",
@@ -31,9 +34,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from colorgan.demo import default_real, run_demo
-    from colorgan.metrics.features import default_inception
-
     inception = args.inception or default_inception()
     real = args.real or default_real()
     if args.procedural:

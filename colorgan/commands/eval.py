@@ -8,7 +8,15 @@ import os
 import sys
 from pathlib import Path
 
-from colorgan.evaluate import DEFAULT_N
+import torch
+
+from colorgan.checkpoint import is_shipped, resolve_checkpoint
+from colorgan.evaluate import DEFAULT_N, evaluate_checkpoint, evaluate_run, format_forgetting
+from colorgan.metrics import INCEPTION_HELP, evaluate_images, format_table
+from colorgan.metrics.features import default_inception
+from colorgan.outputs import check_replaceable_file
+from colorgan.version import __version__
+from fastlora.io import atomic_write_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default 100)")
     p.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size, clamped to the set sizes")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--cache-dir", default=None,
                    help="real-feature cache (default $COLORGAN_FEATURE_CACHE or ~/.cache/colorgan/features)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the real-feature cache")
@@ -50,20 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        return False
-
-
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print a table and optionally write JSON."""
-    from colorgan.metrics import INCEPTION_HELP, evaluate_images, format_table
-    from colorgan.metrics.features import default_inception
-
     n = DEFAULT_N if args.n is None else args.n
     args.inception = args.inception or default_inception()
     if not args.inception:
@@ -79,29 +75,19 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_images(args.fake, args.real, n_fake=args.n, shots_dir=args.shots, **common)
         print(format_table(result))
     elif args.run:
-        from colorgan.evaluate import evaluate_run, format_forgetting
-
         result = evaluate_run(args.run, args.real, n=n, truncation=args.trunc, **common)
         print(format_forgetting(result, "fid"))
         print(format_forgetting(result, "kid_mean"))
         args.out = args.out or str(Path(args.run) / "eval.json")
     else:
-        from colorgan.evaluate import evaluate_checkpoint
-
         result = evaluate_checkpoint(args.ckpt, args.task, args.real, n=n, truncation=args.trunc,
                                      shots=args.shots, **common)
         for name, res in result["tasks"].items():
             print(f"\n[{name}]")
             print(format_table(res))
-        from colorgan.checkpoint import is_shipped, resolve_checkpoint
-
         ckpt = resolve_checkpoint(args.ckpt)  # a shipped base is read-only: its results go to the working folder
         args.out = args.out or str(Path(f"eval-{ckpt.name}.json") if is_shipped(ckpt) else ckpt / "eval.json")
     if args.out:
-        from colorgan.outputs import check_replaceable_file
-        from colorgan.version import __version__
-        from fastlora.io import atomic_write_json
-
         check_replaceable_file(args.out, overwrite=True)  # an earlier result of colorgan's, never another file
         atomic_write_json(args.out, {"colorgan": __version__, **result})
         print(f"wrote {args.out}")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from export.api import export_checkpoint
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `export` command."""
@@ -34,8 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.api import export_checkpoint
-
     results = export_checkpoint(args.ckpt, args.task, args.out, input=args.input, psi=args.psi, noise=args.noise,
                                 dtype="fp16" if args.fp16 else "fp32", opset=args.opset, device=args.device,
                                 overwrite=args.overwrite, log=print)

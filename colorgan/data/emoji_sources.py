@@ -16,8 +16,6 @@ import shutil
 import struct
 import subprocess
 from pathlib import Path
-from typing import Optional
-
 from PIL import Image, ImageDraw, ImageFont
 
 NOTO_FONT_CANDIDATES = (

@@ -51,7 +51,6 @@ def init_distributed(device: Optional[str] = None, backend: Optional[str] = None
     """Join the process group when launched by torchrun (WORLD_SIZE > 1 in the environment):
     nccl on CUDA, gloo on the CPU. A plain launch gives a single-process DistInfo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local)
     if world <= 1:
