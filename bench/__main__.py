@@ -1,22 +1,33 @@
-"""python -m bench {layers,e2e,onnx,forward,quality,gpu-session,readme-table} [options]
+"""python -m bench SUBCOMMAND [options]: the benchmark harness (run from the checkout; not installed).
 
-  layers   per-layer benchmark over the SPEC §6 matrix (bench/layers.py)
-  e2e      one CoLoR-GAN training iteration and generation images/s (bench/e2e.py)
-  onnx     images/s of an exported task in onnxruntime vs PyTorch (bench/onnx.py)
-  forward  alias of `layers --mode forward` (the earlier forward-only benchmark)
-  quality  FID/KID of the emoji demo tasks per adapter configuration against the base, and forgetting
-  gpu-session   every GPU measurement in one time-budgeted run, files to commit (bench/session.py)
-  readme-table  the README's benchmark table from the newest committed session (bench/readme_table.py)
-  cpu-train     CPU pretraining speed: fp32 vs bf16 autocast, channels-last, torch.compile (bench/cpu_train.py)
+  layers        per-layer benchmark over the benchmark matrix (docs/design.md §7)
+  e2e           one CoLoR-GAN training iteration and generation images/s
+  onnx          images/s of an exported task in onnxruntime vs PyTorch
+  forward       alias of `layers --mode forward` (the earlier forward-only benchmark)
+  quality       few-shot quality on the emoji benchmark: floors, configurations, seeds, forgetting
+  cpu-train     CPU pretraining speed: fp32 vs bf16 autocast, channels-last, torch.compile
+  compile       static sm_90a compile report of every kernel (registers, spills, MMA, load widths)
+  gpu-session   every GPU measurement in one time-budgeted run, files to commit
+  readme-table  the README's benchmark table from the newest committed session
 
 `python -m bench SUBCOMMAND --help` lists each one's options.
 """
 from __future__ import annotations
 
+import argparse
+import importlib
 import sys
 from typing import Optional, Sequence
 
-SUBCOMMANDS = ("layers", "e2e", "onnx", "forward", "quality", "gpu-session", "readme-table", "cpu-train")
+# subcommand -> module; each module has build_parser() and main(argv)
+SUBCOMMANDS = {"layers": "bench.layers", "e2e": "bench.e2e", "onnx": "bench.onnx", "forward": "bench.forward",
+               "quality": "bench.quality", "cpu-train": "bench.cpu_train", "compile": "bench.compile",
+               "gpu-session": "bench.session", "readme-table": "bench.readme_table"}
+
+
+def build_parser(subcommand: str) -> argparse.ArgumentParser:
+    """The option parser of one subcommand (what its `--help` shows)."""
+    return importlib.import_module(SUBCOMMANDS[subcommand]).build_parser()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -27,41 +38,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"\nunknown subcommand {argv[0]!r}; choose one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
             return 2
         return 0
-    cmd, rest = argv[0], argv[1:]
-    if cmd == "layers":
-        from bench import layers
-
-        layers.main(rest)
-        return 0
-    if cmd == "e2e":
-        from bench import e2e
-
-        e2e.main(rest)
-        return 0
-    if cmd == "quality":
-        from bench import quality
-
-        return quality.main(rest)
-    if cmd == "gpu-session":
-        from bench import session
-
-        return session.main(rest)
-    if cmd == "cpu-train":
-        from bench import cpu_train
-
-        return cpu_train.main(rest)
-    if cmd == "readme-table":
-        from bench import readme_table
-
-        return readme_table.main(rest)
-    if cmd == "forward":
-        from bench import forward
-
-        forward.main(rest)
-        return 0
-    from bench import onnx
-
-    return onnx.main(rest)
+    result = importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

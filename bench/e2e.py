@@ -287,7 +287,7 @@ def add_speedups(records: List[dict]) -> None:
                 r[f"speedup_vs_{ref}"] = t_ref / t if t and t_ref else None
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench e2e", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a tiny 32 px model (CPU tests); default on the CPU")
@@ -315,7 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     from colorgan.train.loop import resolve_amp
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = dev.type == "cuda"
     quick = args.quick or not cuda

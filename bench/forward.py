@@ -7,7 +7,11 @@ fused → ours, grouped → published, merged_conv → merged.
 """
 from __future__ import annotations
 
+import argparse
+import sys
 from typing import List, Optional, Sequence
+
+from bench import layers
 
 OLD_NAMES = {"fused": "ours", "grouped": "published", "merged_conv": "merged"}
 
@@ -28,11 +32,12 @@ def translate(argv: Sequence[str]) -> List[str]:
     return out
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The layer benchmark's options (this alias only fixes the mode and maps old method names)."""
+    return layers.build_parser()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    import sys
-
-    from bench import layers
-
     return layers.main(translate(sys.argv[1:] if argv is None else argv))
 
 

@@ -19,6 +19,7 @@ import shlex
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -339,7 +340,7 @@ def plot(records: List[dict], path, title: str) -> Optional[str]:
 
 # ----------------------------------------------------------------------------- CLI
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench layers", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="methods: " + ", ".join(f"{m.name} ({m.doc})" for m in METHODS.values()))
@@ -377,16 +378,30 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+@dataclass
+class Plan:
+    """What one `bench layers` invocation measures, resolved from its options and the device."""
+
+    dev: torch.device
+    lad: str
+    cases: list
+    batches: list
+    ranks: list
+    acts: list
+    dtypes: list
+    modes: list
+    methods: list
+    compile_reason: Optional[str]
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    """The matrix of this run: the options, else the defaults for the device (a quick CPU matrix off CUDA)."""
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = dev.type == "cuda"
     lad = args.ladder or ("quick" if not cuda else "256")
     only = common.parse_list(args.layers)
     if args.quick and cuda and not only and lad == "256":
         only = ["conv512@4", "up512@16", "conv512@32", "conv128@256", "torgb512@32"]
-    cases = ladder(lad, only)
     batches = common.parse_list(args.batch, int) or ([4, 16] if args.quick and cuda else [4, 8, 16, 32] if cuda
                                                      else [2])
     ranks = common.parse_list(args.rank, int) or ([1, 8] if args.quick and cuda else [1, 4, 8, 16] if cuda
@@ -407,29 +422,38 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.compile == "off" or (args.compile == "auto" and not cuda):
         compile_reason = ("torch.compile not run: " + ("--no-compile" if args.compile == "off" else
                           "off by default on the CPU (slow to compile; pass --compile on)"))
-    if not cuda or args.threads:
-        torch.set_num_threads(args.threads or 1)
-    stem = common.result_stem(args.out, dev, args.kind)
-    common.check_writable(stem, (".json", ".md", ".png"), args.overwrite)
+    return Plan(dev, lad, ladder(lad, only), batches, ranks, acts, dtypes, modes, methods, compile_reason)
 
-    meta = common.environment(dev, "python -m bench layers " + shlex.join(argv))
+
+def run_meta(plan: Plan, args: argparse.Namespace, argv: Sequence[str]) -> dict:
+    """Environment, ceilings, timing method and the planned matrix, recorded with the results."""
+    cuda = plan.dev.type == "cuda"
+    meta = common.environment(plan.dev, "python -m bench layers " + shlex.join(argv))
     if cuda:
         torch.backends.cudnn.benchmark = True
-        meta["ceilings"] = common.SPEC_CEILINGS if args.no_measure_ceilings else common.measure_ceilings(dev)
+        meta["ceilings"] = common.SPEC_CEILINGS if args.no_measure_ceilings else common.measure_ceilings(plan.dev)
         meta["timing"] = ("CUDA events, warm-up incl. autotuning/compile, L2 flushed (256 MB) before each rep, "
                           "inputs rotated over ≥2 sets")
     else:
         meta["ceilings"] = None
         meta["timing"] = f"CPU wall clock, {args.cpu_reps} reps after 1 warm-up; reference paths only"
-    meta.update(ladder=lad, layers=[c.name for c in cases], batches=batches, ranks=ranks, acts=acts, dtypes=dtypes,
-                modes=modes, methods=methods, seed=args.seed, compile=compile_reason or "on",
+    meta.update(ladder=plan.lad, layers=[c.name for c in plan.cases], batches=plan.batches, ranks=plan.ranks,
+                acts=plan.acts, dtypes=plan.dtypes, modes=plan.modes, methods=plan.methods, seed=args.seed,
+                compile=plan.compile_reason or "on",
                 flops_note="FLOPs of the base conv only (2·N·P·C_out·C_in·k², P = output pixels, input pixels "
                            "for up); bytes = x + y + W once; fwd+bwd counts twice",
-                cases=[c.to_dict() for c in cases])
+                cases=[c.to_dict() for c in plan.cases])
+    return meta
+
+
+def measure(plan: Plan, args: argparse.Namespace, meta: dict) -> List[dict]:
+    """Every case of the plan (failed cases recorded as such), within --budget-s."""
+    cuda = plan.dev.type == "cuda"
     t0 = time.perf_counter()
     records: List[dict] = []
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    grid = [(c, b, r, a, d) for c in cases for b in batches for r in ranks for a in acts for d in dtypes]
+    grid = [(c, b, r, a, d) for c in plan.cases for b in plan.batches for r in plan.ranks for a in plan.acts
+            for d in plan.dtypes]
     timing_kw = {"warmup_ms": args.warmup_ms, "rep_ms": args.rep_ms} if cuda else {}
     compile_mode = args.compile_mode or ("max-autotune-no-cudagraphs" if cuda else "default")
     meta.update(compile_mode=compile_mode, timing_options=timing_kw, cases_planned=len(grid), stopped_early=None)
@@ -440,13 +464,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 log(meta["stopped_early"])
                 break
             try:
-                recs = run_case(case, batch, rank, act, dtype, modes, methods, dev, compile_reason=compile_reason,
-                                seed=args.seed, cpu_reps=args.cpu_reps, log=log, timing_kw=timing_kw,
-                                compile_mode=compile_mode)
+                recs = run_case(case, batch, rank, act, dtype, plan.modes, plan.methods, plan.dev,
+                                compile_reason=plan.compile_reason, seed=args.seed, cpu_reps=args.cpu_reps, log=log,
+                                timing_kw=timing_kw, compile_mode=compile_mode)
             except Exception as exc:  # e.g. out of memory building the inputs or the float64 reference
                 why = f"case failed: {type(exc).__name__}: {exc}"[:500]
                 log(f"  {case.name} b{batch} r{rank} {act} {dtype}: {why}")
-                recs = failed_case(case, batch, rank, act, dtype, modes, methods, why)
+                recs = failed_case(case, batch, rank, act, dtype, plan.modes, plan.methods, why)
                 if cuda:
                     torch.cuda.empty_cache()
             records.extend({"device": meta["device"], "torch": meta["torch"], "triton": meta["triton"], **r}
@@ -454,8 +478,21 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     finally:
         if cuda:
             _tf32(False)
-    add_derived(records, meta["ceilings"])
     meta["wall_s"] = round(time.perf_counter() - t0, 1)
+    return records
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    plan = make_plan(args)
+    if plan.dev.type != "cuda" or args.threads:
+        torch.set_num_threads(args.threads or 1)
+    stem = common.result_stem(args.out, plan.dev, args.kind)
+    common.check_writable(stem, (".json", ".md", ".png"), args.overwrite)
+    meta = run_meta(plan, args, argv)
+    records = measure(plan, args, meta)
+    add_derived(records, meta["ceilings"])
     report = {"meta": meta, "records": records}
     md = markdown(records, meta)
     files = common.write_outputs(stem, report, md)

@@ -164,8 +164,8 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.onnx", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench onnx", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True, help="checkpoint folder")
     p.add_argument("--task", required=True, help="task name, or 'base'")
     p.add_argument("--batches", default="1,16", help="comma-separated batch sizes (default 1,16)")
@@ -174,6 +174,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for onnxruntime and torch")
     p.add_argument("--out", default=None, help=f"results folder (default {common.RESULTS_DIR})")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     try:
         batches = [int(b) for b in args.batches.split(",")]

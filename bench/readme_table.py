@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from bench import common, session_report
+
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 
 
@@ -43,15 +45,17 @@ def replace_between(text: str, body: str) -> Optional[str]:
     return head + "\n" + body.rstrip("\n") + "\n" + text[j:]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from bench import common, session_report
-
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench readme-table", description=__doc__.split("\n\n")[0])
     p.add_argument("--readme", default="README.md")
     p.add_argument("--results", default=str(common.RESULTS_DIR))
     p.add_argument("--session", default=None, help="a session folder name under --results (default: the newest)")
     p.add_argument("--check", action="store_true", help="exit 1 if the README's table is out of date")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     results = Path(args.results)
     if args.session:
         folder = results / args.session

@@ -107,7 +107,7 @@ class Session:
 
 # ----------------------------------------------------------------------------- main
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     from bench import session_plan
 
     p = argparse.ArgumentParser(prog="python -m bench gpu-session", description=__doc__.split("\n\n")[0],
@@ -126,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     from bench import session_plan
 
     steps = [s for s in session_plan.STEPS if s in set(args.steps.split(",")) | {"env"}]  # env.json always

@@ -30,7 +30,7 @@ from fastlora.io import (atomic_directory, atomic_save_safetensors, atomic_write
                          load_json, load_safetensors, sha256_file)
 
 from colorgan.discriminator import Discriminator
-from colorgan.generator import Generator
+from colorgan.generator import Generator, must_be_finite
 from colorgan.outputs import check_replaceable, check_writable, write_marker
 from colorgan.version import __version__
 
@@ -85,11 +85,6 @@ def _has_tasks(model: Optional[nn.Module]) -> bool:
 
 def _model_tasks(model: Optional[nn.Module]) -> list[str]:
     return fastlora.task_names(model) if _has_tasks(model) else []
-
-
-def _weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The tensors that must be finite: all but the training generator's w_avg (NaN = not computed yet)."""
-    return {k: v for k, v in tensors.items() if k != "g.w_avg"}
 
 
 def _base_tensors(prefix: str, model: nn.Module, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
@@ -151,7 +146,7 @@ def save_checkpoint(path: PathLike, G: Generator, D: Optional[Discriminator] = N
     if g_train is not None:
         base.update(_base_tensors("g", g_train, storage_dtype))
     modules = ["g_ema"] + (["d"] if D is not None else []) + (["g"] if g_train is not None else [])
-    check_finite(_weights(base), "the model being saved")
+    check_finite(must_be_finite(base), "the model being saved")
 
     def replaceable(p: Path) -> None:
         check_replaceable(p, "checkpoint", ENTRIES, inputs)
@@ -257,7 +252,7 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu", *,
             raise ValueError(f"{file} does not match the checksum in {path / CONFIG_FILE}: corrupt or changed after saving")
     modules = cfg["base"].get("modules", ["g_ema"])
     tensors = load_safetensors(file)
-    check_finite(_weights(tensors), str(file))
+    check_finite(must_be_finite(tensors), str(file))
     parts = _split(tensors, modules, file)
     G = Generator.from_config(cfg["generator"])
     _load_strict(G, parts["g_ema"], f"{file} (g_ema)")

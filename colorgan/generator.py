@@ -22,6 +22,11 @@ W_AVG_SAMPLES = 4096
 W_AVG_SEED = 0
 
 
+def must_be_finite(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The tensors of a state that must be finite: all but `w_avg` buffers (NaN until computed)."""
+    return {k: v for k, v in tensors.items() if k.rsplit(".", 1)[-1] != "w_avg"}
+
+
 class Generator(nn.Module):
     """StyleGAN2 generator: mapping z → w (`mapping`), synthesis w/w+ → image (`synthesis`).
 

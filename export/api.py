@@ -24,6 +24,7 @@ from torch import nn
 import fastlora
 from colorgan.checkpoint import TASKS_DIR, load_checkpoint, read_checkpoint_config, resolve_checkpoint
 from colorgan.generate import resolve_tasks
+from colorgan.generator import must_be_finite
 from colorgan.outputs import check_replaceable_file
 from fastlora.io import check_finite, umask_mode
 from export.graph import INPUTS, NOISE, ExportGenerator, reference_forward, resolve_dtype, task_center
@@ -296,8 +297,8 @@ def export_generator(G: nn.Module, task: Optional[str], path: PathLike, *, input
         raise ValueError(f"batches must be positive integers, got {list(batches)}")
     path = Path(path)
     _refuse_existing(path, overwrite)
-    check_finite({**fastlora.base_state_dict(G), **(fastlora.task_state_dict(G, task) if task else {})},
-                 f"the generator{f' with task {task!r}' if task else ''}")
+    weights = {**fastlora.base_state_dict(G), **(fastlora.task_state_dict(G, task) if task else {})}
+    check_finite(must_be_finite(weights), f"the generator{f' with task {task!r}' if task else ''}")
     tol = TOLERANCES[dname]
     say = log or (lambda s: None)
     if G.device.type != "cpu" or G.input.input.dtype != torch.float32:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from colorgan.generator import must_be_finite
 from colorgan.outputs import check_writable, prepare_output_folder, save_png
 from colorgan.train.distributed import barrier, init_distributed
 from fastlora.io import atomic_write_json, clean_interrupted, json_safe, load_json, non_finite
@@ -219,7 +220,7 @@ def ensure_finite(models: dict[str, Optional[torch.nn.Module]]) -> None:
     for prefix, m in models.items():
         if m is None:
             continue
-        bad = non_finite({k: v for k, v in m.state_dict().items() if not k.endswith("w_avg")})
+        bad = non_finite(must_be_finite(m.state_dict()))
         if bad:
             raise NonFiniteLoss(f"{prefix} weight {bad[0]} is NaN or infinite ({len(bad)} tensor(s))")
 
