@@ -5,6 +5,7 @@
   onnx     images/s of an exported task in onnxruntime vs PyTorch (bench/onnx.py)
   forward  alias of `layers --mode forward` (the earlier forward-only benchmark)
   quality  FID/KID of the emoji demo tasks per adapter configuration against the base, and forgetting
+  compile  static compile report: every fused kernel compiled for sm_90a, SASS statistics (bench/compile.py)
 
 `python -m bench SUBCOMMAND --help` lists each one's options.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-SUBCOMMANDS = ("layers", "e2e", "onnx", "forward", "quality")
+SUBCOMMANDS = ("layers", "e2e", "onnx", "forward", "quality", "compile")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -39,6 +40,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from bench import quality
 
         return quality.main(rest)
+    if cmd == "compile":
+        from bench import compile as bcompile
+
+        return bcompile.main(rest)
     if cmd == "forward":
         from bench import forward
 

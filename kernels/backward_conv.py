@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import fir, modconv, prologue, tiles
+from kernels import common, fir, modconv, prologue, tiles
 
 SQRT2 = 1.4142135623730951
 
@@ -375,13 +375,12 @@ def epilogue_backward(gy: torch.Tensor, pre: torch.Tensor, noise: Optional[torch
     sums = tiles.empty((n, c, 2), device=pre.device, dtype=torch.float32)
     sn = noise.expand(n, c, oh, ow).stride() if noise is not None else (0, 0, 0, 0)
     block = min(1024, max(16, triton.next_power_of_2(oh * ow)))
-    _epi_bwd_kernel[(n * c,)](
+    common.launch(_epi_bwd_kernel, (n * c,), (
         gy, pre, noise if noise is not None else pre, bias if bias is not None else pre,
         d if d is not None else pre, gd, gz if gz is not None else gd, sums,
-        c, oh * ow, ow, *sn,
+        c, oh * ow, ow, *sn), dict(
         HAS_NOISE=noise is not None, HAS_BIAS=bias is not None, LRELU=lrelu, DEMOD=d is not None,
-        STORE_GZ=store_gz, BLOCK=block, num_warps=4,
-    )
+        STORE_GZ=store_gz, BLOCK=block), num_warps=4, num_stages=1, tag="epilogue_bwd")
     return gd, gz, sums
 
 
@@ -409,14 +408,14 @@ def dgrad(gc: torch.Tensor, w_k: torch.Tensor, xin: torch.Tensor, style: torch.T
         else:
             _note("dgrad_ds_atomic")
             ds = torch.zeros((n, c_in), device=xin.device, dtype=torch.float32)
-    _dgrad_kernel[(n_mb, triton.cdiv(c_in, cfg.block_n), n * phases)](
+    common.launch(_dgrad_kernel, (n_mb, triton.cdiv(c_in, cfg.block_n), n * phases), (
         gc, w_k, xin, style, sq, e if e is not None else sq, task_ids if task_ids is not None else style,
         dx if dx is not None else gc, ds if ds is not None else gc,
-        c_in, c_out, h, w, gh, gw, n_mb,
+        c_in, c_out, h, w, gh, gw, n_mb), dict(
         K=k, MODE=mode, PHASES=phases, TASKS=task_ids is not None, DEMOD=e is not None,
         NEED_DX=need_dx, NEED_DS=need_ds, ATOMIC=not deterministic, PREC=modconv._precision(w_k.dtype, xin.device),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **cfg.launch_kwargs(),
-    )
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k), tag="dgrad", config=cfg.name,
+        **cfg.launch_kwargs())
     if need_ds and deterministic:
         ds = ds.sum(1)
     return dx, ds
@@ -441,13 +440,13 @@ def wgrad(gc: torch.Tensor, xin: torch.Tensor, style: torch.Tensor, w_k: torch.T
         raise ValueError(f"config {cfg.name} (8 warps) is restricted to k = 1")
     _note("wgrad_full_kernel" if family == "wgrad" else "wgrad_rank_kernel")
     out = tiles.empty((n_t, k * k, c_in, c_out), device=xin.device, dtype=torch.float32)
-    _wgrad_kernel[(triton.cdiv(c_in, cfg.block_m), triton.cdiv(c_out, cfg.block_n), k * k * n_t)](
+    common.launch(_wgrad_kernel, (triton.cdiv(c_in, cfg.block_m), triton.cdiv(c_out, cfg.block_n), k * k * n_t), (
         gc, xin, style, w_k, e if e is not None else gc, task_ids if task_ids is not None else style, out,
-        n, c_in, c_out, h, w, gh, gw, ph, pw,
+        n, c_in, c_out, h, w, gh, gw, ph, pw), dict(
         K=k, MODE=mode, TASKS=task_ids is not None, DEMOD=e is not None,
         PREC=modconv._precision(w_k.dtype, xin.device),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **cfg.launch_kwargs(),
-    )
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k), tag="wgrad", config=cfg.name,
+        **cfg.launch_kwargs())
     return out
 
 
@@ -472,13 +471,13 @@ def factor_reduce(g: torch.Tensor, a: torch.Tensor, n_fac: torch.Tensor, weight:
         _note("factor_atomic")
         da = torch.zeros((c_in, r), device=g.device, dtype=torch.float32)
         dadd = torch.zeros((kk, c_in), device=g.device, dtype=torch.float32) if left else None
-    _factor_reduce_kernel[(n_ob, kk)](
+    common.launch(_factor_reduce_kernel, (n_ob, kk), (
         g, a, n_fac, weight.contiguous() if weight is not None else g, dn, da, dadd if dadd is not None else g,
-        c_in, c_out, r, n_ob, float(coef),
+        c_in, c_out, r, n_ob, float(coef)), dict(
         KK=kk, KIND=kind, OUTER=outer, ATOMIC=not deterministic,
         PREC="ieee" if g.device.type == "cuda" and not torch.backends.cuda.matmul.allow_tf32 else "tf32",
-        R_PAD=max(16, triton.next_power_of_2(r)), BLOCK_O=cfg.block_m, BLOCK_C=cfg.block_n, num_warps=cfg.num_warps,
-    )
+        R_PAD=max(16, triton.next_power_of_2(r)), BLOCK_O=cfg.block_m, BLOCK_C=cfg.block_n),
+        num_warps=cfg.num_warps, num_stages=1, tag="factor_reduce", config=cfg.name)
     if deterministic:
         da = da.sum(0)
         dadd = dadd.sum(0) if left else None
@@ -507,12 +506,12 @@ def demod_factor_reduce(w_t: torch.Tensor, m_t: torch.Tensor, a: torch.Tensor, n
     else:
         _note("demod_factor_atomic")
         da = torch.zeros((kk, c_in, r) if lora else (c_in, r), device=w_t.device, dtype=torch.float32)
-    _demod_factor_kernel[(n_ob, kk)](
-        w_t, m_t, a, n_fac, dn, da, c_in, c_out, r, float(coef),
+    common.launch(_demod_factor_kernel, (n_ob, kk), (
+        w_t, m_t, a, n_fac, dn, da, c_in, c_out, r, float(coef)), dict(
         KK=kk, A_TAP=lora, N_TAP=not lora, ATOMIC=not deterministic,
         PREC="ieee" if w_t.device.type == "cuda" and not torch.backends.cuda.matmul.allow_tf32 else "tf32",
-        R_PAD=max(16, triton.next_power_of_2(r)), BLOCK_O=cfg.block_m, BLOCK_C=cfg.block_n, num_warps=cfg.num_warps,
-    )
+        R_PAD=max(16, triton.next_power_of_2(r)), BLOCK_O=cfg.block_m, BLOCK_C=cfg.block_n),
+        num_warps=cfg.num_warps, num_stages=1, tag="demod_factor", config=cfg.name)
     if deterministic:
         da = da.sum(0) if lora else da.sum((0, 1))
     return da, dn

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import tiles
+from kernels import common, tiles
 
 SQRT2 = 1.4142135623730951
 
@@ -74,11 +74,11 @@ def blur(x: torch.Tensor, pad: tuple[int, int], gain: float, out: torch.Tensor, 
     cfg = config or tiles.choose("fir", (total,), tiles.FIR_CONFIGS,
                                  lambda cf: triton.cdiv(total, cf.block_m), total, 0, x.device)
     grid = (triton.cdiv(total, cfg.block_m),)
-    _fir_kernel[grid](
+    common.launch(_fir_kernel, grid, (
         x, out, noise if noise is not None else x, bias if bias is not None else x,
         skip if skip is not None else x, pre if pre is not None else x,
-        total, c, h, w, oh, ow, pad[0], pad[0], float(gain), *sn,
+        total, c, h, w, oh, ow, pad[0], pad[0], float(gain), *sn), dict(
         HAS_NOISE=noise is not None, HAS_BIAS=bias is not None, LRELU=lrelu, HAS_SKIP=skip is not None,
-        SAVE_PRE=pre is not None, BLOCK=cfg.block_m, num_warps=cfg.num_warps,
-    )
+        SAVE_PRE=pre is not None, BLOCK=cfg.block_m), num_warps=cfg.num_warps, num_stages=1, tag="blur",
+        config=cfg.name)
     return out

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import fir, prologue, tiles
+from kernels import common, fir, prologue, tiles
 
 MODE_PLAIN, MODE_DOWN, MODE_UP = 0, 1, 2
 DEMOD_EPS = 1e-8
@@ -167,16 +167,16 @@ def conv(xin: torch.Tensor, style: torch.Tensor, w_k: torch.Tensor, sq: torch.Te
     def launch(cf: tiles.Config) -> None:
         if k > 1 and cf.num_warps > 4:
             raise ValueError(f"config {cf.name} (8 warps) is restricted to k = 1")
-        _modconv_kernel[grid_of(cf)](
+        common.launch(_modconv_kernel, grid_of(cf), (
             xin, style, w_k, sq, task_ids if task_ids is not None else style, out,
             noise if noise is not None else out, bias if bias is not None else out,
             skip if skip is not None else out, pre if pre is not None else out,
-            c_in, c_out, h, w, oh, ow, qh, qw, *sn,
+            c_in, c_out, h, w, oh, ow, qh, qw, *sn), dict(
             K=k, MODE=mode, PHASES=phases, TASKS=task_ids is not None, DEMOD=demodulate,
             HAS_NOISE=noise is not None, HAS_BIAS=bias is not None, LRELU=lrelu, HAS_SKIP=skip is not None,
             SAVE_PRE=pre is not None, PREC=_precision(w_k.dtype, xin.device),
-            BLOCK_M=cf.block_m, BLOCK_N=cf.block_n, BLOCK_K=cf.block_k, **cf.launch_kwargs(),
-        )
+            BLOCK_M=cf.block_m, BLOCK_N=cf.block_n, BLOCK_K=cf.block_k), tag="conv", config=cf.name,
+            **cf.launch_kwargs())
 
     key = (n, c_in, c_out, qh * qw, k, mode, str(xin.dtype), task_ids is not None)
     cfg = config or tiles.choose("conv", key, eligible, lambda cf: grid_of(cf)[0] * grid_of(cf)[1] * grid_of(cf)[2],

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import tiles
+from kernels import common, tiles
 
 KIND_NONE, KIND_LORA, KIND_LLORA, KIND_LEFT = 0, 1, 2, 3
 
@@ -122,9 +122,8 @@ def build_weight(weight: torch.Tensor, adapter, scale: float, w_out: torch.Tenso
         "prologue", key, tiles.PROLOGUE_CONFIGS,
         lambda c: triton.cdiv(c_out, c.block_m) * triton.cdiv(c_in, c.block_n), c_out, c_in, weight.device)
     grid = (triton.cdiv(c_out, cfg.block_m), triton.cdiv(c_in, cfg.block_n))
-    _prologue_kernel[grid](
-        weight, w_out, sq_out, *ptrs, c_out, c_in, r, float(scale), alpha,
+    common.launch(_prologue_kernel, grid, (
+        weight, w_out, sq_out, *ptrs, c_out, c_in, r, float(scale), alpha), dict(
         KK=k * k, KIND=kind, ACT_IN=act_in, ACT_OUT=act_out,
-        BLOCK_O=cfg.block_m, BLOCK_C=cfg.block_n, R_PAD=max(2, triton.next_power_of_2(r)),
-        num_warps=cfg.num_warps,
-    )
+        BLOCK_O=cfg.block_m, BLOCK_C=cfg.block_n, R_PAD=max(2, triton.next_power_of_2(r))),
+        num_warps=cfg.num_warps, num_stages=1, tag="prologue", config=cfg.name)

@@ -168,6 +168,12 @@ def _save_cache() -> None:
 
 
 def num_sms(device) -> int:
+    """Multiprocessors of `device` (the recorder's count inside `common.record`, 1 off the GPU)."""
+    from kernels import common
+
+    rec = common.recording()
+    if rec is not None:
+        return rec.sms
     if interpreting() or getattr(device, "type", "cpu") != "cuda":
         return 1
     return _sm_count(device.index if device.index is not None else -1)
