@@ -1,5 +1,5 @@
-"""What every kernel file shares: the numeric constants, the integer codes of modes and adapter kinds,
-the dot-precision choice, the leaky-ReLU helpers, and the one launch function.
+"""What every kernel file shares: the numeric constants and integer codes (re-exported from
+`kernels.constants`), the dot-precision choice, the leaky-ReLU helpers, and the one launch function.
 
 Every kernel launch goes through `launch`, so a launch can be recorded instead of run (`record`): the
 static compile report (`python -m bench compile`) runs the real launchers on meta tensors and compiles
@@ -16,16 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
-# ----------------------------------------------------------------------------- constants (one home)
+from kernels.constants import (DEMOD_EPS, KIND_LEFT, KIND_LLORA, KIND_LORA, KIND_NONE, LRELU_SLOPE,  # noqa: F401
+                               MODE_DOWN, MODE_PLAIN, MODE_UP, SQRT2)
 
-DEMOD_EPS = 1e-8  # d = rsqrt(Σ (s·Ŵ)² + DEMOD_EPS)
-SQRT2 = 1.4142135623730951  # the leaky-ReLU gain of StyleGAN2
-LRELU_SLOPE = 0.2
-
-# conv modes: stride 1 / padding k//2; stride 2 after the down blur; stride-2 transposed conv (then the up blur)
-MODE_PLAIN, MODE_DOWN, MODE_UP = 0, 1, 2
-# adapter kinds of the weight prologue (the factor tensors' meaning depends on the kind)
-KIND_NONE, KIND_LORA, KIND_LLORA, KIND_LEFT = 0, 1, 2, 3
+# ----------------------------------------------------------------------------- constants (kernels/constants.py)
 
 # the same values as compile-time constants for @triton.jit code
 C_EPS = tl.constexpr(DEMOD_EPS)

@@ -183,7 +183,7 @@ def _names(family):
     return [c.name for c in tiles.TABLES[family]]
 
 
-@pytest.mark.parametrize("name", _names("conv"))
+@pytest.mark.parametrize("name", _names("dgrad"))
 @pytest.mark.parametrize("mode", ["plain", "up", "down"])
 def test_every_backward_conv_config(kernel_device, name, mode):
     from kernels import tiles
