@@ -82,7 +82,9 @@ def case_launches(case, batch: int, dtype: str, pass_: str, adapter: str) -> lis
         kw.update(skip=torch.empty(batch, case.c_out, case.res, case.res, device=dev, dtype=dt).to(memory_format=cl))
     with common.record(SMS) as rec:
         if pass_ == "forward":
-            _triton.modulated_conv2d(x, w, s, adapter=ad, **kw)
+            y = _triton.modulated_conv2d(x, w, s, adapter=ad, **kw)
+            _mark_intermediates(rec, [x, w, s, y, *ad.tensors(), *[v for v in kw.values() if torch.is_tensor(v)]],
+                                batch)
         else:
             leaves = [x.requires_grad_(), s.requires_grad_(), ad.A.requires_grad_(), ad.B.requires_grad_(),
                       ad.B_inst.requires_grad_()]
@@ -91,6 +93,28 @@ def case_launches(case, batch: int, dtype: str, pass_: str, adapter: str) -> lis
             torch.autograd.grad(y, leaves, torch.empty_like(y))
             del rec[:n_fwd]
     return list(rec)
+
+
+def _storage(t) -> int:
+    return t.untyped_storage()._cdata
+
+
+def _mark_intermediates(launches: list, io: list, batch: int) -> None:
+    """Tag each launch with the bytes of fp32 activation-shaped intermediates ([N, C, H, W] buffers that are
+    neither inputs nor outputs of the op, passed to two or more launches) it writes or reads; the first
+    launch that touches such a buffer carries its size."""
+    import torch
+
+    known = {_storage(t) for t in io}
+    seen: Dict[int, list] = {}
+    for i, lc in enumerate(launches):
+        for a in lc.args:
+            if torch.is_tensor(a) and a.dim() == 4 and a.shape[0] == batch and _storage(a) not in known:
+                seen.setdefault(_storage(a), [a, set()])[1].add(i)
+    for a, users in seen.values():
+        if len(users) >= 2 and a.dtype == torch.float32:
+            first = launches[min(users)]
+            first.meta["fp32_intermediate"] = first.meta.get("fp32_intermediate", 0) + a.numel() * 4
 
 
 # ----------------------------------------------------------------------------- compiling one launch
@@ -214,9 +238,9 @@ def _mma(st: dict) -> str:
 
 # ----------------------------------------------------------------------------- the report
 
-def _fp32_intermediate_bytes(launches: list, dtype: str) -> int:
-    """Bytes of fp32 activation-shaped intermediates the case writes between its kernels (a launch tagged
-    with meta['fp32_intermediate'])."""
+def _fp32_intermediate_bytes(launches: list) -> int:
+    """Bytes of fp32 activation-shaped intermediates the case passes between its kernels (forward cases;
+    found by `_mark_intermediates` from the recorded launch arguments)."""
     return int(sum(lc.meta.get("fp32_intermediate", 0) for lc in launches))
 
 
@@ -254,10 +278,11 @@ def build_report(cases: Sequence, batches: Sequence[int], dtypes: Sequence[str],
             log(f"  compiled {unique[key]['name']} [{len(stats)}/{len(keys)}]")
     records = []
     for case, b, dt, ps, ad, launches in planned:
-        inter = _fp32_intermediate_bytes(launches, dt)
+        inter = _fp32_intermediate_bytes(launches)
         for lc in launches:
             st = stats[lc.meta["_key"]]
-            cfg = {k: v for k, v in lc.meta.items() if not k.startswith("_") and k != "fp32_intermediate"}
+            cfg = {k: v for k, v in lc.meta.items()
+                   if not k.startswith("_") and k not in ("fp32_intermediate", "splitk_workspace")}
             cfg.update(warps=lc.num_warps, stages=lc.num_stages)
             records.append({
                 "kernel": lc.fn.__name__.lstrip("_"), "role": lc.tag, "pass": lc.meta.get("pass", ps),
@@ -265,7 +290,7 @@ def build_report(cases: Sequence, batches: Sequence[int], dtypes: Sequence[str],
                 "config": cfg, "grid_ctas": lc.ctas, "regs": st["regs"], "spill_bytes": st["spill_bytes"],
                 "smem_bytes": st["smem_bytes"], "mma": _mma(st), "ldgsts128": st["ldgsts128"], "ldg128": st["ldg128"],
                 "ldg_scalar16": st["ldg_scalar16"], "stg_scalar16": st["stg_scalar16"], "tma": st["tma"],
-                "fp32_intermediate_bytes": inter,
+                "fp32_intermediate_bytes": inter, "splitk_workspace_bytes": lc.meta.get("splitk_workspace", 0),
                 "cubin": os.path.relpath(st["cubin"], out),
             })
     (out / "compile.json").write_text(json.dumps({"target": f"sm_{TARGET_ARCH}a", "sms": SMS,
@@ -277,6 +302,41 @@ def _triton_version() -> str:
     import triton
 
     return triton.__version__
+
+
+GEMM_ROLES = ("conv", "dgrad", "wgrad")  # the implicit GEMMs over activations (the rest: prologue, blur, reductions)
+
+
+def check_targets(records: Sequence[dict], sms: int = SMS) -> Dict[str, List[str]]:
+    """The issue's static targets over a report; {target: [violations]} (empty lists: met).
+
+    - hgmma: every bf16 implicit-GEMM kernel (conv, dgrad, wgrad) of a layer at >= 16 px uses HGMMA;
+    - no_spill / no_scalar16: every bf16 kernel of a layer at >= 16 px has 0 spill bytes and no scalar 16-bit
+      global load;
+    - no_fp32_intermediate: no bf16 up layer's forward passes an fp32 activation-sized intermediate between its
+      kernels (the split-K workspace of 4-16 px layers is reported apart, as splitk_workspace_bytes);
+    - splitk_fill: at 4-16 px and batch 4, the forward conv of every 3x3 layer launches >= sms/2 CTAs.
+    """
+    out: Dict[str, List[str]] = {"hgmma": [], "no_spill": [], "no_scalar16": [], "no_fp32_intermediate": [],
+                                 "splitk_fill": []}
+    for r in records:
+        tag = f"{r['kernel']}/{r['role']} {r['pass']} {r['layer']} B{r['batch']} {r['dtype']} {r.get('adapter', '')}"
+        big = r["res"] >= 16 and r["dtype"] == "bf16"
+        if big and r["role"] in GEMM_ROLES and r["mma"] != "HGMMA":
+            out["hgmma"].append(f"{tag}: {r['mma']}")
+        if big and r["spill_bytes"]:
+            out["no_spill"].append(f"{tag}: {r['spill_bytes']} B")
+        if big and r["ldg_scalar16"]:
+            out["no_scalar16"].append(f"{tag}: {r['ldg_scalar16']}")
+        if (r["dtype"] == "bf16" and r["layer"].startswith("up") and r["pass"] == "forward"
+                and r["fp32_intermediate_bytes"]):
+            out["no_fp32_intermediate"].append(f"{tag}: {r['fp32_intermediate_bytes']} B")
+        if (r["res"] <= 16 and r["batch"] == 4 and r["role"] == "conv" and r["pass"] == "forward"
+                and not r["layer"].startswith("torgb") and r["grid_ctas"] < sms // 2):
+            out["splitk_fill"].append(f"{tag}: {r['grid_ctas']} CTAs")
+    for k in out:
+        out[k] = sorted(set(out[k]))
+    return out
 
 
 def markdown_table(records: Sequence[dict]) -> str:
@@ -326,7 +386,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(a.out)
     records = build_report(cases, [int(b) for b in split(a.batch)], split(a.dtype), split(a.passes),
                            split(a.adapter), out, jobs=a.jobs)
-    (out / "compile.md").write_text(markdown_table(records) + "\n")
+    targets = check_targets(records)
+    summary = ["", "Targets (bf16 kernels at >= 16 px; split-K fill at 4-16 px, batch 4):", ""]
+    for name, bad in targets.items():
+        summary.append(f"- {name}: {'met' if not bad else f'NOT met ({len(bad)})'}")
+        summary += [f"  - {b}" for b in bad[:20]] + ([f"  - ... {len(bad) - 20} more"] if len(bad) > 20 else [])
+    (out / "compile.md").write_text(markdown_table(records) + "\n" + "\n".join(summary) + "\n")
+    print("\n".join(summary))
     print(f"wrote {out / 'compile.json'} ({len(records)} records) and {out / 'compile.md'}")
     return 0
 

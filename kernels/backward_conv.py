@@ -458,7 +458,7 @@ def factor_reduce(g: torch.Tensor, a: torch.Tensor, n_fac: torch.Tensor, weight:
     a = a.float().contiguous()
     n_fac = n_fac.float().contiguous()
     cfg = config or tiles.choose(
-        "reduce", (c_out, c_in, kk), tiles.PROLOGUE_CONFIGS,
+        "reduce", (c_out, c_in, kk), tiles.REDUCE_CONFIGS,
         lambda c: triton.cdiv(c_out, c.block_m) * kk, c_out, c_in, g.device)
     n_ob = triton.cdiv(c_out, cfg.block_m)
     dn = tiles.empty((kk, c_out, r), device=g.device, dtype=torch.float32)
@@ -496,7 +496,7 @@ def demod_factor_reduce(w_t: torch.Tensor, m_t: torch.Tensor, a: torch.Tensor, n
     a = a.float().contiguous()
     n_fac = n_fac.float().contiguous()
     cfg = config or tiles.choose(
-        "reduce", (c_out, c_in, kk, "demod"), tiles.PROLOGUE_CONFIGS,
+        "reduce", (c_out, c_in, kk, "demod"), tiles.REDUCE_CONFIGS,
         lambda c: triton.cdiv(c_out, c.block_m) * kk, c_out, c_in, w_t.device)
     n_ob = triton.cdiv(c_out, cfg.block_m)
     dn = tiles.empty((kk, c_out, r), device=w_t.device, dtype=torch.float32)

@@ -44,7 +44,6 @@ CONV_CONFIGS: Tuple[Config, ...] = (
     Config("conv_64x64x64", 64, 64, 64, num_warps=4, num_stages=3),
     Config("conv_64x128x64", 64, 128, 64, num_warps=4, num_stages=3),
     Config("conv_128x128x64", 128, 128, 64, num_warps=8, num_stages=3),
-    Config("conv_128x256x64", 128, 256, 64, num_warps=8, num_stages=3),
     Config("conv_64x64x32", 64, 64, 32, num_warps=4, num_stages=3),
     Config("conv_128x128x32", 128, 128, 32, num_warps=8, num_stages=3),
 )
@@ -59,8 +58,13 @@ BWD_CONFIGS: Tuple[Config, ...] = (
     Config("conv_128x64x32", 128, 64, 32, num_warps=4, num_stages=3),
     Config("conv_128x128x32_k1", 128, 128, 32, num_warps=8, num_stages=3),
 )
-# Prologue (adapted weight + sums of squares): tiles of [C_out, C_in].
+# Prologue (adapted weight + sums of squares): tiles of [C_out, C_in × all taps].
 PROLOGUE_CONFIGS: Tuple[Config, ...] = (
+    Config("pro_16x16", 16, 16, num_warps=4, num_stages=1),
+    Config("pro_32x16", 32, 16, num_warps=4, num_stages=1),
+)
+# Reductions of the backward to adapter factors: tiles of [C_out, C_in].
+REDUCE_CONFIGS: Tuple[Config, ...] = (
     Config("pro_32x32", 32, 32, num_warps=4, num_stages=1),
     Config("pro_64x64", 64, 64, num_warps=4, num_stages=1),
 )
@@ -79,7 +83,7 @@ LINEAR_CONFIGS: Tuple[Config, ...] = (
 TABLES: Dict[str, Tuple[Config, ...]] = {
     "conv": CONV_CONFIGS, "prologue": PROLOGUE_CONFIGS, "fir": FIR_CONFIGS, "linear": LINEAR_CONFIGS,
     # backward families (forced separately: force(dgrad=..., wgrad=..., reduce=...))
-    "dgrad": BWD_CONFIGS, "wgrad": BWD_CONFIGS, "reduce": PROLOGUE_CONFIGS, "linear_bwd": LINEAR_CONFIGS,
+    "dgrad": BWD_CONFIGS, "wgrad": BWD_CONFIGS, "reduce": REDUCE_CONFIGS, "linear_bwd": LINEAR_CONFIGS,
     # the rank-r launches of the factorised weight gradient (projections, rank-r wgrad/dgrad): force(factor=...)
     "factor": BWD_CONFIGS,
 }
@@ -284,8 +288,8 @@ def conv_smem(c: Config, elsize: int) -> int:
 
 
 def _tile_efficiency(c: Config) -> float:
-    """Relative MMA throughput of a tile: its arithmetic intensity BM·BN/(BM+BN), 1 at 128×256."""
-    return min(1.0, (c.block_m * c.block_n / (c.block_m + c.block_n)) / (128 * 256 / 384))
+    """Relative MMA throughput of a tile: its arithmetic intensity BM·BN/(BM+BN), 1 at 128×128."""
+    return min(1.0, (c.block_m * c.block_n / (c.block_m + c.block_n)) / 64.0)
 
 
 def conv_time(c: Config, split: int, p: ConvProblem, sms: int) -> float:

@@ -1,10 +1,13 @@
 """The static compile report (`python -m bench compile`): kernels compiled offline for sm_90a with Triton's
-bundled ptxas, SASS statistics per kernel launch, and the issue's targets checked over the records.
+bundled ptxas, SASS statistics per kernel launch, and the issue's targets checked over the records
+(`bench.compile.check_targets`).
 
-Always on (`make test`): a reduced report, a few representative layers of the StyleGAN2-256 ladder, compiled in a
-fresh subprocess (compiling needs TRITON_INTERPRET unset, which the test process cannot undo). Opt-in
-(FASTLORA_COMPILE_REPORT=1, about 30-60 min on 2 cores, or FASTLORA_COMPILE_REPORT=DIR to check an existing
-DIR/compile.json): the whole ladder, batch 4 and 16, bf16 and fp32, forward and backward.
+Always on (`make test`, about 2-4 min on 2 cores with a cold Triton cache): a reduced report, the forward of
+representative layers of the StyleGAN2-256 ladder in bf16 (the 4 px plain layer that must split K, the 8 px
+and 32 px up layers, a 16 px plain layer, a ToRGB) at batch 4, compiled in a fresh subprocess (compiling needs
+TRITON_INTERPRET unset, which the test process cannot undo); every forward target is checked on it.
+Opt-in (FASTLORA_COMPILE_REPORT=1: the whole ladder, batch 4 and 16, bf16 and fp32, forward and backward,
+about 30-60 min on 2 cores; or FASTLORA_COMPILE_REPORT=DIR to check an existing DIR/compile.json).
 """
 from __future__ import annotations
 
@@ -16,16 +19,19 @@ from pathlib import Path
 
 import pytest
 
+from bench.compile import check_targets
+
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("kernel", "pass", "layer", "batch", "dtype", "config", "grid_ctas", "regs", "spill_bytes", "smem_bytes",
           "mma", "ldgsts128", "ldg128", "ldg_scalar16", "fp32_intermediate_bytes", "cubin")
+FULL = os.environ.get("FASTLORA_COMPILE_REPORT", "")
 
 
 def _run_report(out: Path, *args: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, "-m", "bench", "compile", "--out", str(out), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=3000)
+                          capture_output=True, text=True, timeout=5400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((out / "compile.json").read_text())
 
@@ -40,12 +46,55 @@ def _check_records(rep: dict, out: Path) -> None:
         assert r["mma"] in ("HGMMA", "HMMA", "FFMA", "none")
 
 
+def _assert_met(targets: dict, names) -> None:
+    bad = {k: v for k, v in targets.items() if k in names and v}
+    assert not bad, json.dumps(bad, indent=1)
+
+
+FORWARD_TARGETS = ("hgmma", "no_spill", "no_scalar16", "no_fp32_intermediate", "splitk_fill")
+
+
 @pytest.mark.slow
 def test_reduced_compile_report(tmp_path):
-    """Representative cases: a plain 3x3 and an up layer at 32 px (forward, bf16, batch 16)."""
-    rep = _run_report(tmp_path, "--layers", "conv512@32,up512@32", "--batch", "16", "--dtype", "bf16",
-                      "--pass", "forward")
+    rep = _run_report(tmp_path, "--layers", "conv512@4,up512@8,conv512@16,up512@32,torgb512@32", "--batch", "4",
+                      "--dtype", "bf16", "--pass", "forward")
     _check_records(rep, tmp_path)
-    kernels = {r["kernel"] for r in rep["records"]}
-    assert any("conv" in k for k in kernels), kernels
+    recs = rep["records"]
+    roles = {r["role"] for r in recs}
+    assert {"prologue", "demod", "conv", "splitk_reduce", "blur"} <= roles, roles
+    conv4 = [r for r in recs if r["layer"] == "conv512@4" and r["role"] == "conv"]
+    assert conv4 and conv4[0]["config"]["split"] > 1  # the 4 px layer splits K
+    _assert_met(check_targets(recs), FORWARD_TARGETS)
+    # the checks can fail: a report of today's structural limits violates them
+    fake = [dict(recs[0], res=32, dtype="bf16", role="conv", mma="HMMA", spill_bytes=272, ldg_scalar16=9)]
+    assert all(check_targets(fake)[k] for k in ("hgmma", "no_spill", "no_scalar16"))
     assert (tmp_path / "compile.md").read_text().startswith("| kernel |")
+
+
+def _full_report(tmp_path_factory) -> list:
+    if FULL not in ("1", "true"):
+        return json.loads((Path(FULL) / "compile.json").read_text())["records"]
+    out = tmp_path_factory.mktemp("compile-report")
+    rep = _run_report(out, "--jobs", "2")
+    _check_records(rep, out)
+    return rep["records"]
+
+
+@pytest.fixture(scope="module")
+def full_records(tmp_path_factory):
+    if not FULL:
+        pytest.skip("opt-in: FASTLORA_COMPILE_REPORT=1 (compile the whole ladder) or =DIR (an existing report)")
+    return _full_report(tmp_path_factory)
+
+
+@pytest.mark.slow
+def test_full_report_forward_targets(full_records):
+    _assert_met(check_targets([r for r in full_records if r["pass"] == "forward"]), FORWARD_TARGETS)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the backward kernels are still the first-generation NCHW ones (spills in "
+                                       "dgrad/wgrad, scalar 16-bit loads, fp32 gradient operands); see docs/kernels.md")
+def test_full_report_backward_targets(full_records):
+    _assert_met(check_targets([r for r in full_records if r["pass"] != "forward"]),
+                ("hgmma", "no_spill", "no_scalar16"))

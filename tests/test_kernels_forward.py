@@ -219,7 +219,7 @@ def test_split_k_heuristic_fills_the_gpu():
             assert s == 1, (res, up, c.name, s)
 
 
-@pytest.mark.parametrize("prologue", ["pro_32x32", "pro_64x64"])
+@pytest.mark.parametrize("prologue", ["pro_16x16", "pro_32x16"])
 @pytest.mark.parametrize("fir", ["fir_16x128", "fir_64x64"])
 def test_every_prologue_and_fir_config(kernel_device, prologue, fir):
     from kernels import tiles
