@@ -4,7 +4,8 @@ reference backend and fused Triton kernels, plus per-task adapter banks.
 Public API: the adapter kinds `LoRA`, `LLoRA`, `LeFT`; `AdapterConfig`; the ops in
 `fastlora.functional`; the layers `AdaptedLinear`, `ModulatedConv2d`, `AdaptedConv2d`;
 and the bank operations (`add_task`, `set_task`, `save_task`, `load_task`,
-`merge_task`, `unmerge`, ...). Triton is imported only when a Triton backend is used.
+`merge_task`, `unmerge`, ...); `capture` records a whole forward as a CUDA graph. Triton is imported only
+when a Triton backend is used.
 """
 from fastlora import functional
 from fastlora._triton_autograd import deterministic, set_deterministic
@@ -33,6 +34,7 @@ from fastlora.bank import (
     unmerge,
 )
 from fastlora.config import KINDS, AdapterConfig
+from fastlora.graphs import CapturedForward, capture
 from fastlora.modules import AdaptedConv2d, AdaptedLayer, AdaptedLinear, ModulatedConv2d
 
 __all__ = [
@@ -41,4 +43,5 @@ __all__ = [
     "adapted_layers", "add_task", "remove_task", "set_task", "active_task", "task_names", "task_config",
     "task_parameters", "base_parameters", "freeze_base", "task_state_dict", "base_state_dict", "base_checksum",
     "count_parameters", "set_deterministic", "deterministic", "save_task", "load_task", "read_task_config", "merge_task", "unmerge", "merged_state_dict",
+    "capture", "CapturedForward",
 ]
