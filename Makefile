@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean test-triton36
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,8 +19,27 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The kernel tests under Triton 3.6.0 (what the project's GPU machine runs), in a second virtualenv with the
+# same torch: the kernels must compile and pass the interpreter tests there too.
+VENV36 ?= .venv-triton36
+PY36 := $(VENV36)/bin/python
+STAMP36 := $(VENV36)/.installed-stamp
+KERNEL_TESTS ?= tests/test_kernels_forward.py tests/test_kernels_backward.py \
+	tests/test_kernels_backward_factorised.py tests/test_cuda_graph.py tests/test_compile_report.py
+
+$(STAMP36): pyproject.toml
+	test -x $(PY36) || python3 -m venv $(VENV36)
+	$(PY36) -m pip install -q --upgrade pip
+	$(PY36) -m pip install -q "$(TORCH)"
+	$(PY36) -m pip install -q -e ".[dev]" "triton==3.6.0"
+	touch $(STAMP36)
+
+test-triton36: $(STAMP36)
+	$(PY36) -c "import triton; assert triton.__version__ == '3.6.0', triton.__version__"
+	$(PY36) -m pytest -q $(KERNEL_TESTS)
+
 demo: $(STAMP)
 	$(PY) -m colorgan demo --overwrite
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VENV36) .pytest_cache

@@ -280,40 +280,44 @@ def conv(xin: torch.Tensor, style: torch.Tensor, w_k: torch.Tensor, d: Optional[
     elsize = w_k.element_size()
     problem = tiles.ConvProblem(rows=rows_max, n=c_out, k_steps_of=lambda bk: taps_max * triton.cdiv(c_in, bk),
                                 z=phases * groups, elsize=elsize)
-    cfg, n_split = tiles.choose_conv(family, problem, xin.device, config=config, split=split,
-                                     key=(n, c_in, c_out, rows_max, k, mode, str(w_k.dtype), tasks))
-    steps = taps_max * triton.cdiv(c_in, cfg.block_k)
-    sps = triton.cdiv(steps, n_split)
-    n_split = triton.cdiv(steps, sps)
-    m_tiles, n_tiles = triton.cdiv(rows_max, cfg.block_m), triton.cdiv(c_out, cfg.block_n)
-    ws = None
-    if n_split > 1:
-        ws = tiles.empty((n_split, phases * groups, rows_max, c_out), device=xin.device, dtype=torch.float32)
     dummy = out
     prec = common.dot_precision(w_k.dtype, xin.device)
     epi = dict(DEMOD=d is not None, NOISE=noise_mode, HAS_BIAS=bias is not None, LRELU=lrelu,
                HAS_SKIP=skip is not None, SAVE_PRE=pre is not None)
     ptrs = (d if d is not None else dummy, out, noise if noise is not None else dummy,
             bias if bias is not None else dummy, skip if skip is not None else dummy, pre if pre is not None else dummy)
-    common.launch(
-        _conv_kernel, (m_tiles * n_tiles, phases * groups, n_split),
-        (xin, style, w_k, ptrs[0], task_ids if tasks else style, *ptrs[1:], ws if ws is not None else dummy,
-         c_in, c_out, ldw, h, w, oh, ow, n, m_tiles, n_tiles, sps, rows_max,
-         *xin.stride(), *so, *sn),
-        dict(K=k, MODE=mode, PHASES=phases, TASKS=tasks, SPLIT=ws is not None, PREC=prec,
-             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=8,
-             **(dict(epi, DEMOD=False, NOISE=0, HAS_BIAS=False, LRELU=False, HAS_SKIP=False, SAVE_PRE=False)
-                if ws is not None else epi)),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, tag="conv", config=cfg.name,
-        tile=f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k}", split=n_split,
-        splitk_workspace=0 if ws is None else ws.numel() * 4)
-    if ws is not None:
-        rb = tiles.REDUCE_BLOCK
+
+    def launch(cfg: tiles.Config, n_split: int) -> None:
+        steps = taps_max * triton.cdiv(c_in, cfg.block_k)
+        sps = triton.cdiv(steps, n_split)
+        n_split = triton.cdiv(steps, sps)
+        m_tiles, n_tiles = triton.cdiv(rows_max, cfg.block_m), triton.cdiv(c_out, cfg.block_n)
+        ws = None
+        if n_split > 1:
+            ws = tiles.empty((n_split, phases * groups, rows_max, c_out), device=xin.device, dtype=torch.float32)
         common.launch(
-            _splitk_reduce_kernel, (triton.cdiv(rows_max, rb[0]), triton.cdiv(c_out, rb[1]), phases * groups),
-            (ws, *ptrs, c_out, oh, ow, n, n_split, rows_max, *so, *sn),
-            dict(MODE=mode, PHASES=phases, TASKS=tasks, **epi, BLOCK_M=rb[0], BLOCK_N=rb[1]),
-            num_warps=4, num_stages=1, tag="splitk_reduce", tile=f"{rb[0]}x{rb[1]}", split=n_split)
+            _conv_kernel, (m_tiles * n_tiles, phases * groups, n_split),
+            (xin, style, w_k, ptrs[0], task_ids if tasks else style, *ptrs[1:], ws if ws is not None else dummy,
+             c_in, c_out, ldw, h, w, oh, ow, n, m_tiles, n_tiles, sps, rows_max,
+             *xin.stride(), *so, *sn),
+            dict(K=k, MODE=mode, PHASES=phases, TASKS=tasks, SPLIT=ws is not None, PREC=prec,
+                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=8,
+                 **(dict(epi, DEMOD=False, NOISE=0, HAS_BIAS=False, LRELU=False, HAS_SKIP=False, SAVE_PRE=False)
+                    if ws is not None else epi)),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, tag="conv", config=cfg.name,
+            tile=f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k}", split=n_split,
+            splitk_workspace=0 if ws is None else ws.numel() * 4)
+        if ws is not None:
+            rb = tiles.REDUCE_BLOCK
+            common.launch(
+                _splitk_reduce_kernel, (triton.cdiv(rows_max, rb[0]), triton.cdiv(c_out, rb[1]), phases * groups),
+                (ws, *ptrs, c_out, oh, ow, n, n_split, rows_max, *so, *sn),
+                dict(MODE=mode, PHASES=phases, TASKS=tasks, **epi, BLOCK_M=rb[0], BLOCK_N=rb[1]),
+                num_warps=4, num_stages=1, tag="splitk_reduce", tile=f"{rb[0]}x{rb[1]}", split=n_split)
+
+    cfg, n_split = tiles.choose_conv(family, problem, xin.device, config=config, split=split,
+                                     key=(n, c_in, c_out, rows_max, k, mode, str(w_k.dtype), tasks), bench=launch)
+    launch(cfg, n_split)
     return out
 
 

@@ -315,10 +315,11 @@ def conv_eligible(elsize: int) -> list:
 
 
 def choose_conv(family: str, p: ConvProblem, device, config: Optional[Config] = None, split: Optional[int] = None,
-                key: tuple = ()) -> Tuple[Config, int]:
-    """(config, split-K factor) of a forward conv launch: forced (or given) > heuristic. The heuristic minimises
-    `conv_time` over the eligible tiles and splits (1..32) on the device's SM count (the interpreter: the
-    largest tile that fits the problem, no split: programs run one after another)."""
+                key: tuple = (), bench: Optional[Callable[[Config, int], None]] = None) -> Tuple[Config, int]:
+    """(config, split-K factor) of a forward conv launch: forced (or given) > autotune cache > (autotune) >
+    heuristic. The heuristic minimises `conv_time` over the eligible tiles and splits (1..32) on the device's
+    SM count (the interpreter: the largest tile that fits the problem, no split: programs run one after
+    another). Autotuning benchmarks the heuristic's four best candidates once per shape key."""
     split = split or forced_split()
     f = config or forced(family)
     if f is not None:
@@ -329,14 +330,25 @@ def choose_conv(family: str, p: ConvProblem, device, config: Optional[Config] = 
                 and c.block_n <= max(64, _next_pow2(p.n))] or eligible[:1]
         return max(fits, key=lambda c: (c.block_m * c.block_n, -c.num_warps)), split or 1
     sms = num_sms(device)
-    best, best_t = None, float("inf")
+    ranked = []
     for c in eligible:
         steps = p.k_steps_of(c.block_k)
         for s in ([split] if split else range(1, min(32, steps) + 1)):
-            t = conv_time(c, s, p, sms)
-            if t < best_t * (1 - 1e-9):
-                best, best_t = (c, s), t
-    return best
+            ranked.append((conv_time(c, s, p, sms), len(ranked), c, s))
+    ranked.sort(key=lambda v: v[:2])
+    if _autotune and bench is not None and not _recording():
+        _load_cache()
+        full_key = (family,) + tuple(key)
+        name = _cache.get(full_key)
+        if name is None:
+            cands = [(c, s) for _, _, c, s in ranked[:4]]
+            pick = _tune([Config(f"{c.name}@{s}") for c, s in cands],
+                         lambda cf: bench(*cands[[f"{c.name}@{s}" for c, s in cands].index(cf.name)]))
+            _cache[full_key] = name = pick
+            _save_cache()
+        cname, s = name.rsplit("@", 1)
+        return get(family, cname), int(s)
+    return ranked[0][2], ranked[0][3]
 
 
 def _tune(eligible: Sequence[Config], bench: Callable[[Config], None]) -> str:

@@ -91,7 +91,7 @@ def test_gpu_every_backward_config(prec):
     from kernels import tiles
 
     g = torch.Generator().manual_seed(5)
-    for cfg in tiles.CONV_CONFIGS:
+    for cfg in tiles.BWD_CONFIGS:
         k = 1 if cfg.num_warps > 4 else 3
         for mode in ("plain", "up", "down"):
             with tiles.force(dgrad=cfg.name, wgrad=cfg.name):
