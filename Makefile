@@ -20,7 +20,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # The kernel tests under Triton 3.6.0 (what the project's GPU machine runs), in a second virtualenv with the
-# same torch: the kernels must compile and pass the interpreter tests there too.
+# same torch: the kernels must compile and pass the interpreter tests there too. Triton 3.6's interpreter turns
+# one-element arrays into loop bounds with int(), which NumPy 2.4 refuses: that virtualenv keeps numpy < 2.4.
 VENV36 ?= .venv-triton36
 PY36 := $(VENV36)/bin/python
 STAMP36 := $(VENV36)/.installed-stamp
@@ -31,7 +32,7 @@ $(STAMP36): pyproject.toml
 	test -x $(PY36) || python3 -m venv $(VENV36)
 	$(PY36) -m pip install -q --upgrade pip
 	$(PY36) -m pip install -q "$(TORCH)"
-	$(PY36) -m pip install -q -e ".[dev]" "triton==3.6.0"
+	$(PY36) -m pip install -q -e ".[dev]" "triton==3.6.0" "numpy<2.4"
 	touch $(STAMP36)
 
 test-triton36: $(STAMP36)
