@@ -20,18 +20,15 @@ import torch
 
 from fastlora.adapters import LeFT, LLoRA, LoRA
 from kernels import common, fir, modconv, prologue, tiles
-from kernels.backward_conv import (_note, demod_factor_reduce, dgrad, epilogue_backward, factor_reduce,
-                                   wgrad)
+from kernels.backward_conv import (_note, adjoint_weights, demod_factor_reduce, dgrad, epilogue_backward,
+                                   factor_reduce, wgrad)
 from kernels.backward_linear import linear_dx
 
 
 
-def _demod_factor(style: torch.Tensor, sq: torch.Tensor, task_ids: Optional[torch.Tensor]) -> torch.Tensor:
-    """d [N, C_out] = rsqrt(Σ_c s²·Q_t + 1e-8) (fp32; the same formula the forward epilogue uses)."""
-    s2 = style.float().square()
-    if task_ids is None:
-        return torch.rsqrt(s2 @ sq[0] + common.DEMOD_EPS)
-    return torch.rsqrt(torch.einsum("nc,nco->no", s2, sq[task_ids]) + common.DEMOD_EPS)
+def _unpadded(w_k: torch.Tensor, c_out: int) -> torch.Tensor:
+    """The K-major weight without its padding columns (the demodulation-term reduction reads [k·k·C_in, C_out])."""
+    return w_k if w_k.shape[-1] == c_out else w_k[..., :c_out].contiguous()
 
 
 def _llora_m(adapter) -> torch.Tensor:
@@ -110,7 +107,7 @@ def _task_demod_sums(style: torch.Tensor, e: torch.Tensor, task_ids: Optional[to
 def factorised_adapter_grads(
     gc: torch.Tensor, xin: torch.Tensor, style: torch.Tensor, w_k: torch.Tensor, e: Optional[torch.Tensor],
     task_ids: Optional[torch.Tensor], k: int, mode: int, adapters: Sequence, need_ad: Sequence[bool], scale: float,
-    deterministic: bool,
+    deterministic: bool, c_out: Optional[int] = None,
 ) -> list:
     """Adapter gradients without the full kernel gradient G (frozen base; LoRA and LLoRA act inner/none).
 
@@ -122,7 +119,8 @@ def factorised_adapter_grads(
     dA = k×k wgrad(xs, w) with r output channels.
     Demodulation through Ŵ (−Ŵ⊙M per task) goes through `demod_factor_reduce` (reads Ŵ once)."""
     n, c_in, h, w = xin.shape
-    c_out, gh, gw = gc.shape[1], gc.shape[2], gc.shape[3]
+    c_out, gh, gw = w_k.shape[-1] if c_out is None else c_out, gc.shape[2], gc.shape[3]
+    gc = gc[:, :c_out]  # without its padding channels
     kk, n_t, dev = k * k, len(adapters), xin.device
     _note("wgrad_factorised")
     cfg, rcfg = tiles.forced("factor"), tiles.forced("reduce")
@@ -146,8 +144,8 @@ def factorised_adapter_grads(
         modconv.conv(xin, style, a_st, None, 1, modconv.MODE_PLAIN, u, task_ids=task_ids, config=cfg,
                      family="factor")
         gu = wgrad(gc, u, ones_r, n_st, None, task_ids, k, mode, config=cfg, family="factor")  # [T, kk, rp, C_out]
-        v, _ = dgrad(gc, n_st.reshape(n_t, kk * rp, c_out), u, ones_r, ones_r, None, task_ids, k, mode, True, False,
-                     deterministic, config=cfg, family="factor")  # [N, rp, H, W]
+        w_adj = adjoint_weights(n_st.reshape(n_t, kk * rp, c_out), rp, c_out, k, mode == modconv.MODE_PLAIN, c_out)
+        v = dgrad(gc, w_adj, k, mode, tuple(u.shape), task_ids, config=cfg, family="factor")  # [N, rp, H, W]
         gv = wgrad(v, xin, style, a_st, None, task_ids, 1, modconv.MODE_PLAIN, config=cfg, family="factor")
         for i in ll:
             a = adapters[i]
@@ -209,51 +207,59 @@ def modulated_conv2d_backward(
     bias, noise, skip, adapters (a list of {name: grad} or None per task)."""
     n, c_in, h, w = x.shape
     c_out, k = weight.shape[0], weight.shape[2]
-    dev = x.device
-    x = x.contiguous()
+    dev, cl = x.device, torch.channels_last
+    x = x.contiguous(memory_format=cl)
     style = style.contiguous()
-    pre = pre.float().contiguous()
-    xb = xb.contiguous() if xb is not None else None
     n_t = len(adapters)
-    w_k, sq = prologue.build_weights(weight, operands, scale, common.operand_dtype(x.dtype))
-    if w_k.shape[-1] != c_out:  # these kernels read the unpadded K-major weight
-        w_k = w_k[..., :c_out].contiguous()
-    d = _demod_factor(style, sq, task_ids).contiguous() if demodulate else None
+    op_dt = common.operand_dtype(x.dtype)
+    w_k, sq = prologue.build_weights(weight, operands, scale, op_dt)
+    d = prologue.demod(style, sq, task_ids) if demodulate else None
     lrelu = activation == "lrelu"
     need_ad = [bool(v) for v in need.get("adapters", [False] * n_t)]
     need_g = need.get("weight", False) or any(need_ad)
-    gd, gz, sums = epilogue_backward(gy, pre, noise, bias, d, lrelu, store_gz=need.get("noise", False))
+    gd, gz, sums = epilogue_backward(gy, pre, noise, bias, d, lrelu, need.get("noise", False), op_dt)
     out: Dict[str, object] = {"skip": gy if need.get("skip", False) else None}
     out["bias"] = sums[..., 0].sum(0) if need.get("bias", False) else None
     out["noise"] = gz.sum_to_size(noise.shape) if need.get("noise", False) else None
     e = (sums[..., 1] * d * d).contiguous() if demodulate else None  # dd·d³ with dd = Σ gz·y0 / d
-    if up:
+    if up:  # dc at the transposed-conv resolution: the blur's adjoint (operand dtype, channels-last)
         th, tw = 2 * h + k - 2, 2 * w + k - 2
         u0, _ = modconv.up_blur_pad(k)
-        gc = tiles.empty((n, c_out, th, tw), device=dev, dtype=torch.float32)
+        gc = tiles.empty((n, gd.shape[1], th, tw), device=dev, dtype=op_dt).contiguous(memory_format=cl)
         fir.blur(gd, (3 - u0, 3 - u0), 4.0, gc)
         mode, xin = modconv.MODE_UP, x
     elif down:
-        gc, mode, xin = gd, modconv.MODE_DOWN, xb
+        gc, mode, xin = gd, modconv.MODE_DOWN, xb.contiguous(memory_format=cl)
     else:
         gc, mode, xin = gd, modconv.MODE_PLAIN, x
-    dxi, ds = dgrad(gc, w_k, xin, style, sq, e, task_ids, k, mode, need.get("x", False), need.get("style", False),
-                    deterministic)
-    if dxi is not None and down:
-        p0, _ = modconv.down_blur_pad(k)
-        dx = tiles.empty((n, c_in, h, w), device=dev, dtype=torch.float32)
-        dxi = fir.blur(dxi, (3 - p0, 3 - p0), 1.0, dx)
+    dxi = ds = None
+    if need.get("x", False) or need.get("style", False):
+        w_adj = adjoint_weights(w_k, c_in, c_out, k, mode == modconv.MODE_PLAIN, gc.shape[1])
+        dxs = dgrad(gc, w_adj, k, mode, tuple(xin.shape), task_ids)  # fp32, channels-last
+        s32 = style.float()
+        if need.get("style", False):
+            ds = (xin.float() * dxs).sum((2, 3))
+            if demodulate:  # − s·Σ_o e[b, o]·Q_t[c, o]
+                q = sq[0].t() if task_ids is None else None
+                dm = e @ q if q is not None else torch.bmm(sq[task_ids.long()], e[:, :, None])[..., 0]
+                ds = ds - s32 * dm
+        if need.get("x", False):
+            dxi = dxs * s32[:, :, None, None]
+            if down:
+                p0, _ = modconv.down_blur_pad(k)
+                dx = tiles.empty((n, c_in, h, w), device=dev, dtype=torch.float32).contiguous(memory_format=cl)
+                dxi = fir.blur(dxi, (3 - p0, 3 - p0), 1.0, dx)
     out["x"], out["style"] = dxi, ds
     out["weight"] = None
     out["adapters"] = [None] * n_t
     if not need_g:
         return out
     if choose_wgrad_path(adapters, need_ad, need.get("weight", False)) == "factorised":
-        out["adapters"] = factorised_adapter_grads(gc, xin, style, w_k, e, task_ids, k, mode, adapters, need_ad,
-                                                   scale, deterministic)
+        out["adapters"] = factorised_adapter_grads(gc, xin, style, _unpadded(w_k, c_out), e, task_ids, k, mode,
+                                                   adapters, need_ad, scale, deterministic, c_out=c_out)
         return out
     _note("wgrad_full")
-    G = wgrad(gc, xin, style, w_k, e, task_ids, k, mode)  # [T, kk, C_in, C_out], w.r.t. scale·Ŵ_t
+    G = wgrad(gc, xin, style, w_k, e, task_ids, k, mode, c_out=c_out)  # [T, kk, C_in, C_out], w.r.t. scale·Ŵ_t
     if need.get("weight", False):
         dw = torch.zeros((c_out, c_in, k * k), device=dev, dtype=torch.float32)
         for i, a in enumerate(adapters):

@@ -1,30 +1,27 @@
-"""Fused backward of the modulated conv (frozen or trainable base, adapters trainable).
+"""Fused backward of the modulated conv: kernels and launchers (frozen or trainable base, adapters trainable).
 
 Forward (per sample b, task t = task_ids[b]): y0 = d ⊙ c, c = conv(x ⊙ s, Ŵ_t) (Ŵ_t = scale·(W ⊕ adapter)),
 d = rsqrt(Σ_c s²·Q_t + 1e-8), Q_t[c, o] = Σ_taps Ŵ_t², then the epilogue (+noise, bias [+lrelu·√2], +skip).
-The forward saved y0 ("pre", fp32) and, for down, the blurred input xb.
+The forward saved y0 ("pre", the activation dtype, channels-last) and, for down, the blurred input xb.
+Activations and gradients are channels-last (any strides are accepted; channel stride 1 gives 16-byte loads).
 
-Kernels (none synchronises with the host):
-
-1. `_epi_bwd_kernel`, one program per (sample, C_out) plane: the epilogue backward (lrelu′ from
-   z = y0 + noise + bias; ReLU-style derivative at 0 like torch: slope), stores gd = gz·d (the conv-output
-   gradient dc at the output resolution) and optionally gz (for the noise gradient), and reduces per plane
-   Σ gz (bias gradient) and Σ gz·y0 (so dd = Σ gz·y0 / d, and e = dd·d³ = Σ gz·y0 · d²).
+1. `_epi_bwd_kernel`, [pixels × channels] tiles of one sample: the epilogue backward (lrelu′ from
+   z = y0 + noise + bias; slope at 0 like torch), stores gd = gz·d (the conv-output gradient, in the GEMM operand
+   dtype: bf16 operands for bf16 layers) and optionally gz (fp32, for the noise gradient), and per-tile partial
+   sums Σ gz (bias gradient) and Σ gz·y0 (so e = dd·d³ = Σ gz·y0·d²), summed in a fixed order afterwards.
    For up, dc at the transposed-conv resolution is the blur's adjoint of gd (`fir.blur`, mirrored padding).
-2. `_dgrad_kernel`: implicit GEMM of the conv's adjoint, M = input pixels of one sample, N = C_in,
-   K = C_out per tap: plain → stride-1 conv with mirrored offsets; up (forward stride-2 transposed conv)
-   → stride-2 conv; down (forward stride-2 conv) → four polyphase sub-convolutions (one per input parity).
-   Epilogue: dx = s ⊙ dxs, and the style gradient ds[b, c] = Σ_pix x·dxs − s·Σ_o e[b,o]·Q_t[c,o]
-   reduced in the same pass (per-program partials summed in a fixed order, or atomics).
-3. `_wgrad_kernel`: the full kernel gradient per task, G_t[tap, c, o] = Σ_{b∈t, pix} dc·(x⊙s) patches
-   − Ŵ_t·Σ_{b∈t} e[b,o]·s[b,c]² (the demodulation term), fp32, layout [T, k·k, C_in, C_out] (like Ŵ).
-   Each program owns an output tile and loops over the samples of its task: no atomics.
+2. dgrad is the forward implicit GEMM (`modconv.conv`, HGMMA tiles, one flattened K loop) run on dc with the
+   adjoint weights (`adjoint_weights`: per tap [C_out, C_in], flipped for the stride-1 conv): plain → plain
+   conv, up (a transposed conv) → stride-2 conv, down (a stride-2 conv) → polyphase transposed conv.
+   dx = s ⊙ dxs and the style gradient ds = Σ_pix x·dxs − s·Σ_o e·Q_t follow as two small reductions.
+3. `_wgrad_kernel`: the full kernel gradient per task, G_t[tap, c, o] = Σ_{b∈t, pix} (x⊙s)·dc patches
+   − Ŵ_t·Σ_{b∈t} e[b,o]·s[b,c]² (the demodulation term), fp32, layout [T, k·k, C_in, C_out]; GEMM M = C_in,
+   N = C_out, K = pixels (both operands read along channels: 16-byte loads in channels-last). Each program
+   owns an output tile and loops over the samples of its task: no atomics.
 4. `_factor_reduce_kernel` (LLoRA all acts, LeFT conv): reduces G_t to the factor gradients without writing
    anything else full-size: one program per (C_out block, tap) loops over C_in, rebuilds P = A·N on the fly for
    the outer-ReLU mask (ReLU′(0) := 1 as in the reference), and produces dN[tap, o, :] (complete) and dA / dV
    (per-program partials or atomics), plus for LeFT Σ_o G (the additive term's gradient).
-   The remaining chain rule (through the inner ReLU to B, B_inst; LeFT's U, T, P, Q, R, S; LoRA's A, B as
-   GEMMs of G with the rank-r factors) is O(r·C·k²·r) and runs as small torch ops in `adapter_grads`.
 5. `_demod_factor_kernel`: the factor gradients of the demodulation term −Ŵ⊙M from the prologue's Ŵ without
    writing it full-size (the factorised weight-gradient path).
 
@@ -33,156 +30,61 @@ in `fastlora._triton_backward`; this file only has kernels and their launchers.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels import common, tiles
-from kernels.common import MODE_DOWN, MODE_UP
+from kernels import common, modconv, prologue, tiles
+from kernels.common import MODE_DOWN, MODE_PLAIN, MODE_UP
 
 
 # ----------------------------------------------------------------------------- 1. epilogue backward
 
 @triton.jit
 def _epi_bwd_kernel(
-    gy_ptr, pre_ptr, noise_ptr, bias_ptr, d_ptr, gd_ptr, gz_ptr, sums_ptr,
-    C, HW, OW, sn_b, sn_c, sn_y, sn_x,
-    HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, LRELU: tl.constexpr, DEMOD: tl.constexpr,
-    STORE_GZ: tl.constexpr, BLOCK: tl.constexpr,
+    gy_ptr, pre_ptr, noise_ptr, bias_ptr, d_ptr, gd_ptr, gz_ptr, part_ptr,
+    C, CP, HW, OW, snb, snc, sny, snx,
+    NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, LRELU: tl.constexpr, DEMOD: tl.constexpr,
+    STORE_GZ: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    plane = tl.program_id(0).to(tl.int64)
-    b = plane // C
-    c = plane % C
+    """gy, pre, gz dense channels-last [N, HW, C]; gd [N, HW, CP] (CP ≥ C, padding channels written 0)."""
+    pid_p = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mp = offs_p < HW
+    mc = offs_c < C
+    m2 = mp[:, None] & mc[None, :]
+    row = b * HW + offs_p
+    off = row[:, None] * C + offs_c[None, :]
+    g = tl.load(gy_ptr + off, mask=m2, other=0.0).to(tl.float32)
+    y0 = tl.load(pre_ptr + off, mask=m2, other=0.0).to(tl.float32)
+    if LRELU:
+        z = y0
+        if HAS_BIAS:
+            z += tl.load(bias_ptr + offs_c, mask=mc, other=0.0)[None, :]
+        oy = offs_p // OW
+        ox = offs_p - oy * OW
+        if NOISE == 1:
+            z += tl.load(noise_ptr + b * snb + oy * sny + ox * snx, mask=mp, other=0.0)[:, None]
+        if NOISE == 2:
+            z += tl.load(noise_ptr + b * snb + (oy * sny + ox * snx)[:, None] + offs_c[None, :] * snc, mask=m2,
+                         other=0.0)
+        g = common.lrelu_grad(g, z)
+    g = tl.where(m2, g, 0.0)
+    gd = g
     if DEMOD:
-        dval = tl.load(d_ptr + plane)
-    else:
-        dval = 1.0
-    if HAS_BIAS:
-        bval = tl.load(bias_ptr + c).to(tl.float32)
-    else:
-        bval = 0.0
-    s_gz = tl.zeros((BLOCK,), dtype=tl.float32)
-    s_gy = tl.zeros((BLOCK,), dtype=tl.float32)
-    base = plane * HW
-    for p0 in range(0, HW, BLOCK):
-        offs = p0 + tl.arange(0, BLOCK)
-        m = offs < HW
-        g = tl.load(gy_ptr + base + offs, mask=m, other=0.0).to(tl.float32)
-        y0 = tl.load(pre_ptr + base + offs, mask=m, other=0.0)
-        if LRELU:
-            z = y0 + bval
-            if HAS_NOISE:
-                oy = offs // OW
-                ox = offs % OW
-                z += tl.load(noise_ptr + b * sn_b + c * sn_c + oy * sn_y + ox * sn_x, mask=m,
-                             other=0.0).to(tl.float32)
-            g = common.lrelu_grad(g, z)
-        s_gz += g
-        s_gy += g * y0
-        tl.store(gd_ptr + base + offs, g * dval, mask=m)
-        if STORE_GZ:
-            tl.store(gz_ptr + base + offs, g, mask=m)
-    tl.store(sums_ptr + plane * 2, tl.sum(s_gz, axis=0))
-    tl.store(sums_ptr + plane * 2 + 1, tl.sum(s_gy, axis=0))
-
-
-# ----------------------------------------------------------------------------- 2. dgrad (+ style gradient)
-
-@triton.jit
-def _dgrad_tap(acc, g_base, w_tap, sy, sx, mm, offs_n, mn, C_OUT, GH, GW,
-               PREC: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc[pix, c] += Σ_o dc[o, sy, sx] · Ŵ_tap[c, o] over all C_out blocks."""
-    ma = mm & (sy >= 0) & (sy < GH) & (sx >= 0) & (sx < GW)
-    pix = sy * GW + sx
-    for o0 in range(0, C_OUT, BLOCK_K):
-        offs_k = o0 + tl.arange(0, BLOCK_K)
-        mk = offs_k < C_OUT
-        a = tl.load(g_base + offs_k[None, :] * (GH * GW) + pix[:, None], mask=ma[:, None] & mk[None, :], other=0.0)
-        wt = tl.load(w_tap + offs_n[None, :] * C_OUT + offs_k[:, None], mask=mk[:, None] & mn[None, :], other=0.0)
-        acc = tl.dot(a.to(wt.dtype), wt, acc, input_precision=PREC)
-    return acc
-
-
-@triton.jit
-def _dgrad_kernel(
-    g_ptr, w_ptr, x_ptr, s_ptr, sq_ptr, e_ptr, tid_ptr, dx_ptr, ds_ptr,
-    C_IN, C_OUT, H, W, GH, GW, N_MB,
-    K: tl.constexpr, MODE: tl.constexpr, PHASES: tl.constexpr, TASKS: tl.constexpr, DEMOD: tl.constexpr,
-    NEED_DX: tl.constexpr, NEED_DS: tl.constexpr, ATOMIC: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_z = tl.program_id(2)
-    b = (pid_z // PHASES).to(tl.int64)
-    phase = pid_z % PHASES
-    py = phase // 2
-    px = phase % 2
-    if MODE == 1:  # polyphase over the (blurred) input's parities
-        qh = (H - py + 1) // 2
-        qw = (W - px + 1) // 2
-    else:
-        qh = H
-        qw = W
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mm = offs_m < qh * qw
-    mn = offs_n < C_IN
-    q = offs_m // qw
-    p = offs_m % qw
-    if TASKS:
-        t = tl.load(tid_ptr + b).to(tl.int64)
-    else:
-        t = 0
-    KK: tl.constexpr = K * K
-    g_base = g_ptr + b * C_OUT * GH * GW
-    w_base = w_ptr + t * (KK * C_IN * C_OUT)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for ky in tl.static_range(K):
-        for kx in tl.static_range(K):
-            w_tap = w_base + (ky * K + kx) * C_IN * C_OUT
-            if MODE == 0:
-                acc = _dgrad_tap(acc, g_base, w_tap, q - (ky - K // 2), p - (kx - K // 2), mm, offs_n, mn,
-                                 C_OUT, GH, GW, PREC, BLOCK_K)
-            elif MODE == 2:  # adjoint of the stride-2 transposed conv: a stride-2 conv
-                acc = _dgrad_tap(acc, g_base, w_tap, 2 * q + ky, 2 * p + kx, mm, offs_n, mn,
-                                 C_OUT, GH, GW, PREC, BLOCK_K)
-            else:  # adjoint of the stride-2 conv: input parity (py, px) only sees taps of that parity
-                if (py == (ky % 2)) & (px == (kx % 2)):
-                    acc = _dgrad_tap(acc, g_base, w_tap, q - (ky - py) // 2, p - (kx - px) // 2, mm, offs_n, mn,
-                                     C_OUT, GH, GW, PREC, BLOCK_K)
-    if MODE == 1:
-        iy = 2 * q + py
-        ix = 2 * p + px
-    else:
-        iy = q
-        ix = p
-    m2 = mm[:, None] & mn[None, :]
-    s = tl.load(s_ptr + b * C_IN + offs_n, mask=mn, other=0.0).to(tl.float32)
-    off = (b * C_IN + offs_n[None, :]) * (H * W) + (iy * W + ix)[:, None]
-    if NEED_DX:
-        tl.store(dx_ptr + off, acc * s[None, :], mask=m2)
-    if NEED_DS:
-        xv = tl.load(x_ptr + off, mask=m2, other=0.0).to(tl.float32)
-        part = tl.sum(xv * acc, axis=0)
-        if DEMOD:
-            if (pid_m == 0) & (phase == 0):  # −s·Σ_o e[b, o]·Q_t[c, o], once per (sample, C_in block)
-                dm = tl.zeros((BLOCK_N,), dtype=tl.float32)
-                sq_base = sq_ptr + t * (C_IN * C_OUT)
-                for o0 in range(0, C_OUT, BLOCK_K):
-                    offs_k = o0 + tl.arange(0, BLOCK_K)
-                    mk = offs_k < C_OUT
-                    ev = tl.load(e_ptr + b * C_OUT + offs_k, mask=mk, other=0.0)
-                    qv = tl.load(sq_base + offs_n[:, None] * C_OUT + offs_k[None, :],
-                                 mask=mn[:, None] & mk[None, :], other=0.0)
-                    dm += tl.sum(qv * ev[None, :], axis=1)
-                part -= s * dm
-        if ATOMIC:
-            tl.atomic_add(ds_ptr + b * C_IN + offs_n, part, mask=mn)
-        else:  # partial buffer [N, PHASES·N_MB, C_in], summed in a fixed order afterwards
-            tl.store(ds_ptr + ((b * PHASES + phase) * N_MB + pid_m) * C_IN + offs_n, part, mask=mn)
+        gd = g * tl.load(d_ptr + b * C + offs_c, mask=mc, other=0.0)[None, :]
+    tl.store(gd_ptr + row[:, None] * CP + offs_c[None, :], gd.to(gd_ptr.dtype.element_ty),
+             mask=mp[:, None] & (offs_c < CP)[None, :])
+    if STORE_GZ:
+        tl.store(gz_ptr + off, g, mask=m2)
+    part = part_ptr + ((b * tl.num_programs(0) + pid_p) * C + offs_c) * 2
+    tl.store(part, tl.sum(g, axis=0), mask=mc)
+    tl.store(part + 1, tl.sum(g * y0, axis=0), mask=mc)
 
 
 # ----------------------------------------------------------------------------- 3. wgrad (full kernel gradient)
@@ -190,7 +92,8 @@ def _dgrad_kernel(
 @triton.jit
 def _wgrad_kernel(
     g_ptr, x_ptr, s_ptr, w_ptr, e_ptr, tid_ptr, out_ptr,
-    NB, C_IN, C_OUT, H, W, GH, GW, PH, PW,
+    NB, C_IN, C_OUT, LDW, H, W, GH, GW, PH, PW,
+    sxb, sxc, sxy, sxx, sgb, sgc, sgy, sgx,
     K: tl.constexpr, MODE: tl.constexpr, TASKS: tl.constexpr, DEMOD: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -209,8 +112,6 @@ def _wgrad_kernel(
     mo = offs_o < C_OUT
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     dm = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    w_tile = tl.load(w_ptr + (task * KK + tap) * C_IN * C_OUT + offs_c[:, None] * C_OUT + offs_o[None, :],
-                     mask=mc[:, None] & mo[None, :], other=0.0)
     for b in range(NB):
         if TASKS:
             own = tl.load(tid_ptr + b).to(tl.int64) == task
@@ -219,13 +120,11 @@ def _wgrad_kernel(
         if own:
             bb = (pid_c * 0 + b).to(tl.int64)  # 64-bit sample offsets (b is a plain int in the interpreter)
             s = tl.load(s_ptr + bb * C_IN + offs_c, mask=mc, other=0.0).to(tl.float32)
-            x_base = x_ptr + bb * C_IN * H * W
-            g_base = g_ptr + bb * C_OUT * GH * GW
             for p0 in range(0, PH * PW, BLOCK_K):
                 offs_p = p0 + tl.arange(0, BLOCK_K)
                 mp = offs_p < PH * PW
                 qy = offs_p // PW
-                qx = offs_p % PW
+                qx = offs_p - qy * PW
                 if MODE == 0:
                     xy = qy + (ky - K // 2)
                     xx = qx + (kx - K // 2)
@@ -243,16 +142,18 @@ def _wgrad_kernel(
                     gx = 2 * qx + kx
                 mx = mp & (xy >= 0) & (xy < H) & (xx >= 0) & (xx < W)
                 mg = mp & (gy >= 0) & (gy < GH) & (gx >= 0) & (gx < GW)
-                xt = tl.load(x_base + offs_c[:, None] * (H * W) + (xy * W + xx)[None, :],
-                             mask=mc[:, None] & mx[None, :], other=0.0).to(tl.float32)
-                xt = (xt * s[:, None]).to(w_tile.dtype)
-                gt = tl.load(g_base + offs_o[None, :] * (GH * GW) + (gy * GW + gx)[:, None],
-                             mask=mg[:, None] & mo[None, :], other=0.0).to(w_tile.dtype)
-                acc = tl.dot(xt, gt, acc, input_precision=PREC)
+                xt = tl.load(x_ptr + bb * sxb + (xy * sxy + xx * sxx)[:, None] + offs_c[None, :] * sxc,
+                             mask=mx[:, None] & mc[None, :], other=0.0).to(tl.float32)  # [pixels, C_in]
+                xt = (xt * s[None, :]).to(w_ptr.dtype.element_ty)
+                gt = tl.load(g_ptr + bb * sgb + (gy * sgy + gx * sgx)[:, None] + offs_o[None, :] * sgc,
+                             mask=mg[:, None] & mo[None, :], other=0.0).to(w_ptr.dtype.element_ty)  # [pixels, C_out]
+                acc = tl.dot(tl.trans(xt), gt, acc, input_precision=PREC)
             if DEMOD:
                 ev = tl.load(e_ptr + bb * C_OUT + offs_o, mask=mo, other=0.0)
                 dm += (s * s)[:, None] * ev[None, :]
     if DEMOD:
+        w_tile = tl.load(w_ptr + (task * KK + tap) * C_IN * LDW + offs_c[:, None] * LDW + offs_o[None, :],
+                         mask=mc[:, None] & mo[None, :], other=0.0)
         acc -= w_tile.to(tl.float32) * dm
     tl.store(out_ptr + (task * KK + tap) * C_IN * C_OUT + offs_c[:, None] * C_OUT + offs_o[None, :], acc,
              mask=mc[:, None] & mo[None, :])
@@ -366,87 +267,89 @@ def _note(path: str) -> None:
 
 
 def epilogue_backward(gy: torch.Tensor, pre: torch.Tensor, noise: Optional[torch.Tensor],
-                      bias: Optional[torch.Tensor], d: Optional[torch.Tensor], lrelu: bool, store_gz: bool):
-    """(gd = gz·d fp32, gz or None, sums [N, C_out, 2] = (Σ gz, Σ gz·y0)) at the output resolution."""
+                      bias: Optional[torch.Tensor], d: Optional[torch.Tensor], lrelu: bool, store_gz: bool,
+                      gd_dtype: torch.dtype, config: Optional[tiles.Config] = None):
+    """(gd = gz·d [N, CP, OH, OW] channels-last in `gd_dtype`, CP = C_out padded to 16 with zero channels;
+    gz fp32 or None; sums [N, C_out, 2] = (Σ gz, Σ gz·y0) fp32) at the output resolution."""
     n, c, oh, ow = pre.shape
-    gy = gy.contiguous()
-    gd = tiles.empty(pre.shape, device=pre.device, dtype=torch.float32)
-    gz = tiles.empty(pre.shape, device=pre.device, dtype=torch.float32) if store_gz else None
-    sums = tiles.empty((n, c, 2), device=pre.device, dtype=torch.float32)
-    sn = noise.expand(n, c, oh, ow).stride() if noise is not None else (0, 0, 0, 0)
-    block = min(1024, max(16, triton.next_power_of_2(oh * ow)))
-    common.launch(_epi_bwd_kernel, (n * c,), (
+    cl = torch.channels_last
+    gy = gy.contiguous(memory_format=cl)
+    pre = pre.contiguous(memory_format=cl)
+    cp = prologue.padded_width(c)
+    gd = tiles.empty((n, cp, oh, ow), device=pre.device, dtype=gd_dtype).contiguous(memory_format=cl)
+    gz = tiles.empty((n, c, oh, ow), device=pre.device, dtype=torch.float32).contiguous(memory_format=cl) \
+        if store_gz else None
+    noise_mode = 0 if noise is None else (1 if noise.shape[1] == 1 else 2)
+    noise = None if noise is None else noise.to(torch.float32)
+    sn = tuple(noise.expand(n, c, oh, ow).stride()) if noise is not None else (0, 0, 0, 0)
+    cfg = config or tiles.EPI_BWD_CONFIG
+    n_pt = triton.cdiv(oh * ow, cfg.block_m)
+    part = tiles.empty((n, n_pt, c, 2), device=pre.device, dtype=torch.float32)
+    bias = None if bias is None else bias.to(torch.float32).contiguous()
+    common.launch(_epi_bwd_kernel, (n_pt, triton.cdiv(cp, cfg.block_n), n), (
         gy, pre, noise if noise is not None else pre, bias if bias is not None else pre,
-        d if d is not None else pre, gd, gz if gz is not None else gd, sums,
-        c, oh * ow, ow, *sn), dict(
-        HAS_NOISE=noise is not None, HAS_BIAS=bias is not None, LRELU=lrelu, DEMOD=d is not None,
-        STORE_GZ=store_gz, BLOCK=block), num_warps=4, num_stages=1, tag="epilogue_bwd")
-    return gd, gz, sums
+        d if d is not None else pre, gd, gz if gz is not None else gd, part,
+        c, cp, oh * ow, ow, *sn), dict(
+        NOISE=noise_mode, HAS_BIAS=bias is not None, LRELU=lrelu, DEMOD=d is not None,
+        STORE_GZ=store_gz, BLOCK_P=cfg.block_m, BLOCK_C=cfg.block_n), num_warps=cfg.num_warps, num_stages=1,
+        tag="epilogue_bwd", tile=f"{cfg.block_m}x{cfg.block_n}")
+    return gd, gz, part.sum(1)
 
 
-def dgrad(gc: torch.Tensor, w_k: torch.Tensor, xin: torch.Tensor, style: torch.Tensor, sq: torch.Tensor,
-          e: Optional[torch.Tensor], task_ids: Optional[torch.Tensor], k: int, mode: int, need_dx: bool,
-          need_ds: bool, deterministic: bool, config: Optional[tiles.Config] = None, family: str = "dgrad"):
-    """(dx_in fp32 [N, C_in, H, W] at the conv input's resolution or None, ds [N, C_in] fp32 or None)."""
-    n, c_in, h, w = xin.shape
-    c_out, gh, gw = gc.shape[1], gc.shape[2], gc.shape[3]
-    phases = 4 if mode == MODE_DOWN else 1
-    qm = ((h + 1) // 2) * ((w + 1) // 2) if phases == 4 else h * w
-    eligible = [c for c in tiles.CONV_CONFIGS if k == 1 or c.num_warps <= 4]
-    cfg = config or tiles.choose(
-        family, (n, c_in, c_out, qm, k, mode), eligible,
-        lambda cf: triton.cdiv(qm, cf.block_m) * triton.cdiv(c_in, cf.block_n) * n * phases, qm, c_in, xin.device)
-    if k > 1 and cfg.num_warps > 4:
-        raise ValueError(f"config {cfg.name} (8 warps) is restricted to k = 1")
-    n_mb = triton.cdiv(qm, cfg.block_m)
-    dx = tiles.empty((n, c_in, h, w), device=xin.device, dtype=torch.float32) if need_dx else None
-    ds = None
-    if need_ds:
-        if deterministic:
-            _note("dgrad_ds_partials")
-            ds = tiles.empty((n, phases * n_mb, c_in), device=xin.device, dtype=torch.float32)
-        else:
-            _note("dgrad_ds_atomic")
-            ds = torch.zeros((n, c_in), device=xin.device, dtype=torch.float32)
-    common.launch(_dgrad_kernel, (n_mb, triton.cdiv(c_in, cfg.block_n), n * phases), (
-        gc, w_k, xin, style, sq, e if e is not None else sq, task_ids if task_ids is not None else style,
-        dx if dx is not None else gc, ds if ds is not None else gc,
-        c_in, c_out, h, w, gh, gw, n_mb), dict(
-        K=k, MODE=mode, PHASES=phases, TASKS=task_ids is not None, DEMOD=e is not None,
-        NEED_DX=need_dx, NEED_DS=need_ds, ATOMIC=not deterministic, PREC=common.dot_precision(w_k.dtype, xin.device),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k), tag="dgrad", config=cfg.name,
-        **cfg.launch_kwargs())
-    if need_ds and deterministic:
-        ds = ds.sum(1)
-    return dx, ds
+def adjoint_weights(w_k: torch.Tensor, c_in: int, c_out: int, k: int, flip: bool, rows: int) -> torch.Tensor:
+    """The K-major weight of the conv's adjoint, [T, k·k·rows, LDW(C_in)]: per tap Ŵ[o, c] with C_out as the
+    reduction (rows ≥ C_out, padding rows zero), taps reversed for the stride-1 conv (`flip`)."""
+    n_t, kk = w_k.shape[0], k * k
+    w = w_k[..., :c_out].reshape(n_t, kk, c_in, c_out)
+    if flip:
+        w = w.flip(1)
+    out = torch.zeros((n_t, kk, rows, prologue.padded_width(c_in)), device=w_k.device, dtype=w_k.dtype)
+    out[:, :, :c_out, :c_in] = w.transpose(2, 3)
+    return out.reshape(n_t, kk * rows, -1)
+
+
+ADJOINT_MODE = {MODE_PLAIN: MODE_PLAIN, MODE_UP: MODE_DOWN, MODE_DOWN: MODE_UP}
+
+
+def dgrad(gc: torch.Tensor, w_adj: torch.Tensor, k: int, mode: int, in_shape: tuple,
+          task_ids: Optional[torch.Tensor], config: Optional[tiles.Config] = None,
+          family: str = "dgrad") -> torch.Tensor:
+    """dxs = the forward conv's adjoint applied to dc (gc [N, C_g, GH, GW], any strides; w_adj from
+    `adjoint_weights` with rows = C_g): fp32 [N, C_in, H, W] channels-last at the conv input's resolution
+    (`in_shape`), for the forward `mode`. Runs the forward implicit GEMM (`modconv.conv`)."""
+    n, c_g = gc.shape[0], gc.shape[1]
+    dxs = tiles.empty(in_shape, device=gc.device, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+    ones = torch.ones((n, c_g), device=gc.device, dtype=torch.float32)
+    return modconv.conv(gc, ones, w_adj, None, k, ADJOINT_MODE[mode], dxs, task_ids=task_ids,
+                        config=config or tiles.forced(family), family="conv")
 
 
 def wgrad(gc: torch.Tensor, xin: torch.Tensor, style: torch.Tensor, w_k: torch.Tensor, e: Optional[torch.Tensor],
-          task_ids: Optional[torch.Tensor], k: int, mode: int, config: Optional[tiles.Config] = None,
-          family: str = "wgrad") -> torch.Tensor:
+          task_ids: Optional[torch.Tensor], k: int, mode: int, c_out: Optional[int] = None,
+          config: Optional[tiles.Config] = None, family: str = "wgrad") -> torch.Tensor:
     """G [T, k·k, C_in, C_out] fp32: the gradient w.r.t. each task's scale·Ŵ (demodulation term included).
-    Also the rank-r wgrads of the factorised path (family "factor": C_in or C_out is a padded rank; w_k then
-    only gives the operand dtype and, with e, the demodulation term)."""
+    gc and xin with any strides (channels-last: 16-byte loads); gc may carry padding channels beyond `c_out`.
+    w_k [T, k·k·C_in, LDW] gives the operand dtype and, with e, the demodulation term. Also the rank-r wgrads
+    of the factorised path (family "factor": C_in or C_out is a padded rank)."""
     n, c_in, h, w = xin.shape
-    c_out, gh, gw = gc.shape[1], gc.shape[2], gc.shape[3]
+    c_out = gc.shape[1] if c_out is None else c_out
+    gh, gw = gc.shape[2], gc.shape[3]
     n_t = w_k.shape[0]
     ph, pw = (h, w) if mode == MODE_UP else (gh, gw)
-    eligible = [c for c in tiles.CONV_CONFIGS if k == 1 or c.num_warps <= 4]
+    eligible = [c for c in tiles.BWD_CONFIGS if k == 1 or c.num_warps <= 4]
     cfg = config or tiles.choose(
         family, (n, c_in, c_out, ph * pw, k, mode, n_t), eligible,
         lambda cf: triton.cdiv(c_in, cf.block_m) * triton.cdiv(c_out, cf.block_n) * k * k * n_t, c_in, c_out,
         xin.device)
-    if k > 1 and cfg.num_warps > 4:
-        raise ValueError(f"config {cfg.name} (8 warps) is restricted to k = 1")
     _note("wgrad_full_kernel" if family == "wgrad" else "wgrad_rank_kernel")
     out = tiles.empty((n_t, k * k, c_in, c_out), device=xin.device, dtype=torch.float32)
     common.launch(_wgrad_kernel, (triton.cdiv(c_in, cfg.block_m), triton.cdiv(c_out, cfg.block_n), k * k * n_t), (
         gc, xin, style, w_k, e if e is not None else gc, task_ids if task_ids is not None else style, out,
-        n, c_in, c_out, h, w, gh, gw, ph, pw), dict(
+        n, c_in, c_out, w_k.shape[-1], h, w, gh, gw, ph, pw, *xin.stride(), *gc.stride()), dict(
         K=k, MODE=mode, TASKS=task_ids is not None, DEMOD=e is not None,
         PREC=common.dot_precision(w_k.dtype, xin.device),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k), tag="wgrad", config=cfg.name,
-        **cfg.launch_kwargs())
+        tile=f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k}", **cfg.launch_kwargs())
     return out
 
 

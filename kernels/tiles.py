@@ -58,6 +58,8 @@ BWD_CONFIGS: Tuple[Config, ...] = (
     Config("conv_128x64x32", 128, 64, 32, num_warps=4, num_stages=3),
     Config("conv_128x128x32_k1", 128, 128, 32, num_warps=8, num_stages=3),
 )
+# Epilogue backward: [pixels, channels] tiles of one sample.
+EPI_BWD_CONFIG = Config("epi_bwd_32x64", 32, 64, num_warps=4, num_stages=1)
 # Prologue (adapted weight + sums of squares): tiles of [C_out, C_in × all taps].
 PROLOGUE_CONFIGS: Tuple[Config, ...] = (
     Config("pro_16x16", 16, 16, num_warps=4, num_stages=1),
