@@ -26,6 +26,12 @@ from kernels.backward_linear import linear_dx
 
 
 
+def _rank_pad(r: int) -> int:
+    """Ranks are zero-padded to a multiple of 16 in the factorised path: the rank-r intermediates' pixel rows and
+    the rank-r weights' rows stay 16-byte aligned (vector loads), and the padding contributes exact zeros."""
+    return -(-r // 16) * 16
+
+
 def _unpadded(w_k: torch.Tensor, c_out: int) -> torch.Tensor:
     """The K-major weight without its padding columns (the demodulation-term reduction reads [k·k·C_in, C_out])."""
     return w_k if w_k.shape[-1] == c_out else w_k[..., :c_out].contiguous()
@@ -120,19 +126,20 @@ def factorised_adapter_grads(
     Demodulation through Ŵ (−Ŵ⊙M per task) goes through `demod_factor_reduce` (reads Ŵ once)."""
     n, c_in, h, w = xin.shape
     c_out, gh, gw = w_k.shape[-1] if c_out is None else c_out, gc.shape[2], gc.shape[3]
-    gc = gc[:, :c_out]  # without its padding channels
+    c_g = gc.shape[1]  # dc may carry zero padding channels (aligned rows); weights read along it are zero-padded
     kk, n_t, dev = k * k, len(adapters), xin.device
     _note("wgrad_factorised")
     cfg, rcfg = tiles.forced("factor"), tiles.forced("reduce")
     m_dem = _task_demod_sums(style, e, task_ids, n_t) if e is not None else None
     out: list = [None] * n_t
     f32 = dict(device=dev, dtype=torch.float32)
+    op = dict(device=dev, dtype=w_k.dtype)  # GEMM operands (and rank-r intermediates) in the operand dtype
     ll = [i for i, a in enumerate(adapters) if need_ad[i] and isinstance(a, LLoRA)]
     lo = [i for i, a in enumerate(adapters) if need_ad[i] and isinstance(a, LoRA)]
     if ll:
-        rp = max(adapters[i].rank for i in ll)
-        a_st = torch.zeros((n_t, c_in, rp), **f32)  # K-major 1×1 weight [C_in, r] per task
-        n_st = torch.zeros((n_t, kk, rp, c_out), **f32)  # N[j, o, tap] as [tap, j, o] per task
+        rp = _rank_pad(max(adapters[i].rank for i in ll))
+        a_st = torch.zeros((n_t, c_in, rp), **op)  # K-major 1×1 weight [C_in, r] per task
+        n_st = torch.zeros((n_t, kk, rp, c_out), **op)  # N[j, o, tap] as [tap, j, o] per task
         ms = {}
         for i in ll:
             a = adapters[i]
@@ -140,12 +147,14 @@ def factorised_adapter_grads(
             a_st[i, :, :a.rank] = a.A.float()
             n_st[i, :, :a.rank] = torch.relu(ms[i]) if a.act == "inner" else ms[i]
         ones_r = torch.ones((n, rp), **f32)
-        u = tiles.empty((n, rp, xin.shape[2], xin.shape[3]), **f32)
+        u = tiles.empty((n, rp, xin.shape[2], xin.shape[3]), **op)
         modconv.conv(xin, style, a_st, None, 1, modconv.MODE_PLAIN, u, task_ids=task_ids, config=cfg,
                      family="factor")
-        gu = wgrad(gc, u, ones_r, n_st, None, task_ids, k, mode, config=cfg, family="factor")  # [T, kk, rp, C_out]
-        w_adj = adjoint_weights(n_st.reshape(n_t, kk * rp, c_out), rp, c_out, k, mode == modconv.MODE_PLAIN, c_out)
-        v = dgrad(gc, w_adj, k, mode, tuple(u.shape), task_ids, config=cfg, family="factor")  # [N, rp, H, W]
+        gu = wgrad(gc, u, ones_r, n_st, None, task_ids, k, mode, c_out=c_out, config=cfg,
+                   family="factor")  # [T, kk, rp, C_out]
+        w_adj = adjoint_weights(n_st.reshape(n_t, kk * rp, c_out), rp, c_out, k, mode == modconv.MODE_PLAIN, c_g)
+        v = dgrad(gc, w_adj, k, mode, tuple(u.shape), task_ids, config=cfg, family="factor",
+                  out_dtype=w_k.dtype)  # [N, rp, H, W]
         gv = wgrad(v, xin, style, a_st, None, task_ids, 1, modconv.MODE_PLAIN, config=cfg, family="factor")
         for i in ll:
             a = adapters[i]
@@ -158,20 +167,21 @@ def factorised_adapter_grads(
                 da, dn = da + da_d, dn + dn_d
             out[i] = _llora_chain(a, ms[i], da, dn)
     if lo:
-        rp = max(adapters[i].rank for i in lo)
-        a_st = torch.zeros((n_t, kk, c_in, rp), **f32)  # K-major k×k weight [tap·C_in + c, j]
-        b_st = torch.zeros((n_t, c_out, rp), **f32)  # K-major 1×1 weight [o, j]
+        rp = _rank_pad(max(adapters[i].rank for i in lo))
+        a_st = torch.zeros((n_t, kk, c_in, rp), **op)  # K-major k×k weight [tap·C_in + c, j]
+        b_st = torch.zeros((n_t, c_g, rp), **op)  # K-major 1×1 weight [o, j] (rows beyond C_out zero)
         for i in lo:
             a = adapters[i]
             a_st[i, :, :, :a.rank] = a.A.float().reshape(c_in, kk, a.rank).permute(1, 0, 2)
-            b_st[i, :, :a.rank] = a.B.float()
+            b_st[i, :c_out, :a.rank] = a.B.float()
         ones_r = torch.ones((n, rp), **f32)
-        u = tiles.empty((n, rp, gh, gw), **f32)
+        u = tiles.empty((n, rp, gh, gw), **op)
         modconv.conv(xin, style, a_st.reshape(n_t, kk * c_in, rp), None, k, mode, u, task_ids=task_ids,
                      config=cfg, family="factor")
-        gb = wgrad(gc, u, ones_r, b_st, None, task_ids, 1, modconv.MODE_PLAIN, config=cfg, family="factor")
-        wp = tiles.empty((n, rp, gh, gw), **f32)
-        modconv.conv(gc, torch.ones((n, c_out), **f32), b_st, None, 1, modconv.MODE_PLAIN, wp, task_ids=task_ids,
+        gb = wgrad(gc, u, ones_r, b_st, None, task_ids, 1, modconv.MODE_PLAIN, c_out=c_out, config=cfg,
+                   family="factor")
+        wp = tiles.empty((n, rp, gh, gw), **op)
+        modconv.conv(gc, torch.ones((n, c_g), **f32), b_st, None, 1, modconv.MODE_PLAIN, wp, task_ids=task_ids,
                      config=cfg, family="factor")
         ga = wgrad(wp, xin, style, a_st, None, task_ids, k, mode, config=cfg, family="factor")  # [T, kk, C_in, rp]
         for i in lo:

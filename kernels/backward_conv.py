@@ -94,20 +94,26 @@ def _wgrad_kernel(
     g_ptr, x_ptr, s_ptr, w_ptr, e_ptr, tid_ptr, out_ptr,
     NB, C_IN, C_OUT, LDW, H, W, GH, GW, PH, PW,
     sxb, sxc, sxy, sxx, sgb, sgc, sgy, sgx,
-    K: tl.constexpr, MODE: tl.constexpr, TASKS: tl.constexpr, DEMOD: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    K: tl.constexpr, MODE: tl.constexpr, TASKS: tl.constexpr, DEMOD: tl.constexpr, SWAP: tl.constexpr,
+    PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """out[t, tap, c, o] = Σ_{b∈t} Σ_p (x⊙s)[b, c, src_x(p)]·dc[b, o, src_g(p)] − Ŵ·Σ_{b∈t} e[b,o]·s[b,c]²."""
-    pid_c = tl.program_id(0)
-    pid_o = tl.program_id(1)
+    """out[t, tap, c, o] = Σ_{b∈t} Σ_p (x⊙s)[b, c, src_x(p)]·dc[b, o, src_g(p)] − Ŵ·Σ_{b∈t} e[b,o]·s[b,c]².
+    The tile is [C_in block × C_out block], or with SWAP (rank-r gradients, C_in the small rank) [C_out × C_in]
+    so the large dimension is the MMA's M."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
     pid_z = tl.program_id(2)
     KK: tl.constexpr = K * K
     tap = pid_z % KK
     task = (pid_z // KK).to(tl.int64)
     ky = tap // K
     kx = tap % K
-    offs_c = pid_c * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_o = pid_o * BLOCK_N + tl.arange(0, BLOCK_N)
+    if SWAP:
+        offs_o = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    else:
+        offs_c = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mc = offs_c < C_IN
     mo = offs_o < C_OUT
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -118,8 +124,8 @@ def _wgrad_kernel(
         else:
             own = True
         if own:
-            bb = (pid_c * 0 + b).to(tl.int64)  # 64-bit sample offsets (b is a plain int in the interpreter)
-            s = tl.load(s_ptr + bb * C_IN + offs_c, mask=mc, other=0.0).to(tl.float32)
+            bb = (pid_m * 0 + b).to(tl.int64)  # 64-bit sample offsets (b is a plain int in the interpreter)
+            s = tl.load(s_ptr + bb * C_IN + offs_c, mask=mc, other=0.0)
             for p0 in range(0, PH * PW, BLOCK_K):
                 offs_p = p0 + tl.arange(0, BLOCK_K)
                 mp = offs_p < PH * PW
@@ -147,16 +153,22 @@ def _wgrad_kernel(
                 xt = (xt * s[None, :]).to(w_ptr.dtype.element_ty)
                 gt = tl.load(g_ptr + bb * sgb + (gy * sgy + gx * sgx)[:, None] + offs_o[None, :] * sgc,
                              mask=mg[:, None] & mo[None, :], other=0.0).to(w_ptr.dtype.element_ty)  # [pixels, C_out]
-                acc = tl.dot(tl.trans(xt), gt, acc, input_precision=PREC)
+                if SWAP:
+                    acc = tl.dot(tl.trans(gt), xt, acc, input_precision=PREC)
+                else:
+                    acc = tl.dot(tl.trans(xt), gt, acc, input_precision=PREC)
             if DEMOD:
                 ev = tl.load(e_ptr + bb * C_OUT + offs_o, mask=mo, other=0.0)
                 dm += (s * s)[:, None] * ev[None, :]
-    if DEMOD:
-        w_tile = tl.load(w_ptr + (task * KK + tap) * C_IN * LDW + offs_c[:, None] * LDW + offs_o[None, :],
-                         mask=mc[:, None] & mo[None, :], other=0.0)
-        acc -= w_tile.to(tl.float32) * dm
-    tl.store(out_ptr + (task * KK + tap) * C_IN * C_OUT + offs_c[:, None] * C_OUT + offs_o[None, :], acc,
-             mask=mc[:, None] & mo[None, :])
+    base = out_ptr + (task * KK + tap) * C_IN * C_OUT
+    if SWAP:
+        tl.store(base + offs_c[None, :] * C_OUT + offs_o[:, None], acc, mask=mo[:, None] & mc[None, :])
+    else:
+        if DEMOD:
+            w_tile = tl.load(w_ptr + (task * KK + tap) * C_IN * LDW + offs_c[:, None] * LDW + offs_o[None, :],
+                             mask=mc[:, None] & mo[None, :], other=0.0)
+            acc -= w_tile.to(tl.float32) * dm
+        tl.store(base + offs_c[:, None] * C_OUT + offs_o[None, :], acc, mask=mc[:, None] & mo[None, :])
 
 
 # ----------------------------------------------------------------------------- 4. reduction to adapter factors
@@ -273,6 +285,8 @@ def epilogue_backward(gy: torch.Tensor, pre: torch.Tensor, noise: Optional[torch
     gz fp32 or None; sums [N, C_out, 2] = (Σ gz, Σ gz·y0) fp32) at the output resolution."""
     n, c, oh, ow = pre.shape
     cl = torch.channels_last
+    if c % 8:  # rows of a few channels (ToRGB) are not 16-byte aligned: read them in fp32
+        gy, pre = gy.float(), pre.float()
     gy = gy.contiguous(memory_format=cl)
     pre = pre.contiguous(memory_format=cl)
     cp = prologue.padded_width(c)
@@ -313,12 +327,12 @@ ADJOINT_MODE = {MODE_PLAIN: MODE_PLAIN, MODE_UP: MODE_DOWN, MODE_DOWN: MODE_UP}
 
 def dgrad(gc: torch.Tensor, w_adj: torch.Tensor, k: int, mode: int, in_shape: tuple,
           task_ids: Optional[torch.Tensor], config: Optional[tiles.Config] = None,
-          family: str = "dgrad") -> torch.Tensor:
+          family: str = "dgrad", out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """dxs = the forward conv's adjoint applied to dc (gc [N, C_g, GH, GW], any strides; w_adj from
-    `adjoint_weights` with rows = C_g): fp32 [N, C_in, H, W] channels-last at the conv input's resolution
-    (`in_shape`), for the forward `mode`. Runs the forward implicit GEMM (`modconv.conv`)."""
+    `adjoint_weights` with rows = C_g): [N, C_in, H, W] channels-last (`out_dtype`, fp32 by default) at the conv
+    input's resolution (`in_shape`), for the forward `mode`. Runs the forward implicit GEMM (`modconv.conv`)."""
     n, c_g = gc.shape[0], gc.shape[1]
-    dxs = tiles.empty(in_shape, device=gc.device, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+    dxs = tiles.empty(in_shape, device=gc.device, dtype=out_dtype).contiguous(memory_format=torch.channels_last)
     ones = torch.ones((n, c_g), device=gc.device, dtype=torch.float32)
     return modconv.conv(gc, ones, w_adj, None, k, ADJOINT_MODE[mode], dxs, task_ids=task_ids,
                         config=config or tiles.forced(family), family="conv")
@@ -333,20 +347,34 @@ def wgrad(gc: torch.Tensor, xin: torch.Tensor, style: torch.Tensor, w_k: torch.T
     of the factorised path (family "factor": C_in or C_out is a padded rank)."""
     n, c_in, h, w = xin.shape
     c_out = gc.shape[1] if c_out is None else c_out
+    if gc.shape[1] > c_out:  # dc carries zero padding channels (aligned rows): compute them too, return C_out
+        c_g = gc.shape[1]
+        e_pad = None
+        if e is not None:
+            e_pad = torch.zeros((n, c_g), device=e.device, dtype=e.dtype)
+            e_pad[:, :c_out] = e
+        g_full = wgrad(gc, xin, style, w_k, e_pad, task_ids, k, mode, c_g, config, family)
+        return g_full[..., :c_out].contiguous()
     gh, gw = gc.shape[2], gc.shape[3]
     n_t = w_k.shape[0]
     ph, pw = (h, w) if mode == MODE_UP else (gh, gw)
-    eligible = [c for c in tiles.BWD_CONFIGS if k == 1 or c.num_warps <= 4]
-    cfg = config or tiles.choose(
-        family, (n, c_in, c_out, ph * pw, k, mode, n_t), eligible,
-        lambda cf: triton.cdiv(c_in, cf.block_m) * triton.cdiv(c_out, cf.block_n) * k * k * n_t, c_in, c_out,
-        xin.device)
+    swap = family == "factor" and c_in <= 16 < c_out  # rank-r gradient: the large dimension is the MMA's M
+    big, small = (c_out, c_in) if swap else (c_in, c_out)
+    cfg = config or tiles.forced(family)
+    if cfg is None:
+        if small <= 16:  # a rank or a few channels (ToRGB): 64-row tiles keep the MMA on wgmma
+            cfg = tiles.get(family, "rank_64x16x64")
+        else:
+            cfg = tiles.choose(family, (n, c_in, c_out, ph * pw, k, mode, n_t), tiles.BWD_CONFIGS,
+                               lambda cf: triton.cdiv(big, cf.block_m) * triton.cdiv(small, cf.block_n) * k * k * n_t,
+                               big, small, xin.device)
     _note("wgrad_full_kernel" if family == "wgrad" else "wgrad_rank_kernel")
+    style = style.float().contiguous()  # N·C_in values, read per sample: fp32
     out = tiles.empty((n_t, k * k, c_in, c_out), device=xin.device, dtype=torch.float32)
-    common.launch(_wgrad_kernel, (triton.cdiv(c_in, cfg.block_m), triton.cdiv(c_out, cfg.block_n), k * k * n_t), (
+    common.launch(_wgrad_kernel, (triton.cdiv(big, cfg.block_m), triton.cdiv(small, cfg.block_n), k * k * n_t), (
         gc, xin, style, w_k, e if e is not None else gc, task_ids if task_ids is not None else style, out,
         n, c_in, c_out, w_k.shape[-1], h, w, gh, gw, ph, pw, *xin.stride(), *gc.stride()), dict(
-        K=k, MODE=mode, TASKS=task_ids is not None, DEMOD=e is not None,
+        K=k, MODE=mode, TASKS=task_ids is not None, DEMOD=e is not None, SWAP=swap,
         PREC=common.dot_precision(w_k.dtype, xin.device),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k), tag="wgrad", config=cfg.name,
         tile=f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k}", **cfg.launch_kwargs())

@@ -49,14 +49,17 @@ CONV_CONFIGS: Tuple[Config, ...] = (
 )
 # Split-K reduction tile (rows × C_out).
 REDUCE_BLOCK = (32, 64)
-# Backward implicit GEMMs (dgrad, wgrad, the factorised path's rank-r launches; kernels/backward_conv.py).
-# k x k convs never use 8 warps there (the 8-warp entry is restricted to k = 1).
+# Backward GEMMs (wgrad, and forced configs of dgrad and the factorised path's rank-r launches): M = C_in (or
+# C_out for the rank-r weight gradients), N = C_out (or the rank), K = pixels. 128x128x64 at 8 warps spills.
 BWD_CONFIGS: Tuple[Config, ...] = (
     Config("conv_16x32x32", 16, 32, 32, num_warps=2, num_stages=2),
     Config("conv_32x64x32", 32, 64, 32, num_warps=4, num_stages=3),
     Config("conv_64x64x32", 64, 64, 32, num_warps=4, num_stages=3),
     Config("conv_128x64x32", 128, 64, 32, num_warps=4, num_stages=3),
     Config("conv_128x128x32_k1", 128, 128, 32, num_warps=8, num_stages=3),
+    Config("wgrad_64x64x64", 64, 64, 64, num_warps=4, num_stages=3),
+    Config("wgrad_128x64x64_w8", 128, 64, 64, num_warps=8, num_stages=3),
+    Config("rank_64x16x64", 64, 16, 64, num_warps=4, num_stages=3),
 )
 # Epilogue backward: [pixels, channels] tiles of one sample.
 EPI_BWD_CONFIG = Config("epi_bwd_32x64", 32, 64, num_warps=4, num_stages=1)
