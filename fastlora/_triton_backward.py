@@ -147,7 +147,7 @@ def factorised_adapter_grads(
             a_st[i, :, :a.rank] = a.A.float()
             n_st[i, :, :a.rank] = torch.relu(ms[i]) if a.act == "inner" else ms[i]
         ones_r = torch.ones((n, rp), **f32)
-        u = tiles.empty((n, rp, xin.shape[2], xin.shape[3]), **op)
+        u = tiles.empty((n, rp, xin.shape[2], xin.shape[3]), **op).contiguous(memory_format=torch.channels_last)
         modconv.conv(xin, style, a_st, None, 1, modconv.MODE_PLAIN, u, task_ids=task_ids, config=cfg,
                      family="factor")
         gu = wgrad(gc, u, ones_r, n_st, None, task_ids, k, mode, c_out=c_out, config=cfg,
@@ -175,12 +175,12 @@ def factorised_adapter_grads(
             a_st[i, :, :, :a.rank] = a.A.float().reshape(c_in, kk, a.rank).permute(1, 0, 2)
             b_st[i, :c_out, :a.rank] = a.B.float()
         ones_r = torch.ones((n, rp), **f32)
-        u = tiles.empty((n, rp, gh, gw), **op)
+        u = tiles.empty((n, rp, gh, gw), **op).contiguous(memory_format=torch.channels_last)
         modconv.conv(xin, style, a_st.reshape(n_t, kk * c_in, rp), None, k, mode, u, task_ids=task_ids,
                      config=cfg, family="factor")
         gb = wgrad(gc, u, ones_r, b_st, None, task_ids, 1, modconv.MODE_PLAIN, c_out=c_out, config=cfg,
                    family="factor")
-        wp = tiles.empty((n, rp, gh, gw), **op)
+        wp = tiles.empty((n, rp, gh, gw), **op).contiguous(memory_format=torch.channels_last)
         modconv.conv(gc, torch.ones((n, c_g), **f32), b_st, None, 1, modconv.MODE_PLAIN, wp, task_ids=task_ids,
                      config=cfg, family="factor")
         ga = wgrad(wp, xin, style, a_st, None, task_ids, k, mode, config=cfg, family="factor")  # [T, kk, C_in, rp]

@@ -365,7 +365,9 @@ def wgrad(gc: torch.Tensor, xin: torch.Tensor, style: torch.Tensor, w_k: torch.T
         if small <= 16:  # a rank or a few channels (ToRGB): 64-row tiles keep the MMA on wgmma
             cfg = tiles.get(family, "rank_64x16x64")
         else:
-            cfg = tiles.choose(family, (n, c_in, c_out, ph * pw, k, mode, n_t), tiles.BWD_CONFIGS,
+            # 64-row tiles or more (wgmma), at most 128x64 (larger tiles spill)
+            eligible = [c for c in tiles.BWD_CONFIGS if c.block_m >= 64 and c.block_m * c.block_n <= 128 * 64]
+            cfg = tiles.choose(family, (n, c_in, c_out, ph * pw, k, mode, n_t), eligible,
                                lambda cf: triton.cdiv(big, cf.block_m) * triton.cdiv(small, cf.block_n) * k * k * n_t,
                                big, small, xin.device)
     _note("wgrad_full_kernel" if family == "wgrad" else "wgrad_rank_kernel")

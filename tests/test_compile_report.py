@@ -2,10 +2,11 @@
 bundled ptxas, SASS statistics per kernel launch, and the issue's targets checked over the records
 (`bench.compile.check_targets`).
 
-Always on (`make test`, about 2-4 min on 2 cores with a cold Triton cache): a reduced report, the forward of
-representative layers of the StyleGAN2-256 ladder in bf16 (the 4 px plain layer that must split K, the 8 px
-and 32 px up layers, a 16 px plain layer, a ToRGB) at batch 4, compiled in a fresh subprocess (compiling needs
-TRITON_INTERPRET unset, which the test process cannot undo); every forward target is checked on it.
+Always on (`make test`, about 3-5 min on 2 cores with a cold Triton cache, seconds with a warm one): reduced
+reports compiled in a fresh subprocess (compiling needs TRITON_INTERPRET unset, which the test process cannot
+undo): the forward of representative layers of the StyleGAN2-256 ladder in bf16 at batch 4 (the 4 px plain
+layer that must split K, the 8 px and 32 px up layers, a 16 px plain layer, a ToRGB), every forward target
+checked; and the backward of the 32 px up layer with both weight-gradient paths, the kernel targets checked.
 Opt-in (FASTLORA_COMPILE_REPORT=1: the whole ladder, batch 4 and 16, bf16 and fp32, forward and backward,
 about 30-60 min on 2 cores; or FASTLORA_COMPILE_REPORT=DIR to check an existing DIR/compile.json).
 """
@@ -71,6 +72,19 @@ def test_reduced_compile_report(tmp_path):
     assert (tmp_path / "compile.md").read_text().startswith("| kernel |")
 
 
+@pytest.mark.slow
+def test_reduced_backward_compile_report(tmp_path):
+    """The backward of a 32 px up layer (bf16, batch 4) with both weight-gradient paths: the default LLoRA
+    (act inner: factorised rank-r launches) and the published one (act both: the full kernel gradient G)."""
+    rep = _run_report(tmp_path, "--layers", "up512@32", "--batch", "4", "--dtype", "bf16", "--pass", "backward")
+    _check_records(rep, tmp_path)
+    recs = rep["records"]
+    roles = {(r["adapter"], r["role"]) for r in recs}
+    assert {("llora-both", "wgrad"), ("llora-inner", "wgrad"), ("llora-both", "conv"), ("llora-both", "blur"),
+            ("llora-both", "epilogue_bwd"), ("llora-both", "factor_reduce")} <= roles, roles
+    _assert_met(check_targets(recs), ("hgmma", "no_spill", "no_scalar16"))
+
+
 def _full_report(tmp_path_factory) -> list:
     if FULL not in ("1", "true"):
         return json.loads((Path(FULL) / "compile.json").read_text())["records"]
@@ -93,8 +107,6 @@ def test_full_report_forward_targets(full_records):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the backward kernels are still the first-generation NCHW ones (spills in "
-                                       "dgrad/wgrad, scalar 16-bit loads, fp32 gradient operands); see docs/kernels.md")
 def test_full_report_backward_targets(full_records):
     _assert_met(check_targets([r for r in full_records if r["pass"] != "forward"]),
                 ("hgmma", "no_spill", "no_scalar16"))
