@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test install clean gpu-session eval-setup
+.PHONY: demo test install clean gpu-session eval-setup test-triton36
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,26 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The kernel tests under Triton 3.6.0 (what the project's GPU machine runs), in a second virtualenv with the
+# same torch: the kernels must compile and pass the interpreter tests there too. Triton 3.6's interpreter turns
+# one-element arrays into loop bounds with int(), which NumPy 2.4 refuses: that virtualenv keeps numpy < 2.4.
+VENV36 ?= .venv-triton36
+PY36 := $(VENV36)/bin/python
+STAMP36 := $(VENV36)/.installed-stamp
+KERNEL_TESTS ?= tests/test_kernels_forward.py tests/test_kernels_backward.py \
+	tests/test_kernels_backward_factorised.py tests/test_cuda_graph.py tests/test_compile_report.py
+
+$(STAMP36): pyproject.toml
+	test -x $(PY36) || python3 -m venv $(VENV36)
+	$(PY36) -m pip install -q --upgrade pip
+	$(PY36) -m pip install -q "$(TORCH)"
+	$(PY36) -m pip install -q -e ".[dev]" "triton==3.6.0" "numpy<2.4"
+	touch $(STAMP36)
+
+test-triton36: $(STAMP36)
+	$(PY36) -c "import triton; assert triton.__version__ == '3.6.0', triton.__version__"
+	$(PY36) -m pytest -q $(KERNEL_TESTS)
 
 demo: $(STAMP)
 	$(PY) -m colorgan demo --overwrite
@@ -32,4 +52,4 @@ gpu-session:
 	PYTHONPATH=. PYTHONUNBUFFERED=1 python3 -m bench gpu-session --budget-s 480 --out $${OUT:-bench/results}
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VENV36) .pytest_cache

@@ -114,6 +114,8 @@ class Discriminator(nn.Module):
         """Image logits [N, 1]; with `patch=i`, patch head i's map [N, 1, h, w] instead."""
         if x.dim() != 4 or x.shape[1:] != (3, self.size, self.size):
             raise ValueError(f"discriminator input must be [N, 3, {self.size}, {self.size}], got {list(x.shape)}")
+        if x.is_cuda:  # channels-last through the convs (cuDNN's fast layout; the fused generator's output layout)
+            x = x.contiguous(memory_format=torch.channels_last)
         if patch is not None:
             return self._patch(x, patch)
         out = self.convs(x)

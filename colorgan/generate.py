@@ -91,18 +91,51 @@ def render(G: Generator, task: Optional[str], seeds: Sequence[int], *, truncatio
     return G(z, truncation=truncation, truncation_latent=center, noise_mode=mode, noise=noise, backend=backend)
 
 
+def graph_renderer(G: Generator, task: Optional[str], batch: int, *, truncation: float = 1.0,
+                   center: Optional[Tensor] = None, noise_mode: str = "const", backend: str = "auto"):
+    """`render` for one task as a CUDA graph captured at a fixed batch (`fastlora.capture`): returns
+    f(seeds) → images [len(seeds), 3, S, S]; shorter seed lists are padded to the batch (the extra images are
+    dropped). RuntimeError without a CUDA device. Capture again after switching tasks."""
+    activate(G, task)
+    dev, dt = G.device, G.input.input.dtype
+    if truncation != 1 and center is None:  # read w_avg now: the captured forward must not check it (a sync)
+        G._require_w_avg()
+        center = G.w_avg
+    mode = "const" if noise_mode == "random" else noise_mode
+    shapes = [(batch, 1, 2 ** ((i + 5) // 2), 2 ** ((i + 5) // 2)) for i in range(G.num_layers)]
+    z0 = torch.zeros(batch, G.style_dim, device=dev, dtype=dt)
+    n0 = [torch.zeros(s, device=dev, dtype=dt) for s in shapes] if noise_mode == "random" else []
+
+    def forward(z: Tensor, *noise: Tensor) -> Tensor:
+        return G(z, truncation=truncation, truncation_latent=center, noise_mode=mode, noise=list(noise) or None,
+                 backend=backend)
+
+    graph = fastlora.capture(forward, z0, *n0)
+
+    def run(seeds: Sequence[int]) -> Tensor:
+        padded = list(seeds) + [seeds[-1]] * (batch - len(seeds))
+        z = seeds_to_z(padded, G.style_dim, device=dev, dtype=dt)
+        noise = _batch_noise(G, padded, dev) if noise_mode == "random" else []
+        return graph(z, *noise)[:len(seeds)].clone()
+
+    return run
+
+
 def generate(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequence[str]], seeds: Union[str, Sequence[int]],
              outdir: Union[str, os.PathLike], *, truncation: float = 1.0, batch: int = 32, grid: bool = False,
              device: str = "cpu", noise_mode: str = "const", backend: str = "auto", overwrite: bool = False,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, cuda_graph: bool = False) -> dict[str, Any]:
     """Write `<outdir>/<task>/seedNNNN.png` for every task and seed (and `<outdir>/grid.png`,
-    a row per task and a column per seed, with grid=True). Returns the written paths."""
+    a row per task and a column per seed, with grid=True). Returns the written paths.
+    `cuda_graph`: capture each task's forward once as a CUDA graph at the batch size and replay it."""
     from tqdm import tqdm
 
     seed_list = render_request(seeds, batch, truncation)
     if noise_mode not in NOISE_MODES:
         raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
     dev = _device(device)
+    if cuda_graph and dev.type != "cuda":
+        raise ValueError(f"cuda_graph needs device cuda (got device {device})")
     cfg = read_checkpoint_config(ckpt)
     available = [e["name"] for e in cfg["tasks"]]
     task_list = resolve_tasks(tasks, available)
@@ -122,9 +155,12 @@ def generate(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequence[str]], se
             center = (G.task_w_avg() if task is not None else None) if truncation != 1 else None
             (outdir / t).mkdir(parents=True, exist_ok=True)
             row = []
+            replay = (graph_renderer(G, task, len(chunks[0]), truncation=truncation, center=center,
+                                     noise_mode=noise_mode, backend=backend) if cuda_graph else None)
             for chunk in chunks:
-                imgs = to_uint8(render(G, task, chunk, truncation=truncation, center=center, noise_mode=noise_mode,
-                                       backend=backend))
+                imgs = to_uint8(replay(chunk) if replay else render(G, task, chunk, truncation=truncation,
+                                                                     center=center, noise_mode=noise_mode,
+                                                                     backend=backend))
                 for s, arr in zip(chunk, imgs):
                     written.append(str(save_png(seed_file(outdir, t, s), arr)))
                 if grid:

@@ -4,7 +4,8 @@ reference backend and fused Triton kernels, plus per-task adapter banks.
 Public API: the adapter kinds `LoRA`, `LLoRA`, `LeFT`; `AdapterConfig`; the ops in
 `fastlora.functional`; the layers `AdaptedLinear`, `ModulatedConv2d`, `AdaptedConv2d`;
 and the bank operations (`add_task`, `set_task`, `save_task`, `load_task`,
-`merge_task`, `unmerge`, ...). Triton is imported only when a Triton backend is used.
+`merge_task`, `unmerge`, ...); `capture` records a whole forward as a CUDA graph. Triton is imported only
+when a Triton backend is used.
 """
 from fastlora import functional
 from fastlora._triton_autograd import deterministic, set_deterministic
@@ -35,6 +36,7 @@ from fastlora.bank import (
     unmerge,
 )
 from fastlora.config import KINDS, AdapterConfig
+from fastlora.graphs import CapturedForward, capture
 from fastlora.modules import AdaptedConv2d, AdaptedLayer, AdaptedLinear, ModulatedConv2d
 
 __all__ = [
@@ -42,6 +44,6 @@ __all__ = [
     "AdaptedLayer", "AdaptedLinear", "ModulatedConv2d", "AdaptedConv2d",
     "adapted_layers", "add_task", "remove_task", "set_task", "active_task", "task_names", "task_config",
     "task_parameters", "base_parameters", "freeze_base", "task_state_dict", "base_state_dict", "base_checksum",
-    "count_parameters", "check_task_name", "set_deterministic", "deterministic", "save_task", "load_task", "read_task_config", "merge_task", "unmerge", "merged_state_dict",
-    "merged_weights",
+    "count_parameters", "check_task_name", "set_deterministic", "deterministic", "save_task", "load_task",
+    "read_task_config", "merge_task", "unmerge", "merged_state_dict", "merged_weights", "capture", "CapturedForward",
 ]

@@ -72,8 +72,77 @@ def _flatten(adapters: Sequence) -> Tuple[List[Tensor], Callable[[Sequence[Tenso
     return flat, rebuild, names_flat
 
 
+def conv_operands(adapter):
+    """One conv adapter (or None: the base weight) as the weight prologue's operands (`kernels.prologue.Operands`):
+    the kind code, fp32 factor tensors in the kernel's order, rank, activation flags and alpha."""
+    from kernels.common import KIND_LEFT, KIND_LLORA, KIND_LORA
+    from kernels.prologue import Operands
+
+    def f32(*ts: Tensor) -> tuple:
+        return tuple(t.detach().float().contiguous() for t in ts)
+
+    if adapter is None:
+        return Operands()
+    if isinstance(adapter, LoRA):
+        return Operands(KIND_LORA, f32(adapter.A, adapter.B), adapter.rank, alpha=float(adapter.alpha))
+    if isinstance(adapter, LLoRA):
+        return Operands(KIND_LLORA, f32(adapter.A, adapter.B, adapter.B_inst), adapter.rank,
+                        adapter.act in ("both", "inner"), adapter.act == "both", float(adapter.alpha))
+    if isinstance(adapter, LeFT) and adapter.is_conv:
+        a = adapter
+        return Operands(KIND_LEFT, f32(a.U, a.T, a.P, a.Q, a.V, a.R, a.S), a.rank, a.act == "inner", False, 0.0)
+    raise ValueError(f"backend='triton': a {type(adapter).__name__} adapter does not apply to a conv weight")
+
+
 def _needs_grad(tensors: List[Optional[Tensor]]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+# ----------------------------------------------------------------------------- linear operands
+
+def _pad_stack(mats: Sequence[Optional[Tensor]], rows: int, device, fill_first: float = 0.0) -> Tensor:
+    """[T, rows, R] fp32, zero-padded to the largest rank; a None entry becomes a rank-1 column of fill_first."""
+    r = max([m.shape[1] for m in mats if m is not None] + [1])
+    out = torch.zeros((len(mats), rows, r), device=device, dtype=torch.float32)
+    for i, m in enumerate(mats):
+        if m is None:
+            out[i, :, 0] = fill_first
+        else:
+            out[i, :, : m.shape[1]] = m
+    return out
+
+
+def linear_operands(adapters: Sequence, d_out: int, d_in: int, device):
+    """The linear adapters as the fused linear's operands in the general form Ŵ = W ⊙ (uo·uiᵀ) + α·ao·aiᵀ:
+    (ui, uo, ai, ao, alpha), None for absent terms; stacked [T, ...] (ranks zero-padded) for several tasks."""
+    if len(adapters) == 1:
+        a = adapters[0]
+        if a is None:
+            return None, None, None, None, 1.0
+        if isinstance(a, LoRA):
+            return None, None, a.A.contiguous(), a.B.contiguous(), float(a.alpha)
+        return a.U_in.contiguous(), a.U_out.contiguous(), a.A_in.contiguous(), a.A_out.contiguous(), 1.0
+    mul = any(isinstance(a, LeFT) for a in adapters)
+    low = any(a is not None for a in adapters)
+    ui = uo = ai = ao = None
+    if mul:
+        ui = _pad_stack([a.U_in if isinstance(a, LeFT) else None for a in adapters], d_in, device, 1.0)
+        uo = _pad_stack([a.U_out if isinstance(a, LeFT) else None for a in adapters], d_out, device, 1.0)
+    if low:
+        ai = _pad_stack([None if a is None else (a.A if isinstance(a, LoRA) else a.A_in) for a in adapters],
+                        d_in, device)
+        ao = _pad_stack([None if a is None else (a.alpha * a.B if isinstance(a, LoRA) else a.A_out)
+                         for a in adapters], d_out, device)
+    return ui, uo, ai, ao, 1.0
+
+
+def linear_biases(bias: Optional[Tensor], adapters: Sequence, d_out: int) -> Optional[Tensor]:
+    """Adapted bias, [T, d_out] (the reference's semantics: None entries keep the base bias)."""
+    bs = [bias if a is None else a.adapted_bias(bias) for a in adapters]
+    if all(b is None for b in bs):
+        return None
+    ref = next(b for b in bs if b is not None)
+    return torch.stack([b if b is not None else torch.zeros_like(ref) for b in bs]).contiguous()
 
 
 # ----------------------------------------------------------------------------- ops
@@ -97,8 +166,9 @@ def modulated_conv2d(x: Tensor, weight: Tensor, style: Tensor, *, adapter=None, 
 
     def fused(ts, saved=None):
         x_, w_, s_, b_, n_, k_ = ts[:6]
-        return modconv.modulated_conv2d(x_, w_, s_, rebuild(ts[6:]), task_ids, scale, demodulate, up, down,
-                                        b_, n_, activation, k_, saved=saved)
+        ops = [conv_operands(a) for a in rebuild(ts[6:])]
+        return modconv.modulated_conv2d(x_, w_, s_, ops, task_ids, scale, demodulate, up, down, b_, n_,
+                                        activation == "lrelu", k_, saved=saved)
 
     def reference(ts):
         from fastlora import functional
@@ -137,7 +207,10 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, adapter=
     head = [x, weight, bias]
 
     def fused(ts):
-        return klinear.linear(ts[0], ts[1], ts[2], rebuild(ts[3:]), task_ids, scale, bias_scale, activation)
+        ads = rebuild(ts[3:])
+        ui, uo, ai, ao, alpha = linear_operands(ads, ts[1].shape[0], ts[1].shape[1], ts[0].device)
+        return klinear.linear(ts[0], ts[1], linear_biases(ts[2], ads, ts[1].shape[0]), ui, uo, ai, ao, alpha,
+                              task_ids, len(ads), scale, bias_scale, activation == "lrelu")
 
     def reference(ts):
         from fastlora import functional

@@ -1,7 +1,7 @@
 """Autograd Functions of the fused Triton ops, and the deterministic-mode switch.
 
 First-order backward runs the fused backward kernels (`kernels/backward_conv.py`,
-`kernels/backward_linear.py`). Under `create_graph=True` (R1, path length: the backward itself
+`kernels/backward_linear.py`), orchestrated by `fastlora._triton_backward`. Under `create_graph=True` (R1, path length: the backward itself
 must be differentiable) the backward recomputes the torch reference on the saved inputs
 themselves and differentiates it with the graph kept, so second-order gradients are exact; this
 routing is automatic (`torch.is_grad_enabled()` inside `backward` is True exactly then).
@@ -107,15 +107,16 @@ class ModConvFn(torch.autograd.Function):
         need = list(ctx.needs_input_grad[1:])
         if torch.is_grad_enabled():  # create_graph: differentiable recompute through the reference
             return (None, *reference_grads(spec.reference, tensors, need, gy))
-        from kernels import backward_conv
+        from fastlora._triton import conv_operands
+        from fastlora._triton_backward import modulated_conv2d_backward
 
         x, w, s, b, nz, sk = tensors[:6]
         adapters = spec.rebuild(tensors[6:])
         flags = dict(x=need[0], weight=need[1], style=need[2], bias=need[3], noise=need[4], skip=need[5],
                      adapters=_adapter_need(spec, need, len(adapters)))
         with torch.no_grad():
-            g = backward_conv.modulated_conv2d_backward(
-                gy, x, w, s, adapters, spec.task_ids, spec.scale, spec.demodulate, spec.up, spec.down, b, nz,
+            g = modulated_conv2d_backward(
+                gy, x, w, s, adapters, [conv_operands(a) for a in adapters], spec.task_ids, spec.scale, spec.demodulate, spec.up, spec.down, b, nz,
                 spec.activation, pre, xb, flags, deterministic())
             head = [_cast(g[key], t) if nd else None
                     for key, t, nd in zip(("x", "weight", "style", "bias", "noise", "skip"), tensors[:6], need[:6])]
@@ -141,13 +142,13 @@ class LinearFn(torch.autograd.Function):
         need = list(ctx.needs_input_grad[1:])
         if torch.is_grad_enabled():
             return (None, *reference_grads(spec.reference, tensors, need, gy))
-        from kernels import backward_linear
+        from fastlora._triton_backward import linear_backward
 
         x, w, b = tensors[:3]
         adapters = spec.rebuild(tensors[3:])
         flags = dict(x=need[0], weight=need[1], bias=need[2], adapters=_adapter_need(spec, need, len(adapters)))
         with torch.no_grad():
-            g = backward_linear.linear_backward(gy, x, y, w, b, adapters, spec.task_ids, spec.scale, spec.bias_scale,
+            g = linear_backward(gy, x, y, w, b, adapters, spec.task_ids, spec.scale, spec.bias_scale,
                                                 spec.activation, flags, deterministic())
             head = [_cast(g[key], t) if nd else None for key, t, nd in zip(("x", "weight", "bias"), tensors[:3],
                                                                             need[:3])]

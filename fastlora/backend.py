@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import sys
 from typing import Iterable, Optional
 
 import torch
@@ -30,8 +31,16 @@ def _devices(tensors: Iterable[Optional[torch.Tensor]]) -> set[str]:
     return {t.device.type for t in tensors if isinstance(t, torch.Tensor)}
 
 
+def _recording_launches() -> bool:
+    """Inside `kernels.common.record()` (static analysis: launches on meta tensors are recorded, not run)."""
+    common = sys.modules.get("kernels.common")
+    return common is not None and common.recording() is not None
+
+
 def triton_unavailable_reason(*tensors: Optional[torch.Tensor]) -> Optional[str]:
     """Why the Triton backend cannot run on these tensors, or None when it can."""
+    if _devices(tensors) == {"meta"} and _recording_launches():
+        return None
     if not triton_installed():
         return ("the triton package is not installed (it is available on Linux x86_64: "
                 "pip install triton==3.7.1)")

@@ -16,9 +16,8 @@ from torch import Tensor
 
 from fastlora.adapters import ACTS, LEFT_ACTS, Adapter
 from fastlora.backend import resolve_backend
+from kernels.constants import DEMOD_EPS, LRELU_SLOPE, SQRT2  # plain constants, shared with the kernels
 
-SQRT2 = math.sqrt(2.0)
-DEMOD_EPS = 1e-8
 FORMS = ("shared", "grouped")
 ACTIVATIONS = (None, "lrelu")
 
@@ -168,7 +167,7 @@ def blur_before_down(x: Tensor, k: int, blur: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------- activation
 
-def fused_leaky_relu(x: Tensor, bias: Optional[Tensor] = None, negative_slope: float = 0.2,
+def fused_leaky_relu(x: Tensor, bias: Optional[Tensor] = None, negative_slope: float = LRELU_SLOPE,
                      scale: float = SQRT2) -> Tensor:
     """leaky_relu(x + bias)·scale, bias broadcast along dim 1 (StyleGAN2's bias_act)."""
     if bias is not None:

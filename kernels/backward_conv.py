@@ -1,188 +1,90 @@
-"""Fused backward of the modulated conv (frozen or trainable base, adapters trainable).
+"""Fused backward of the modulated conv: kernels and launchers (frozen or trainable base, adapters trainable).
 
 Forward (per sample b, task t = task_ids[b]): y0 = d ⊙ c, c = conv(x ⊙ s, Ŵ_t) (Ŵ_t = scale·(W ⊕ adapter)),
 d = rsqrt(Σ_c s²·Q_t + 1e-8), Q_t[c, o] = Σ_taps Ŵ_t², then the epilogue (+noise, bias [+lrelu·√2], +skip).
-The forward saved y0 ("pre", fp32) and, for down, the blurred input xb.
+The forward saved y0 ("pre", the activation dtype, channels-last) and, for down, the blurred input xb.
+Activations and gradients are channels-last (any strides are accepted; channel stride 1 gives 16-byte loads).
 
-Kernels (none synchronises with the host):
-
-1. `_epi_bwd_kernel`, one program per (sample, C_out) plane: the epilogue backward (lrelu′ from
-   z = y0 + noise + bias; ReLU-style derivative at 0 like torch: slope), stores gd = gz·d (the conv-output
-   gradient dc at the output resolution) and optionally gz (for the noise gradient), and reduces per plane
-   Σ gz (bias gradient) and Σ gz·y0 (so dd = Σ gz·y0 / d, and e = dd·d³ = Σ gz·y0 · d²).
+1. `_epi_bwd_kernel`, [pixels × channels] tiles of one sample: the epilogue backward (lrelu′ from
+   z = y0 + noise + bias; slope at 0 like torch), stores gd = gz·d (the conv-output gradient, in the GEMM operand
+   dtype: bf16 operands for bf16 layers) and optionally gz (fp32, for the noise gradient), and per-tile partial
+   sums Σ gz (bias gradient) and Σ gz·y0 (so e = dd·d³ = Σ gz·y0·d²), summed in a fixed order afterwards.
    For up, dc at the transposed-conv resolution is the blur's adjoint of gd (`fir.blur`, mirrored padding).
-2. `_dgrad_kernel`: implicit GEMM of the conv's adjoint, M = input pixels of one sample, N = C_in,
-   K = C_out per tap: plain → stride-1 conv with mirrored offsets; up (forward stride-2 transposed conv)
-   → stride-2 conv; down (forward stride-2 conv) → four polyphase sub-convolutions (one per input parity).
-   Epilogue: dx = s ⊙ dxs, and the style gradient ds[b, c] = Σ_pix x·dxs − s·Σ_o e[b,o]·Q_t[c,o]
-   reduced in the same pass (per-program partials summed in a fixed order, or atomics).
-3. `_wgrad_kernel`: the full kernel gradient per task, G_t[tap, c, o] = Σ_{b∈t, pix} dc·(x⊙s) patches
-   − Ŵ_t·Σ_{b∈t} e[b,o]·s[b,c]² (the demodulation term), fp32, layout [T, k·k, C_in, C_out] (like Ŵ).
-   Each program owns an output tile and loops over the samples of its task: no atomics.
+2. dgrad is the forward implicit GEMM (`modconv.conv`, HGMMA tiles, one flattened K loop) run on dc with the
+   adjoint weights (`adjoint_weights`: per tap [C_out, C_in], flipped for the stride-1 conv): plain → plain
+   conv, up (a transposed conv) → stride-2 conv, down (a stride-2 conv) → polyphase transposed conv.
+   dx = s ⊙ dxs and the style gradient ds = Σ_pix x·dxs − s·Σ_o e·Q_t follow as two small reductions.
+3. `_wgrad_kernel`: the full kernel gradient per task, G_t[tap, c, o] = Σ_{b∈t, pix} (x⊙s)·dc patches
+   − Ŵ_t·Σ_{b∈t} e[b,o]·s[b,c]² (the demodulation term), fp32, layout [T, k·k, C_in, C_out]; GEMM M = C_in,
+   N = C_out, K = pixels (both operands read along channels: 16-byte loads in channels-last). Each program
+   owns an output tile and loops over the samples of its task: no atomics.
 4. `_factor_reduce_kernel` (LLoRA all acts, LeFT conv): reduces G_t to the factor gradients without writing
    anything else full-size: one program per (C_out block, tap) loops over C_in, rebuilds P = A·N on the fly for
    the outer-ReLU mask (ReLU′(0) := 1 as in the reference), and produces dN[tap, o, :] (complete) and dA / dV
    (per-program partials or atomics), plus for LeFT Σ_o G (the additive term's gradient).
-   The remaining chain rule (through the inner ReLU to B, B_inst; LeFT's U, T, P, Q, R, S; LoRA's A, B as
-   GEMMs of G with the rank-r factors) is O(r·C·k²·r) and runs as small torch ops in `adapter_grads`.
-5. Factorised path (`factorised_adapter_grads`; frozen base, LoRA / LLoRA act inner/none; chosen by
-   `choose_wgrad_path`): no G. Rank-r projections and wgrad/dgrad launches of the kernels above give the
-   conv part of the factor gradients; `_demod_factor_kernel` adds the demodulation term −Ŵ⊙M from the
-   prologue's Ŵ without writing it full-size.
+5. `_demod_factor_kernel`: the factor gradients of the demodulation term −Ŵ⊙M from the prologue's Ŵ without
+   writing it full-size (the factorised weight-gradient path).
+
+The adapter chain rule and the choice of the weight-gradient path (full G or factorised rank-r launches) live
+in `fastlora._triton_backward`; this file only has kernels and their launchers.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels import fir, modconv, prologue, tiles
-
-SQRT2 = 1.4142135623730951
+from kernels import common, modconv, prologue, tiles
+from kernels.common import MODE_DOWN, MODE_PLAIN, MODE_UP
 
 
 # ----------------------------------------------------------------------------- 1. epilogue backward
 
 @triton.jit
 def _epi_bwd_kernel(
-    gy_ptr, pre_ptr, noise_ptr, bias_ptr, d_ptr, gd_ptr, gz_ptr, sums_ptr,
-    C, HW, OW, sn_b, sn_c, sn_y, sn_x,
-    HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, LRELU: tl.constexpr, DEMOD: tl.constexpr,
-    STORE_GZ: tl.constexpr, BLOCK: tl.constexpr,
+    gy_ptr, pre_ptr, noise_ptr, bias_ptr, d_ptr, gd_ptr, gz_ptr, part_ptr,
+    C, CP, HW, OW, snb, snc, sny, snx,
+    NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, LRELU: tl.constexpr, DEMOD: tl.constexpr,
+    STORE_GZ: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    plane = tl.program_id(0).to(tl.int64)
-    b = plane // C
-    c = plane % C
+    """gy, pre, gz dense channels-last [N, HW, C]; gd [N, HW, CP] (CP ≥ C, padding channels written 0)."""
+    pid_p = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mp = offs_p < HW
+    mc = offs_c < C
+    m2 = mp[:, None] & mc[None, :]
+    row = b * HW + offs_p
+    off = row[:, None] * C + offs_c[None, :]
+    g = tl.load(gy_ptr + off, mask=m2, other=0.0).to(tl.float32)
+    y0 = tl.load(pre_ptr + off, mask=m2, other=0.0).to(tl.float32)
+    if LRELU:
+        z = y0
+        if HAS_BIAS:
+            z += tl.load(bias_ptr + offs_c, mask=mc, other=0.0)[None, :]
+        oy = offs_p // OW
+        ox = offs_p - oy * OW
+        if NOISE == 1:
+            z += tl.load(noise_ptr + b * snb + oy * sny + ox * snx, mask=mp, other=0.0)[:, None]
+        if NOISE == 2:
+            z += tl.load(noise_ptr + b * snb + (oy * sny + ox * snx)[:, None] + offs_c[None, :] * snc, mask=m2,
+                         other=0.0)
+        g = common.lrelu_grad(g, z)
+    g = tl.where(m2, g, 0.0)
+    gd = g
     if DEMOD:
-        dval = tl.load(d_ptr + plane)
-    else:
-        dval = 1.0
-    if HAS_BIAS:
-        bval = tl.load(bias_ptr + c).to(tl.float32)
-    else:
-        bval = 0.0
-    s_gz = tl.zeros((BLOCK,), dtype=tl.float32)
-    s_gy = tl.zeros((BLOCK,), dtype=tl.float32)
-    base = plane * HW
-    for p0 in range(0, HW, BLOCK):
-        offs = p0 + tl.arange(0, BLOCK)
-        m = offs < HW
-        g = tl.load(gy_ptr + base + offs, mask=m, other=0.0).to(tl.float32)
-        y0 = tl.load(pre_ptr + base + offs, mask=m, other=0.0)
-        if LRELU:
-            z = y0 + bval
-            if HAS_NOISE:
-                oy = offs // OW
-                ox = offs % OW
-                z += tl.load(noise_ptr + b * sn_b + c * sn_c + oy * sn_y + ox * sn_x, mask=m,
-                             other=0.0).to(tl.float32)
-            g = tl.where(z > 0, g, g * 0.2) * 1.4142135623730951
-        s_gz += g
-        s_gy += g * y0
-        tl.store(gd_ptr + base + offs, g * dval, mask=m)
-        if STORE_GZ:
-            tl.store(gz_ptr + base + offs, g, mask=m)
-    tl.store(sums_ptr + plane * 2, tl.sum(s_gz, axis=0))
-    tl.store(sums_ptr + plane * 2 + 1, tl.sum(s_gy, axis=0))
-
-
-# ----------------------------------------------------------------------------- 2. dgrad (+ style gradient)
-
-@triton.jit
-def _dgrad_tap(acc, g_base, w_tap, sy, sx, mm, offs_n, mn, C_OUT, GH, GW,
-               PREC: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc[pix, c] += Σ_o dc[o, sy, sx] · Ŵ_tap[c, o] over all C_out blocks."""
-    ma = mm & (sy >= 0) & (sy < GH) & (sx >= 0) & (sx < GW)
-    pix = sy * GW + sx
-    for o0 in range(0, C_OUT, BLOCK_K):
-        offs_k = o0 + tl.arange(0, BLOCK_K)
-        mk = offs_k < C_OUT
-        a = tl.load(g_base + offs_k[None, :] * (GH * GW) + pix[:, None], mask=ma[:, None] & mk[None, :], other=0.0)
-        wt = tl.load(w_tap + offs_n[None, :] * C_OUT + offs_k[:, None], mask=mk[:, None] & mn[None, :], other=0.0)
-        acc = tl.dot(a.to(wt.dtype), wt, acc, input_precision=PREC)
-    return acc
-
-
-@triton.jit
-def _dgrad_kernel(
-    g_ptr, w_ptr, x_ptr, s_ptr, sq_ptr, e_ptr, tid_ptr, dx_ptr, ds_ptr,
-    C_IN, C_OUT, H, W, GH, GW, N_MB,
-    K: tl.constexpr, MODE: tl.constexpr, PHASES: tl.constexpr, TASKS: tl.constexpr, DEMOD: tl.constexpr,
-    NEED_DX: tl.constexpr, NEED_DS: tl.constexpr, ATOMIC: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_z = tl.program_id(2)
-    b = (pid_z // PHASES).to(tl.int64)
-    phase = pid_z % PHASES
-    py = phase // 2
-    px = phase % 2
-    if MODE == 1:  # polyphase over the (blurred) input's parities
-        qh = (H - py + 1) // 2
-        qw = (W - px + 1) // 2
-    else:
-        qh = H
-        qw = W
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mm = offs_m < qh * qw
-    mn = offs_n < C_IN
-    q = offs_m // qw
-    p = offs_m % qw
-    if TASKS:
-        t = tl.load(tid_ptr + b).to(tl.int64)
-    else:
-        t = 0
-    KK: tl.constexpr = K * K
-    g_base = g_ptr + b * C_OUT * GH * GW
-    w_base = w_ptr + t * (KK * C_IN * C_OUT)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for ky in tl.static_range(K):
-        for kx in tl.static_range(K):
-            w_tap = w_base + (ky * K + kx) * C_IN * C_OUT
-            if MODE == 0:
-                acc = _dgrad_tap(acc, g_base, w_tap, q - (ky - K // 2), p - (kx - K // 2), mm, offs_n, mn,
-                                 C_OUT, GH, GW, PREC, BLOCK_K)
-            elif MODE == 2:  # adjoint of the stride-2 transposed conv: a stride-2 conv
-                acc = _dgrad_tap(acc, g_base, w_tap, 2 * q + ky, 2 * p + kx, mm, offs_n, mn,
-                                 C_OUT, GH, GW, PREC, BLOCK_K)
-            else:  # adjoint of the stride-2 conv: input parity (py, px) only sees taps of that parity
-                if (py == (ky % 2)) & (px == (kx % 2)):
-                    acc = _dgrad_tap(acc, g_base, w_tap, q - (ky - py) // 2, p - (kx - px) // 2, mm, offs_n, mn,
-                                     C_OUT, GH, GW, PREC, BLOCK_K)
-    if MODE == 1:
-        iy = 2 * q + py
-        ix = 2 * p + px
-    else:
-        iy = q
-        ix = p
-    m2 = mm[:, None] & mn[None, :]
-    s = tl.load(s_ptr + b * C_IN + offs_n, mask=mn, other=0.0).to(tl.float32)
-    off = (b * C_IN + offs_n[None, :]) * (H * W) + (iy * W + ix)[:, None]
-    if NEED_DX:
-        tl.store(dx_ptr + off, acc * s[None, :], mask=m2)
-    if NEED_DS:
-        xv = tl.load(x_ptr + off, mask=m2, other=0.0).to(tl.float32)
-        part = tl.sum(xv * acc, axis=0)
-        if DEMOD:
-            if (pid_m == 0) & (phase == 0):  # −s·Σ_o e[b, o]·Q_t[c, o], once per (sample, C_in block)
-                dm = tl.zeros((BLOCK_N,), dtype=tl.float32)
-                sq_base = sq_ptr + t * (C_IN * C_OUT)
-                for o0 in range(0, C_OUT, BLOCK_K):
-                    offs_k = o0 + tl.arange(0, BLOCK_K)
-                    mk = offs_k < C_OUT
-                    ev = tl.load(e_ptr + b * C_OUT + offs_k, mask=mk, other=0.0)
-                    qv = tl.load(sq_base + offs_n[:, None] * C_OUT + offs_k[None, :],
-                                 mask=mn[:, None] & mk[None, :], other=0.0)
-                    dm += tl.sum(qv * ev[None, :], axis=1)
-                part -= s * dm
-        if ATOMIC:
-            tl.atomic_add(ds_ptr + b * C_IN + offs_n, part, mask=mn)
-        else:  # partial buffer [N, PHASES·N_MB, C_in], summed in a fixed order afterwards
-            tl.store(ds_ptr + ((b * PHASES + phase) * N_MB + pid_m) * C_IN + offs_n, part, mask=mn)
+        gd = g * tl.load(d_ptr + b * C + offs_c, mask=mc, other=0.0)[None, :]
+    tl.store(gd_ptr + row[:, None] * CP + offs_c[None, :], gd.to(gd_ptr.dtype.element_ty),
+             mask=mp[:, None] & (offs_c < CP)[None, :])
+    if STORE_GZ:
+        tl.store(gz_ptr + off, g, mask=m2)
+    part = part_ptr + ((b * tl.num_programs(0) + pid_p) * C + offs_c) * 2
+    tl.store(part, tl.sum(g, axis=0), mask=mc)
+    tl.store(part + 1, tl.sum(g * y0, axis=0), mask=mc)
 
 
 # ----------------------------------------------------------------------------- 3. wgrad (full kernel gradient)
@@ -190,42 +92,45 @@ def _dgrad_kernel(
 @triton.jit
 def _wgrad_kernel(
     g_ptr, x_ptr, s_ptr, w_ptr, e_ptr, tid_ptr, out_ptr,
-    NB, C_IN, C_OUT, H, W, GH, GW, PH, PW,
-    K: tl.constexpr, MODE: tl.constexpr, TASKS: tl.constexpr, DEMOD: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    NB, C_IN, C_OUT, LDW, H, W, GH, GW, PH, PW,
+    sxb, sxc, sxy, sxx, sgb, sgc, sgy, sgx,
+    K: tl.constexpr, MODE: tl.constexpr, TASKS: tl.constexpr, DEMOD: tl.constexpr, SWAP: tl.constexpr,
+    PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """out[t, tap, c, o] = Σ_{b∈t} Σ_p (x⊙s)[b, c, src_x(p)]·dc[b, o, src_g(p)] − Ŵ·Σ_{b∈t} e[b,o]·s[b,c]²."""
-    pid_c = tl.program_id(0)
-    pid_o = tl.program_id(1)
+    """out[t, tap, c, o] = Σ_{b∈t} Σ_p (x⊙s)[b, c, src_x(p)]·dc[b, o, src_g(p)] − Ŵ·Σ_{b∈t} e[b,o]·s[b,c]².
+    The tile is [C_in block × C_out block], or with SWAP (rank-r gradients, C_in the small rank) [C_out × C_in]
+    so the large dimension is the MMA's M."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
     pid_z = tl.program_id(2)
     KK: tl.constexpr = K * K
     tap = pid_z % KK
     task = (pid_z // KK).to(tl.int64)
     ky = tap // K
     kx = tap % K
-    offs_c = pid_c * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_o = pid_o * BLOCK_N + tl.arange(0, BLOCK_N)
+    if SWAP:
+        offs_o = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    else:
+        offs_c = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mc = offs_c < C_IN
     mo = offs_o < C_OUT
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     dm = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    w_tile = tl.load(w_ptr + (task * KK + tap) * C_IN * C_OUT + offs_c[:, None] * C_OUT + offs_o[None, :],
-                     mask=mc[:, None] & mo[None, :], other=0.0)
     for b in range(NB):
         if TASKS:
             own = tl.load(tid_ptr + b).to(tl.int64) == task
         else:
             own = True
         if own:
-            bb = (pid_c * 0 + b).to(tl.int64)  # 64-bit sample offsets (b is a plain int in the interpreter)
-            s = tl.load(s_ptr + bb * C_IN + offs_c, mask=mc, other=0.0).to(tl.float32)
-            x_base = x_ptr + bb * C_IN * H * W
-            g_base = g_ptr + bb * C_OUT * GH * GW
+            bb = (pid_m * 0 + b).to(tl.int64)  # 64-bit sample offsets (b is a plain int in the interpreter)
+            s = tl.load(s_ptr + bb * C_IN + offs_c, mask=mc, other=0.0)
             for p0 in range(0, PH * PW, BLOCK_K):
                 offs_p = p0 + tl.arange(0, BLOCK_K)
                 mp = offs_p < PH * PW
                 qy = offs_p // PW
-                qx = offs_p % PW
+                qx = offs_p - qy * PW
                 if MODE == 0:
                     xy = qy + (ky - K // 2)
                     xx = qx + (kx - K // 2)
@@ -243,19 +148,27 @@ def _wgrad_kernel(
                     gx = 2 * qx + kx
                 mx = mp & (xy >= 0) & (xy < H) & (xx >= 0) & (xx < W)
                 mg = mp & (gy >= 0) & (gy < GH) & (gx >= 0) & (gx < GW)
-                xt = tl.load(x_base + offs_c[:, None] * (H * W) + (xy * W + xx)[None, :],
-                             mask=mc[:, None] & mx[None, :], other=0.0).to(tl.float32)
-                xt = (xt * s[:, None]).to(w_tile.dtype)
-                gt = tl.load(g_base + offs_o[None, :] * (GH * GW) + (gy * GW + gx)[:, None],
-                             mask=mg[:, None] & mo[None, :], other=0.0).to(w_tile.dtype)
-                acc = tl.dot(xt, gt, acc, input_precision=PREC)
+                xt = tl.load(x_ptr + bb * sxb + (xy * sxy + xx * sxx)[:, None] + offs_c[None, :] * sxc,
+                             mask=mx[:, None] & mc[None, :], other=0.0).to(tl.float32)  # [pixels, C_in]
+                xt = (xt * s[None, :]).to(w_ptr.dtype.element_ty)
+                gt = tl.load(g_ptr + bb * sgb + (gy * sgy + gx * sgx)[:, None] + offs_o[None, :] * sgc,
+                             mask=mg[:, None] & mo[None, :], other=0.0).to(w_ptr.dtype.element_ty)  # [pixels, C_out]
+                if SWAP:
+                    acc = tl.dot(tl.trans(gt), xt, acc, input_precision=PREC)
+                else:
+                    acc = tl.dot(tl.trans(xt), gt, acc, input_precision=PREC)
             if DEMOD:
                 ev = tl.load(e_ptr + bb * C_OUT + offs_o, mask=mo, other=0.0)
                 dm += (s * s)[:, None] * ev[None, :]
-    if DEMOD:
-        acc -= w_tile.to(tl.float32) * dm
-    tl.store(out_ptr + (task * KK + tap) * C_IN * C_OUT + offs_c[:, None] * C_OUT + offs_o[None, :], acc,
-             mask=mc[:, None] & mo[None, :])
+    base = out_ptr + (task * KK + tap) * C_IN * C_OUT
+    if SWAP:
+        tl.store(base + offs_c[None, :] * C_OUT + offs_o[:, None], acc, mask=mo[:, None] & mc[None, :])
+    else:
+        if DEMOD:
+            w_tile = tl.load(w_ptr + (task * KK + tap) * C_IN * LDW + offs_c[:, None] * LDW + offs_o[None, :],
+                             mask=mc[:, None] & mo[None, :], other=0.0)
+            acc -= w_tile.to(tl.float32) * dm
+        tl.store(base + offs_c[:, None] * C_OUT + offs_o[None, :], acc, mask=mc[:, None] & mo[None, :])
 
 
 # ----------------------------------------------------------------------------- 4. reduction to adapter factors
@@ -366,88 +279,107 @@ def _note(path: str) -> None:
 
 
 def epilogue_backward(gy: torch.Tensor, pre: torch.Tensor, noise: Optional[torch.Tensor],
-                      bias: Optional[torch.Tensor], d: Optional[torch.Tensor], lrelu: bool, store_gz: bool):
-    """(gd = gz·d fp32, gz or None, sums [N, C_out, 2] = (Σ gz, Σ gz·y0)) at the output resolution."""
+                      bias: Optional[torch.Tensor], d: Optional[torch.Tensor], lrelu: bool, store_gz: bool,
+                      gd_dtype: torch.dtype, config: Optional[tiles.Config] = None):
+    """(gd = gz·d [N, CP, OH, OW] channels-last in `gd_dtype`, CP = C_out padded to 16 with zero channels;
+    gz fp32 or None; sums [N, C_out, 2] = (Σ gz, Σ gz·y0) fp32) at the output resolution."""
     n, c, oh, ow = pre.shape
-    gy = gy.contiguous()
-    gd = tiles.empty(pre.shape, device=pre.device, dtype=torch.float32)
-    gz = tiles.empty(pre.shape, device=pre.device, dtype=torch.float32) if store_gz else None
-    sums = tiles.empty((n, c, 2), device=pre.device, dtype=torch.float32)
-    sn = noise.expand(n, c, oh, ow).stride() if noise is not None else (0, 0, 0, 0)
-    block = min(1024, max(16, triton.next_power_of_2(oh * ow)))
-    _epi_bwd_kernel[(n * c,)](
+    cl = torch.channels_last
+    if c % 8:  # rows of a few channels (ToRGB) are not 16-byte aligned: read them in fp32
+        gy, pre = gy.float(), pre.float()
+    gy = gy.contiguous(memory_format=cl)
+    pre = pre.contiguous(memory_format=cl)
+    cp = prologue.padded_width(c)
+    gd = tiles.empty((n, cp, oh, ow), device=pre.device, dtype=gd_dtype).contiguous(memory_format=cl)
+    gz = tiles.empty((n, c, oh, ow), device=pre.device, dtype=torch.float32).contiguous(memory_format=cl) \
+        if store_gz else None
+    noise_mode = 0 if noise is None else (1 if noise.shape[1] == 1 else 2)
+    noise = None if noise is None else noise.to(torch.float32)
+    sn = tuple(noise.expand(n, c, oh, ow).stride()) if noise is not None else (0, 0, 0, 0)
+    cfg = config or tiles.EPI_BWD_CONFIG
+    n_pt = triton.cdiv(oh * ow, cfg.block_m)
+    part = tiles.empty((n, n_pt, c, 2), device=pre.device, dtype=torch.float32)
+    bias = None if bias is None else bias.to(torch.float32).contiguous()
+    common.launch(_epi_bwd_kernel, (n_pt, triton.cdiv(cp, cfg.block_n), n), (
         gy, pre, noise if noise is not None else pre, bias if bias is not None else pre,
-        d if d is not None else pre, gd, gz if gz is not None else gd, sums,
-        c, oh * ow, ow, *sn,
-        HAS_NOISE=noise is not None, HAS_BIAS=bias is not None, LRELU=lrelu, DEMOD=d is not None,
-        STORE_GZ=store_gz, BLOCK=block, num_warps=4,
-    )
-    return gd, gz, sums
+        d if d is not None else pre, gd, gz if gz is not None else gd, part,
+        c, cp, oh * ow, ow, *sn), dict(
+        NOISE=noise_mode, HAS_BIAS=bias is not None, LRELU=lrelu, DEMOD=d is not None,
+        STORE_GZ=store_gz, BLOCK_P=cfg.block_m, BLOCK_C=cfg.block_n), num_warps=cfg.num_warps, num_stages=1,
+        tag="epilogue_bwd", tile=f"{cfg.block_m}x{cfg.block_n}")
+    return gd, gz, part.sum(1)
 
 
-def dgrad(gc: torch.Tensor, w_k: torch.Tensor, xin: torch.Tensor, style: torch.Tensor, sq: torch.Tensor,
-          e: Optional[torch.Tensor], task_ids: Optional[torch.Tensor], k: int, mode: int, need_dx: bool,
-          need_ds: bool, deterministic: bool, config: Optional[tiles.Config] = None, family: str = "dgrad"):
-    """(dx_in fp32 [N, C_in, H, W] at the conv input's resolution or None, ds [N, C_in] fp32 or None)."""
-    n, c_in, h, w = xin.shape
-    c_out, gh, gw = gc.shape[1], gc.shape[2], gc.shape[3]
-    phases = 4 if mode == modconv.MODE_DOWN else 1
-    qm = ((h + 1) // 2) * ((w + 1) // 2) if phases == 4 else h * w
-    eligible = [c for c in tiles.CONV_CONFIGS if k == 1 or c.num_warps <= 4]
-    cfg = config or tiles.choose(
-        family, (n, c_in, c_out, qm, k, mode), eligible,
-        lambda cf: triton.cdiv(qm, cf.block_m) * triton.cdiv(c_in, cf.block_n) * n * phases, qm, c_in, xin.device)
-    if k > 1 and cfg.num_warps > 4:
-        raise ValueError(f"config {cfg.name} (8 warps) is restricted to k = 1")
-    n_mb = triton.cdiv(qm, cfg.block_m)
-    dx = tiles.empty((n, c_in, h, w), device=xin.device, dtype=torch.float32) if need_dx else None
-    ds = None
-    if need_ds:
-        if deterministic:
-            _note("dgrad_ds_partials")
-            ds = tiles.empty((n, phases * n_mb, c_in), device=xin.device, dtype=torch.float32)
-        else:
-            _note("dgrad_ds_atomic")
-            ds = torch.zeros((n, c_in), device=xin.device, dtype=torch.float32)
-    _dgrad_kernel[(n_mb, triton.cdiv(c_in, cfg.block_n), n * phases)](
-        gc, w_k, xin, style, sq, e if e is not None else sq, task_ids if task_ids is not None else style,
-        dx if dx is not None else gc, ds if ds is not None else gc,
-        c_in, c_out, h, w, gh, gw, n_mb,
-        K=k, MODE=mode, PHASES=phases, TASKS=task_ids is not None, DEMOD=e is not None,
-        NEED_DX=need_dx, NEED_DS=need_ds, ATOMIC=not deterministic, PREC=modconv._precision(w_k.dtype, xin.device),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **cfg.launch_kwargs(),
-    )
-    if need_ds and deterministic:
-        ds = ds.sum(1)
-    return dx, ds
+def adjoint_weights(w_k: torch.Tensor, c_in: int, c_out: int, k: int, flip: bool, rows: int) -> torch.Tensor:
+    """The K-major weight of the conv's adjoint, [T, k·k·rows, LDW(C_in)]: per tap Ŵ[o, c] with C_out as the
+    reduction (rows ≥ C_out, padding rows zero), taps reversed for the stride-1 conv (`flip`)."""
+    n_t, kk = w_k.shape[0], k * k
+    w = w_k[..., :c_out].reshape(n_t, kk, c_in, c_out)
+    if flip:
+        w = w.flip(1)
+    out = torch.zeros((n_t, kk, rows, prologue.padded_width(c_in)), device=w_k.device, dtype=w_k.dtype)
+    out[:, :, :c_out, :c_in] = w.transpose(2, 3)
+    return out.reshape(n_t, kk * rows, -1)
+
+
+ADJOINT_MODE = {MODE_PLAIN: MODE_PLAIN, MODE_UP: MODE_DOWN, MODE_DOWN: MODE_UP}
+
+
+def dgrad(gc: torch.Tensor, w_adj: torch.Tensor, k: int, mode: int, in_shape: tuple,
+          task_ids: Optional[torch.Tensor], config: Optional[tiles.Config] = None,
+          family: str = "dgrad", out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """dxs = the forward conv's adjoint applied to dc (gc [N, C_g, GH, GW], any strides; w_adj from
+    `adjoint_weights` with rows = C_g): [N, C_in, H, W] channels-last (`out_dtype`, fp32 by default) at the conv
+    input's resolution (`in_shape`), for the forward `mode`. Runs the forward implicit GEMM (`modconv.conv`)."""
+    n, c_g = gc.shape[0], gc.shape[1]
+    dxs = tiles.empty(in_shape, device=gc.device, dtype=out_dtype).contiguous(memory_format=torch.channels_last)
+    ones = torch.ones((n, c_g), device=gc.device, dtype=torch.float32)
+    return modconv.conv(gc, ones, w_adj, None, k, ADJOINT_MODE[mode], dxs, task_ids=task_ids,
+                        config=config or tiles.forced(family), family="conv")
 
 
 def wgrad(gc: torch.Tensor, xin: torch.Tensor, style: torch.Tensor, w_k: torch.Tensor, e: Optional[torch.Tensor],
-          task_ids: Optional[torch.Tensor], k: int, mode: int, config: Optional[tiles.Config] = None,
-          family: str = "wgrad") -> torch.Tensor:
+          task_ids: Optional[torch.Tensor], k: int, mode: int, c_out: Optional[int] = None,
+          config: Optional[tiles.Config] = None, family: str = "wgrad") -> torch.Tensor:
     """G [T, k·k, C_in, C_out] fp32: the gradient w.r.t. each task's scale·Ŵ (demodulation term included).
-    Also the rank-r wgrads of the factorised path (family "factor": C_in or C_out is a padded rank; w_k then
-    only gives the operand dtype and, with e, the demodulation term)."""
+    gc and xin with any strides (channels-last: 16-byte loads); gc may carry padding channels beyond `c_out`.
+    w_k [T, k·k·C_in, LDW] gives the operand dtype and, with e, the demodulation term. Also the rank-r wgrads
+    of the factorised path (family "factor": C_in or C_out is a padded rank)."""
     n, c_in, h, w = xin.shape
-    c_out, gh, gw = gc.shape[1], gc.shape[2], gc.shape[3]
+    c_out = gc.shape[1] if c_out is None else c_out
+    if gc.shape[1] > c_out:  # dc carries zero padding channels (aligned rows): compute them too, return C_out
+        c_g = gc.shape[1]
+        e_pad = None
+        if e is not None:
+            e_pad = torch.zeros((n, c_g), device=e.device, dtype=e.dtype)
+            e_pad[:, :c_out] = e
+        g_full = wgrad(gc, xin, style, w_k, e_pad, task_ids, k, mode, c_g, config, family)
+        return g_full[..., :c_out].contiguous()
+    gh, gw = gc.shape[2], gc.shape[3]
     n_t = w_k.shape[0]
-    ph, pw = (h, w) if mode == modconv.MODE_UP else (gh, gw)
-    eligible = [c for c in tiles.CONV_CONFIGS if k == 1 or c.num_warps <= 4]
-    cfg = config or tiles.choose(
-        family, (n, c_in, c_out, ph * pw, k, mode, n_t), eligible,
-        lambda cf: triton.cdiv(c_in, cf.block_m) * triton.cdiv(c_out, cf.block_n) * k * k * n_t, c_in, c_out,
-        xin.device)
-    if k > 1 and cfg.num_warps > 4:
-        raise ValueError(f"config {cfg.name} (8 warps) is restricted to k = 1")
+    ph, pw = (h, w) if mode == MODE_UP else (gh, gw)
+    swap = family == "factor" and c_in <= 16 < c_out  # rank-r gradient: the large dimension is the MMA's M
+    big, small = (c_out, c_in) if swap else (c_in, c_out)
+    cfg = config or tiles.forced(family)
+    if cfg is None:
+        if small <= 16:  # a rank or a few channels (ToRGB): 64-row tiles keep the MMA on wgmma
+            cfg = tiles.get(family, "rank_64x16x64")
+        else:
+            # 64-row tiles or more (wgmma), at most 128x64 (larger tiles spill)
+            eligible = [c for c in tiles.BWD_CONFIGS if c.block_m >= 64 and c.block_m * c.block_n <= 128 * 64]
+            cfg = tiles.choose(family, (n, c_in, c_out, ph * pw, k, mode, n_t), eligible,
+                               lambda cf: triton.cdiv(big, cf.block_m) * triton.cdiv(small, cf.block_n) * k * k * n_t,
+                               big, small, xin.device)
     _note("wgrad_full_kernel" if family == "wgrad" else "wgrad_rank_kernel")
+    style = style.float().contiguous()  # N·C_in values, read per sample: fp32
     out = tiles.empty((n_t, k * k, c_in, c_out), device=xin.device, dtype=torch.float32)
-    _wgrad_kernel[(triton.cdiv(c_in, cfg.block_m), triton.cdiv(c_out, cfg.block_n), k * k * n_t)](
+    common.launch(_wgrad_kernel, (triton.cdiv(big, cfg.block_m), triton.cdiv(small, cfg.block_n), k * k * n_t), (
         gc, xin, style, w_k, e if e is not None else gc, task_ids if task_ids is not None else style, out,
-        n, c_in, c_out, h, w, gh, gw, ph, pw,
-        K=k, MODE=mode, TASKS=task_ids is not None, DEMOD=e is not None,
-        PREC=modconv._precision(w_k.dtype, xin.device),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **cfg.launch_kwargs(),
-    )
+        n, c_in, c_out, w_k.shape[-1], h, w, gh, gw, ph, pw, *xin.stride(), *gc.stride()), dict(
+        K=k, MODE=mode, TASKS=task_ids is not None, DEMOD=e is not None, SWAP=swap,
+        PREC=common.dot_precision(w_k.dtype, xin.device),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k), tag="wgrad", config=cfg.name,
+        tile=f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k}", **cfg.launch_kwargs())
     return out
 
 
@@ -459,11 +391,11 @@ def factor_reduce(g: torch.Tensor, a: torch.Tensor, n_fac: torch.Tensor, weight:
     a = a.float().contiguous()
     n_fac = n_fac.float().contiguous()
     cfg = config or tiles.choose(
-        "reduce", (c_out, c_in, kk), tiles.PROLOGUE_CONFIGS,
+        "reduce", (c_out, c_in, kk), tiles.REDUCE_CONFIGS,
         lambda c: triton.cdiv(c_out, c.block_m) * kk, c_out, c_in, g.device)
     n_ob = triton.cdiv(c_out, cfg.block_m)
     dn = tiles.empty((kk, c_out, r), device=g.device, dtype=torch.float32)
-    left = kind == prologue.KIND_LEFT
+    left = kind == common.KIND_LEFT
     if deterministic:
         _note("factor_partials")
         da = torch.zeros((n_ob * kk, c_in, r), device=g.device, dtype=torch.float32)
@@ -472,13 +404,13 @@ def factor_reduce(g: torch.Tensor, a: torch.Tensor, n_fac: torch.Tensor, weight:
         _note("factor_atomic")
         da = torch.zeros((c_in, r), device=g.device, dtype=torch.float32)
         dadd = torch.zeros((kk, c_in), device=g.device, dtype=torch.float32) if left else None
-    _factor_reduce_kernel[(n_ob, kk)](
+    common.launch(_factor_reduce_kernel, (n_ob, kk), (
         g, a, n_fac, weight.contiguous() if weight is not None else g, dn, da, dadd if dadd is not None else g,
-        c_in, c_out, r, n_ob, float(coef),
+        c_in, c_out, r, n_ob, float(coef)), dict(
         KK=kk, KIND=kind, OUTER=outer, ATOMIC=not deterministic,
         PREC="ieee" if g.device.type == "cuda" and not torch.backends.cuda.matmul.allow_tf32 else "tf32",
-        R_PAD=max(16, triton.next_power_of_2(r)), BLOCK_O=cfg.block_m, BLOCK_C=cfg.block_n, num_warps=cfg.num_warps,
-    )
+        R_PAD=max(16, triton.next_power_of_2(r)), BLOCK_O=cfg.block_m, BLOCK_C=cfg.block_n),
+        num_warps=cfg.num_warps, num_stages=1, tag="factor_reduce", config=cfg.name)
     if deterministic:
         da = da.sum(0)
         dadd = dadd.sum(0) if left else None
@@ -497,7 +429,7 @@ def demod_factor_reduce(w_t: torch.Tensor, m_t: torch.Tensor, a: torch.Tensor, n
     a = a.float().contiguous()
     n_fac = n_fac.float().contiguous()
     cfg = config or tiles.choose(
-        "reduce", (c_out, c_in, kk, "demod"), tiles.PROLOGUE_CONFIGS,
+        "reduce", (c_out, c_in, kk, "demod"), tiles.REDUCE_CONFIGS,
         lambda c: triton.cdiv(c_out, c.block_m) * kk, c_out, c_in, w_t.device)
     n_ob = triton.cdiv(c_out, cfg.block_m)
     dn = tiles.empty((kk, c_out, r), device=w_t.device, dtype=torch.float32)
@@ -507,261 +439,12 @@ def demod_factor_reduce(w_t: torch.Tensor, m_t: torch.Tensor, a: torch.Tensor, n
     else:
         _note("demod_factor_atomic")
         da = torch.zeros((kk, c_in, r) if lora else (c_in, r), device=w_t.device, dtype=torch.float32)
-    _demod_factor_kernel[(n_ob, kk)](
-        w_t, m_t, a, n_fac, dn, da, c_in, c_out, r, float(coef),
+    common.launch(_demod_factor_kernel, (n_ob, kk), (
+        w_t, m_t, a, n_fac, dn, da, c_in, c_out, r, float(coef)), dict(
         KK=kk, A_TAP=lora, N_TAP=not lora, ATOMIC=not deterministic,
         PREC="ieee" if w_t.device.type == "cuda" and not torch.backends.cuda.matmul.allow_tf32 else "tf32",
-        R_PAD=max(16, triton.next_power_of_2(r)), BLOCK_O=cfg.block_m, BLOCK_C=cfg.block_n, num_warps=cfg.num_warps,
-    )
+        R_PAD=max(16, triton.next_power_of_2(r)), BLOCK_O=cfg.block_m, BLOCK_C=cfg.block_n),
+        num_warps=cfg.num_warps, num_stages=1, tag="demod_factor", config=cfg.name)
     if deterministic:
         da = da.sum(0) if lora else da.sum((0, 1))
     return da, dn
-
-
-# ----------------------------------------------------------------------------- the whole backward
-
-def _demod_factor(style: torch.Tensor, sq: torch.Tensor, task_ids: Optional[torch.Tensor]) -> torch.Tensor:
-    """d [N, C_out] = rsqrt(Σ_c s²·Q_t + 1e-8) (fp32; the same formula the forward epilogue uses)."""
-    s2 = style.float().square()
-    if task_ids is None:
-        return torch.rsqrt(s2 @ sq[0] + modconv.DEMOD_EPS)
-    return torch.rsqrt(torch.einsum("nc,nco->no", s2, sq[task_ids]) + modconv.DEMOD_EPS)
-
-
-def _llora_m(adapter) -> torch.Tensor:
-    """LLoRA's M = B·B_inst as [k·k, r, C_out] (fp32), before the inner ReLU."""
-    return torch.einsum("om,jmt->tjo", adapter.B.float(), adapter.B_inst.float())
-
-
-def _llora_chain(adapter, m: torch.Tensor, da: torch.Tensor, dn: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """LLoRA gradients from dA [C_in, r] and dN [k·k, C_out, r] (through the inner ReLU to B and B_inst)."""
-    dm = dn.permute(2, 1, 0)  # [r, C_out, kk] (j, o, t)
-    if adapter.act in ("both", "inner"):
-        dm = dm * (m.permute(1, 2, 0) > 0)
-    return {"A": da, "B": torch.einsum("jot,jmt->om", dm, adapter.B_inst.float()),
-            "B_inst": torch.einsum("jot,om->jmt", dm, adapter.B.float())}
-
-
-def adapter_grads(adapter, weight: torch.Tensor, g: torch.Tensor, scale: float,
-                  deterministic: bool) -> Dict[str, torch.Tensor]:
-    """Gradients of one task's adapter tensors from its G [k·k, C_in, C_out] (w.r.t. scale·Ŵ)."""
-    from fastlora.adapters import LeFT, LLoRA, LoRA
-
-    kk, c_in, c_out = g.shape
-    gw = g.permute(2, 1, 0)  # [C_out, C_in, kk] view, w.r.t. scale·Ŵ
-    if isinstance(adapter, LoRA):  # dŴ_mat = scale·G [C_out, C_in·kk]; ΔW = α·B·Aᵀ: two rank-r GEMMs
-        gm = gw.reshape(c_out, c_in * kk) * (scale * adapter.alpha)
-        return {"A": gm.transpose(0, 1) @ adapter.B.float(), "B": gm @ adapter.A.float()}
-    if isinstance(adapter, LLoRA):
-        m = _llora_m(adapter)  # [kk, r, C_out]
-        nf = torch.relu(m) if adapter.act in ("both", "inner") else m
-        da, dn, _ = factor_reduce(g, adapter.A, nf.transpose(1, 2), None, scale * adapter.alpha,
-                                  prologue.KIND_LLORA, adapter.act == "both", deterministic)
-        return _llora_chain(adapter, m, da, dn)
-    if isinstance(adapter, LeFT):
-        U, T, P, Q, V, R, S = (t.float() for t in (adapter.U, adapter.T, adapter.P, adapter.Q, adapter.V, adapter.R,
-                                                   adapter.S))
-        mul = torch.einsum("om,jmt->tjo", U, T) + (P @ Q.transpose(0, 1)).transpose(0, 1)[:, None, :]
-        nf = torch.relu(mul) if adapter.act == "inner" else mul
-        dv, dn, dadd = factor_reduce(g, V, nf.transpose(1, 2), weight, scale, prologue.KIND_LEFT, False,
-                                     deterministic)
-        dmul = dn.permute(2, 1, 0)  # [r, C_out, kk]
-        if adapter.act == "inner":
-            dmul = dmul * (mul.permute(1, 2, 0) > 0)
-        dpq = dmul.sum(0)  # [C_out, kk]
-        dadd_ct = dadd.transpose(0, 1)  # [C_in, kk]
-        return {"U": torch.einsum("jot,jmt->om", dmul, T), "T": torch.einsum("jot,om->jmt", dmul, U),
-                "P": dpq @ Q, "Q": dpq.transpose(0, 1) @ P, "V": dv, "R": dadd_ct @ S, "S": dadd_ct.transpose(0, 1) @ R}
-    raise ValueError(f"no fused backward for {type(adapter).__name__}")
-
-
-def factorisable(adapter) -> bool:
-    """Whether an adapter's update is low-rank in a form the factorised weight gradient handles."""
-    from fastlora.adapters import LLoRA, LoRA
-
-    return isinstance(adapter, LoRA) or (isinstance(adapter, LLoRA) and adapter.act in ("inner", "none"))
-
-
-def choose_wgrad_path(adapters: Sequence, need_ad: Sequence[bool], need_weight: bool) -> str:
-    """"full" or "factorised": factorised when the base weight is frozen and every adapter that needs a gradient
-    is low-rank (LoRA, LLoRA act inner/none), unless `tiles.wgrad_path` / FASTLORA_WGRAD says otherwise."""
-    req = tiles.wgrad_path_choice()
-    ok = not need_weight and all(factorisable(a) for a, nd in zip(adapters, need_ad) if nd and a is not None)
-    if req == "factorised" and not ok:
-        raise ValueError("factorised weight gradient forced, but it needs a frozen base weight and LoRA / LLoRA "
-                         "(act inner/none) adapters; use 'auto' or 'full'")
-    return "factorised" if ok and req != "full" else "full"
-
-
-def _task_demod_sums(style: torch.Tensor, e: torch.Tensor, task_ids: Optional[torch.Tensor],
-                     n_t: int) -> torch.Tensor:
-    """M [T, C_in, C_out] = Σ_{b∈t} s[b,c]²·e[b,o] (fp32; one GEMM, no host synchronisation)."""
-    n, c_in = style.shape
-    s2 = style.float().square()
-    if task_ids is None:
-        return (s2.t() @ e)[None]
-    onehot = torch.zeros((n, n_t), device=style.device, dtype=torch.float32)
-    onehot.scatter_(1, task_ids.long()[:, None], 1.0)
-    return ((onehot[:, :, None] * s2[:, None, :]).reshape(n, n_t * c_in).t() @ e).reshape(n_t, c_in, -1)
-
-
-def factorised_adapter_grads(
-    gc: torch.Tensor, xin: torch.Tensor, style: torch.Tensor, w_k: torch.Tensor, e: Optional[torch.Tensor],
-    task_ids: Optional[torch.Tensor], k: int, mode: int, adapters: Sequence, need_ad: Sequence[bool], scale: float,
-    deterministic: bool,
-) -> list:
-    """Adapter gradients without the full kernel gradient G (frozen base; LoRA and LLoRA act inner/none).
-
-    With xs = xin⊙s, dc = gc and coef = scale·α (tasks stacked, ranks zero-padded to the group's largest;
-    every launch keeps each sample's contribution in its own task's slice):
-    LLoRA: u = xs·A (1×1 conv C_in → r), dN_conv = rank-r wgrad(u, dc); v = dgrad of dc through N
-    (C_out → r per pixel), dA_conv = 1×1 wgrad(xs, v).
-    LoRA: u = k×k conv of xs with A (C_in → r), dB = 1×1 wgrad(u, dc); w = dc·B (1×1, C_out → r),
-    dA = k×k wgrad(xs, w) with r output channels.
-    Demodulation through Ŵ (−Ŵ⊙M per task) goes through `demod_factor_reduce` (reads Ŵ once)."""
-    from fastlora.adapters import LLoRA, LoRA
-
-    n, c_in, h, w = xin.shape
-    c_out, gh, gw = gc.shape[1], gc.shape[2], gc.shape[3]
-    kk, n_t, dev = k * k, len(adapters), xin.device
-    _note("wgrad_factorised")
-    cfg, rcfg = tiles.forced("factor"), tiles.forced("reduce")
-    m_dem = _task_demod_sums(style, e, task_ids, n_t) if e is not None else None
-    out: list = [None] * n_t
-    f32 = dict(device=dev, dtype=torch.float32)
-    ll = [i for i, a in enumerate(adapters) if need_ad[i] and isinstance(a, LLoRA)]
-    lo = [i for i, a in enumerate(adapters) if need_ad[i] and isinstance(a, LoRA)]
-    if ll:
-        rp = max(adapters[i].rank for i in ll)
-        a_st = torch.zeros((n_t, c_in, rp), **f32)  # K-major 1×1 weight [C_in, r] per task
-        n_st = torch.zeros((n_t, kk, rp, c_out), **f32)  # N[j, o, tap] as [tap, j, o] per task
-        ms = {}
-        for i in ll:
-            a = adapters[i]
-            ms[i] = _llora_m(a)  # [kk, r, C_out]
-            a_st[i, :, :a.rank] = a.A.float()
-            n_st[i, :, :a.rank] = torch.relu(ms[i]) if a.act == "inner" else ms[i]
-        ones_r = torch.ones((n, rp), **f32)
-        u = tiles.empty((n, rp, xin.shape[2], xin.shape[3]), **f32)
-        modconv.conv(xin, style, a_st, a_st, 1, modconv.MODE_PLAIN, u, task_ids=task_ids, demodulate=False,
-                     config=cfg)
-        gu = wgrad(gc, u, ones_r, n_st, None, task_ids, k, mode, config=cfg, family="factor")  # [T, kk, rp, C_out]
-        v, _ = dgrad(gc, n_st.reshape(n_t, kk * rp, c_out), u, ones_r, ones_r, None, task_ids, k, mode, True, False,
-                     deterministic, config=cfg, family="factor")  # [N, rp, H, W]
-        gv = wgrad(v, xin, style, a_st, None, task_ids, 1, modconv.MODE_PLAIN, config=cfg, family="factor")
-        for i in ll:
-            a = adapters[i]
-            r, coef = a.rank, scale * a.alpha
-            da = gv[i, 0, :, :r] * coef
-            dn = gu[i].permute(0, 2, 1)[:, :, :r] * coef  # [kk, C_out, r]
-            if m_dem is not None:
-                da_d, dn_d = demod_factor_reduce(w_k[i], m_dem[i], a.A, n_st[i, :, :r].transpose(1, 2), kk, coef,
-                                                 False, deterministic, config=rcfg)
-                da, dn = da + da_d, dn + dn_d
-            out[i] = _llora_chain(a, ms[i], da, dn)
-    if lo:
-        rp = max(adapters[i].rank for i in lo)
-        a_st = torch.zeros((n_t, kk, c_in, rp), **f32)  # K-major k×k weight [tap·C_in + c, j]
-        b_st = torch.zeros((n_t, c_out, rp), **f32)  # K-major 1×1 weight [o, j]
-        for i in lo:
-            a = adapters[i]
-            a_st[i, :, :, :a.rank] = a.A.float().reshape(c_in, kk, a.rank).permute(1, 0, 2)
-            b_st[i, :, :a.rank] = a.B.float()
-        ones_r = torch.ones((n, rp), **f32)
-        u = tiles.empty((n, rp, gh, gw), **f32)
-        modconv.conv(xin, style, a_st.reshape(n_t, kk * c_in, rp), b_st, k, mode, u, task_ids=task_ids,
-                     demodulate=False, config=cfg)
-        gb = wgrad(gc, u, ones_r, b_st, None, task_ids, 1, modconv.MODE_PLAIN, config=cfg, family="factor")
-        wp = tiles.empty((n, rp, gh, gw), **f32)
-        modconv.conv(gc, torch.ones((n, c_out), **f32), b_st, b_st, 1, modconv.MODE_PLAIN, wp, task_ids=task_ids,
-                     demodulate=False, config=cfg)
-        ga = wgrad(wp, xin, style, a_st, None, task_ids, k, mode, config=cfg, family="factor")  # [T, kk, C_in, rp]
-        for i in lo:
-            a = adapters[i]
-            r, coef = a.rank, scale * a.alpha
-            db = gb[i, 0, :r, :].t() * coef  # [C_out, r]
-            da = ga[i, :, :, :r] * coef  # [kk, C_in, r]
-            if m_dem is not None:
-                da_d, dn_d = demod_factor_reduce(w_k[i], m_dem[i], a.A, a.B, kk, coef, True, deterministic,
-                                                 config=rcfg)
-                da, db = da + da_d, db + dn_d.sum(0)
-            out[i] = {"A": da.permute(1, 0, 2).reshape(c_in * kk, r), "B": db}
-    return out
-
-
-def left_multiplier(adapter) -> torch.Tensor:
-    """LeFT's multiplicative factor G_m [C_out, C_in, kk] (fp32): Ŵ = W ⊙ G_m + add."""
-    U, T, P, Q, V = (t.float() for t in (adapter.U, adapter.T, adapter.P, adapter.Q, adapter.V))
-    mul = torch.einsum("om,jmt->jot", U, T) + (P @ Q.transpose(0, 1))[None]
-    nf = torch.relu(mul) if adapter.act == "inner" else mul
-    return torch.einsum("cj,jot->oct", V, nf)
-
-
-def modulated_conv2d_backward(
-    gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, style: torch.Tensor, adapters: Sequence,
-    task_ids: Optional[torch.Tensor], scale: float, demodulate: bool, up: bool, down: bool,
-    bias: Optional[torch.Tensor], noise: Optional[torch.Tensor], activation: Optional[str],
-    pre: torch.Tensor, xb: Optional[torch.Tensor], need: Dict[str, bool], deterministic: bool,
-) -> Dict[str, object]:
-    """First-order gradients of `modconv.modulated_conv2d`. `need` flags: x, weight, style, bias, noise, skip,
-    adapters (a list of bools, one per task). Returns fp32 tensors (the caller casts): keys x, weight, style,
-    bias, noise, skip, adapters (a list of {name: grad} or None per task)."""
-    n, c_in, h, w = x.shape
-    c_out, k = weight.shape[0], weight.shape[2]
-    dev = x.device
-    x = x.contiguous()
-    style = style.contiguous()
-    wdtype = torch.float32 if x.dtype == torch.float32 else x.dtype
-    n_t = len(adapters)
-    w_k = tiles.empty((n_t, k * k * c_in, c_out), device=dev, dtype=wdtype)
-    sq = tiles.empty((n_t, c_in, c_out), device=dev, dtype=torch.float32)
-    for i, a in enumerate(adapters):
-        prologue.build_weight(weight, a, scale, w_k[i], sq[i], config=tiles.forced("prologue"))
-    d = _demod_factor(style, sq, task_ids).contiguous() if demodulate else None
-    lrelu = activation == "lrelu"
-    need_ad = [bool(v) for v in need.get("adapters", [False] * n_t)]
-    need_g = need.get("weight", False) or any(need_ad)
-    gd, gz, sums = epilogue_backward(gy, pre, noise, bias, d, lrelu, store_gz=need.get("noise", False))
-    out: Dict[str, object] = {"skip": gy if need.get("skip", False) else None}
-    out["bias"] = sums[..., 0].sum(0) if need.get("bias", False) else None
-    out["noise"] = gz.sum_to_size(noise.shape) if need.get("noise", False) else None
-    e = (sums[..., 1] * d * d).contiguous() if demodulate else None  # dd·d³ with dd = Σ gz·y0 / d
-    if up:
-        th, tw = 2 * h + k - 2, 2 * w + k - 2
-        u0, _ = modconv._up_blur_pad(k)
-        gc = tiles.empty((n, c_out, th, tw), device=dev, dtype=torch.float32)
-        fir.blur(gd, (3 - u0, 3 - u0), 4.0, gc)
-        mode, xin = modconv.MODE_UP, x
-    elif down:
-        gc, mode, xin = gd, modconv.MODE_DOWN, xb
-    else:
-        gc, mode, xin = gd, modconv.MODE_PLAIN, x
-    dxi, ds = dgrad(gc, w_k, xin, style, sq, e, task_ids, k, mode, need.get("x", False), need.get("style", False),
-                    deterministic)
-    if dxi is not None and down:
-        p0, _ = modconv._down_blur_pad(k)
-        dx = tiles.empty((n, c_in, h, w), device=dev, dtype=torch.float32)
-        dxi = fir.blur(dxi, (3 - p0, 3 - p0), 1.0, dx)
-    out["x"], out["style"] = dxi, ds
-    out["weight"] = None
-    out["adapters"] = [None] * n_t
-    if not need_g:
-        return out
-    if choose_wgrad_path(adapters, need_ad, need.get("weight", False)) == "factorised":
-        out["adapters"] = factorised_adapter_grads(gc, xin, style, w_k, e, task_ids, k, mode, adapters, need_ad,
-                                                   scale, deterministic)
-        return out
-    _note("wgrad_full")
-    G = wgrad(gc, xin, style, w_k, e, task_ids, k, mode)  # [T, kk, C_in, C_out], w.r.t. scale·Ŵ_t
-    from fastlora.adapters import LeFT
-
-    if need.get("weight", False):
-        dw = torch.zeros((c_out, c_in, k * k), device=dev, dtype=torch.float32)
-        for i, a in enumerate(adapters):
-            gi = G[i].permute(2, 1, 0)
-            dw += gi * left_multiplier(a) if isinstance(a, LeFT) else gi
-        out["weight"] = (dw * scale).reshape(c_out, c_in, k, k)
-    for i, a in enumerate(adapters):
-        if a is not None and need_ad[i]:
-            out["adapters"][i] = adapter_grads(a, weight, G[i], scale, deterministic)
-    return out

@@ -10,14 +10,13 @@ With task_ids, grid axis 2 runs over tasks and each program keeps only the rows 
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from fastlora.adapters import LeFT, LoRA
-from kernels import tiles
+from kernels import common, tiles
 
 
 @triton.jit
@@ -71,88 +70,45 @@ def _linear_kernel(
         if HAS_BIAS:
             acc += bias_scale * tl.load(b_ptr + t * st_b + offs_n, mask=mn, other=0.0).to(tl.float32)[None, :]
         if LRELU:
-            acc = tl.where(acc >= 0, acc, acc * 0.2) * 1.4142135623730951
+            acc = common.lrelu(acc)
         tl.store(out_ptr + offs_m[:, None] * D_OUT + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
                  mask=mm[:, None] & mn[None, :])
 
 
-def _pad_stack(mats: Sequence[Optional[torch.Tensor]], rows: int, device, fill_first: float = 0.0) -> torch.Tensor:
-    """[T, rows, R] fp32, zero-padded to the largest rank; a None entry becomes a rank-1 column of fill_first."""
-    r = max([m.shape[1] for m in mats if m is not None] + [1])
-    out = torch.zeros((len(mats), rows, r), device=device, dtype=torch.float32)
-    for i, m in enumerate(mats):
-        if m is None:
-            out[i, :, 0] = fill_first
-        else:
-            out[i, :, : m.shape[1]] = m
-    return out
-
-
-def _factors(adapters: Sequence, d_out: int, d_in: int, device):
-    """(ui, uo, ai, ao, alpha) in the general form, or None for absent terms."""
-    if len(adapters) == 1:
-        a = adapters[0]
-        if a is None:
-            return None, None, None, None, 1.0
-        if isinstance(a, LoRA):
-            return None, None, a.A.contiguous(), a.B.contiguous(), float(a.alpha)
-        return a.U_in.contiguous(), a.U_out.contiguous(), a.A_in.contiguous(), a.A_out.contiguous(), 1.0
-    mul = any(isinstance(a, LeFT) for a in adapters)
-    low = any(a is not None for a in adapters)
-    ui = uo = ai = ao = None
-    if mul:
-        ui = _pad_stack([a.U_in if isinstance(a, LeFT) else None for a in adapters], d_in, device, 1.0)
-        uo = _pad_stack([a.U_out if isinstance(a, LeFT) else None for a in adapters], d_out, device, 1.0)
-    if low:
-        ai = _pad_stack([None if a is None else (a.A if isinstance(a, LoRA) else a.A_in) for a in adapters],
-                        d_in, device)
-        ao = _pad_stack([None if a is None else (a.alpha * a.B if isinstance(a, LoRA) else a.A_out)
-                         for a in adapters], d_out, device)
-    return ui, uo, ai, ao, 1.0
-
-
-def _biases(bias: Optional[torch.Tensor], adapters: Sequence, d_out: int) -> Optional[torch.Tensor]:
-    """Adapted bias, [T, d_out] (the reference's semantics: None entries keep the base bias)."""
-    bs = [bias if a is None else a.adapted_bias(bias) for a in adapters]
-    if all(b is None for b in bs):
-        return None
-    ref = next(b for b in bs if b is not None)
-    return torch.stack([b if b is not None else torch.zeros_like(ref) for b in bs]).contiguous()
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], adapters: Sequence,
-           task_ids: Optional[torch.Tensor], scale: float, bias_scale: float, activation: Optional[str],
+def linear(x: torch.Tensor, weight: torch.Tensor, b: Optional[torch.Tensor], ui: Optional[torch.Tensor],
+           uo: Optional[torch.Tensor], ai: Optional[torch.Tensor], ao: Optional[torch.Tensor], alpha: float,
+           task_ids: Optional[torch.Tensor], n_tasks: int, scale: float, bias_scale: float, lrelu: bool,
            config: Optional[tiles.Config] = None) -> torch.Tensor:
-    """Launch the fused linear. `adapters`: one entry per task (None = base); one entry without task_ids."""
+    """Launch the fused linear. Factors in the general form (None: the term is absent): ui [d_in, R1] and
+    uo [d_out, R1] (the multiplicative factor), ai [d_in, R2] and ao [d_out, R2] (the additive term, times
+    alpha), per task [T, ...] stacked when task_ids picks one of `n_tasks` per row; b the adapted bias [d_out]
+    or [T, d_out]."""
     n, d_in = x.shape
     d_out = weight.shape[0]
     x = x.contiguous()
     weight = weight.contiguous()
-    ui, uo, ai, ao, alpha = _factors(adapters, d_out, d_in, x.device)
-    b = _biases(bias, adapters, d_out)
-    n_t = len(adapters) if task_ids is not None else 1
+    n_t = n_tasks if task_ids is not None else 1
     out = tiles.empty((n, d_out), device=x.device, dtype=x.dtype)
     r1 = ui.shape[-1] if ui is not None else 1
     r2 = ai.shape[-1] if ai is not None else 1
     st = lambda v: (v.shape[-2] * v.shape[-1]) if (v is not None and v.dim() == 3) else 0  # noqa: E731
-    prec = "ieee" if (x.dtype == torch.float32 and x.device.type == "cuda"
-                      and not torch.backends.cuda.matmul.allow_tf32) else "tf32"
+    prec = common.dot_precision(x.dtype, x.device)
 
     def grid_of(cf):
         return (triton.cdiv(n, cf.block_m), triton.cdiv(d_out, cf.block_n), n_t)
 
     def launch(cf):
-        _linear_kernel[grid_of(cf)](
+        common.launch(_linear_kernel, grid_of(cf), (
             x, weight, ui if ui is not None else x, uo if uo is not None else x,
             ai if ai is not None else x, ao if ao is not None else x, b if b is not None else x,
             task_ids if task_ids is not None else x, out,
             n, d_in, d_out, r1, r2, st(ui), st(uo), st(ai), st(ao), d_out if (b is not None and n_t > 1) else 0,
-            float(scale), alpha, float(bias_scale),
+            float(scale), alpha, float(bias_scale)), dict(
             TASKS=task_ids is not None, MUL=ui is not None, LOW=ai is not None, HAS_BIAS=b is not None,
-            LRELU=activation == "lrelu", PREC=prec,
+            LRELU=lrelu, PREC=prec,
             R1P=max(16, triton.next_power_of_2(r1)), R2P=max(16, triton.next_power_of_2(r2)),
-            BLOCK_M=cf.block_m, BLOCK_N=cf.block_n, BLOCK_K=cf.block_k, **cf.launch_kwargs(),
-        )
+            BLOCK_M=cf.block_m, BLOCK_N=cf.block_n, BLOCK_K=cf.block_k), tag="linear", config=cf.name,
+            **cf.launch_kwargs())
 
     key = (n, d_in, d_out, n_t, str(x.dtype))
     cfg = config or tiles.choose("linear", key, tiles.LINEAR_CONFIGS,

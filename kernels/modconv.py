@@ -1,15 +1,25 @@
-"""Fused modulated convolution: implicit GEMM over one shared adapted kernel (per task).
+"""Fused modulated convolution, forward: implicit GEMM over one shared adapted kernel per task.
 
-y[b, o] = d[b, o] · Σ_{c, taps} (s[b, c]·x[b, c, ·]) ⋆ Ŵ[o, c, ·], with
-d[b, o] = rsqrt(Σ_c s[b, c]²·Σ_taps Ŵ[o, c]² + 1e-8) computed in the epilogue from the
-prologue's sums of squares (no per-sample weight copy), followed by the StyledConv/ToRGB
-epilogue (+noise, bias [+leaky-ReLU·√2], +skip).
+y[b, o] = d[b, o] · Σ_{tap, c} (s[b, c]·x[b, c, ·]) ⋆ Ŵ[o, c, tap], then the StyledConv/ToRGB epilogue
+(+noise, bias [+leaky-ReLU·√2], +skip). d[b, o] = rsqrt(Σ_c s[b, c]²·Q[c, o] + eps) comes precomputed
+(`prologue.demod`, once per call); Ŵ (K-major [k·k·C_in, C_out], zero-padded to a row stride LDW) and Q
+come from `prologue.build_weight`.
 
-GEMM view: M = output pixels of one sample (programs never straddle samples, so a per-sample
-task index just offsets the weight pointer), N = C_out, K = C_in per tap with static loops over
-the k×k taps. Modes: 0 stride 1 / padding k//2; 1 stride 2 / padding 0 (after the down blur);
-2 the stride-2 transposed conv as four polyphase sub-convolutions (one per output parity, only
-the taps of that parity: no multiplications by inserted zeros), followed by the up blur.
+GEMM view. M = output pixels of all samples (flattened, so small layers fill their tiles; with per-sample
+task indices the rows of one program stay within one sample), N = C_out, K = taps × C_in in ONE loop
+(step i → tap, C_in block), so the software pipeline never drains between taps. Activations are read
+through explicit strides: with channels-last tensors the channel stride is 1 (Triton specialises it), so
+the activation tile and the weight tile are contiguous along K and N and load as 16-byte vectors
+(LDGSTS.128 when pipelined). The style scale is applied on the activation load.
+
+Modes: MODE_PLAIN (stride 1, padding k//2), MODE_DOWN (stride 2, after the down blur), MODE_UP (the
+stride-2 transposed conv as four polyphase sub-convolutions, one per output parity, each with only the
+taps of its parity: no multiplications by inserted zeros). The up result is written in the activation
+dtype, channels-last, and blurred by `fir.blur`, whose epilogue does the rest.
+
+Split-K (small layers): program axis 2 splits the K loop; each split writes its fp32 partial tile to a
+workspace [SPLIT, PHASES·GROUPS, ROWS, C_out] and `_splitk_reduce_kernel` sums the splits in a fixed order
+(deterministic) and applies d and the epilogue.
 """
 from __future__ import annotations
 
@@ -19,215 +29,345 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import fir, prologue, tiles
-
-MODE_PLAIN, MODE_DOWN, MODE_UP = 0, 1, 2
-DEMOD_EPS = 1e-8
+from kernels import common, fir, prologue, tiles
+from kernels.common import MODE_DOWN, MODE_PLAIN, MODE_UP
 
 
-@triton.jit
-def _tap_accumulate(acc, x_base, s_base, w_tap, iy, ix, mm, offs_n, mn, C_IN, C_OUT, H, W,
-                    PREC: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc += (x[iy, ix, c]·s[c]) @ w_tap[c, o] over all C_in blocks (one kernel tap)."""
-    ma = mm & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-    pix = iy * W + ix
-    for c0 in range(0, C_IN, BLOCK_K):
-        offs_k = c0 + tl.arange(0, BLOCK_K)
-        mk = offs_k < C_IN
-        a = tl.load(x_base + offs_k[None, :] * (H * W) + pix[:, None], mask=ma[:, None] & mk[None, :],
-                    other=0.0).to(tl.float32)
-        s = tl.load(s_base + offs_k, mask=mk, other=0.0).to(tl.float32)
-        a = (a * s[None, :]).to(w_tap.dtype.element_ty)
-        wt = tl.load(w_tap + offs_k[:, None] * C_OUT + offs_n[None, :], mask=mk[:, None] & mn[None, :], other=0.0)
-        acc = tl.dot(a, wt, acc, input_precision=PREC)
-    return acc
-
+# ----------------------------------------------------------------------------- shared jit helpers
 
 @triton.jit
-def _modconv_kernel(
-    x_ptr, s_ptr, w_ptr, sq_ptr, tid_ptr, out_ptr, noise_ptr, bias_ptr, skip_ptr, pre_ptr,
-    C_IN, C_OUT, H, W, OH, OW, QH, QW,
-    sn_b, sn_c, sn_y, sn_x,
-    K: tl.constexpr, MODE: tl.constexpr, PHASES: tl.constexpr,
-    TASKS: tl.constexpr, DEMOD: tl.constexpr,
-    HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, LRELU: tl.constexpr, HAS_SKIP: tl.constexpr,
-    SAVE_PRE: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_z = tl.program_id(2)
-    b = (pid_z // PHASES).to(tl.int64)
-    phase = pid_z % PHASES
+def _row_coords(offs_m, phase, group, H_T, W_T, MODE: tl.constexpr, TASKS: tl.constexpr):
+    """Rows of one (phase, group) → (b, q, p, rows of that phase per sample·groups, qw, py, px)."""
     py = phase // 2
     px = phase % 2
     if MODE == 2:
-        qh = (OH - py + 1) // 2
-        qw = (OW - px + 1) // 2
+        qh = (H_T - py + 1) // 2
+        qw = (W_T - px + 1) // 2
     else:
-        qh = QH
-        qw = QW
+        qh = H_T
+        qw = W_T
+    per = qh * qw
+    if TASKS:
+        b = group + offs_m * 0
+        rem = offs_m
+    else:
+        b = offs_m // per
+        rem = offs_m - b * per
+    q = rem // qw
+    p = rem - q * qw
+    return b.to(tl.int64), q, p, per, py, px
+
+
+@triton.jit
+def _finish(acc, b, oy, ox, offs_n, mm, mn, d_ptr, out_ptr, noise_ptr, bias_ptr, skip_ptr, pre_ptr,
+            C_OUT, sob, soc, soy, sox, snb, snc, sny, snx,
+            DEMOD: tl.constexpr, NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, LRELU: tl.constexpr,
+            HAS_SKIP: tl.constexpr, SAVE_PRE: tl.constexpr):
+    """acc ·= d, then store pre, +noise, +bias, leaky-ReLU·√2, +skip, store (all in output coordinates)."""
+    m2 = mm[:, None] & mn[None, :]
+    if DEMOD:
+        dv = tl.load(d_ptr + b[:, None] * C_OUT + offs_n[None, :], mask=m2, other=0.0)
+        acc = acc * dv
+    off = b[:, None] * sob + (oy * soy + ox * sox)[:, None] + offs_n[None, :] * soc
+    if SAVE_PRE:  # the demodulated conv output before the epilogue, kept for the fused backward
+        tl.store(pre_ptr + off, acc.to(pre_ptr.dtype.element_ty), mask=m2)
+    if NOISE == 1:  # one noise value per pixel (broadcast over channels), fp32
+        nz = tl.load(noise_ptr + b * snb + oy * sny + ox * snx, mask=mm, other=0.0)
+        acc += nz[:, None]
+    if NOISE == 2:  # per-channel noise
+        acc += tl.load(noise_ptr + b[:, None] * snb + (oy * sny + ox * snx)[:, None] + offs_n[None, :] * snc,
+                       mask=m2, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=mn, other=0.0)[None, :]
+    if LRELU:
+        acc = common.lrelu(acc)
+    if HAS_SKIP:
+        acc += tl.load(skip_ptr + off, mask=m2, other=0.0).to(tl.float32)
+    tl.store(out_ptr + off, acc.to(out_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _tile_ids(M_TILES, N_TILES, GROUP_M: tl.constexpr):
+    """Grouped ordering of (m, n) tiles: GROUP_M m-tiles share each weight column block in L2."""
+    pid = tl.program_id(0)
+    width = GROUP_M * N_TILES
+    first = (pid // width) * GROUP_M
+    gsize = tl.minimum(M_TILES - first, GROUP_M)
+    pid_m = first + (pid % width) % gsize
+    pid_n = (pid % width) // gsize
+    return pid_m, pid_n
+
+
+# ----------------------------------------------------------------------------- the implicit-GEMM conv
+
+@triton.jit
+def _conv_kernel(
+    x_ptr, s_ptr, w_ptr, d_ptr, tid_ptr, out_ptr, noise_ptr, bias_ptr, skip_ptr, pre_ptr, ws_ptr,
+    C_IN, C_OUT, LDW, H, W, H_T, W_T, N_B, M_TILES, N_TILES, STEPS_PER_SPLIT, WS_ROWS,
+    sxb, sxc, sxy, sxx, sob, soc, soy, sox, snb, snc, sny, snx,
+    K: tl.constexpr, MODE: tl.constexpr, PHASES: tl.constexpr, TASKS: tl.constexpr, DEMOD: tl.constexpr,
+    NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, LRELU: tl.constexpr, HAS_SKIP: tl.constexpr,
+    SAVE_PRE: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = _tile_ids(M_TILES, N_TILES, GROUP_M)
+    pz = tl.program_id(1)
+    sid = tl.program_id(2)
+    phase = pz % PHASES
+    group = pz // PHASES
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mm = offs_m < qh * qw
-    mn = offs_n < C_OUT
-    q = offs_m // qw
-    p = offs_m % qw
+    b, q, p, per, py, px = _row_coords(offs_m, phase, group, H_T, W_T, MODE, TASKS)
     if TASKS:
-        t = tl.load(tid_ptr + b).to(tl.int64)
+        rows = per
+        t = tl.load(tid_ptr + group).to(tl.int64)
     else:
+        rows = per * N_B
         t = 0
-    KK: tl.constexpr = K * K
-    x_base = x_ptr + b * C_IN * H * W
-    s_base = s_ptr + b * C_IN
-    w_base = w_ptr + t * (KK * C_IN * C_OUT)
+    mm = offs_m < rows
+    mn = offs_n < C_OUT
+    mw = offs_n < LDW  # the weight rows are zero-padded to LDW (a multiple of 16): loads stay vectorised
+    if MODE == 2:
+        nky = (K - py + 1) // 2
+        nkx = (K - px + 1) // 2
+    else:
+        nky = K
+        nkx = K
+    ncb = tl.cdiv(C_IN, BLOCK_K)
+    steps = nky * nkx * ncb
+    k_lo = sid * STEPS_PER_SPLIT
+    k_hi = tl.minimum(k_lo + STEPS_PER_SPLIT, steps)
+    x_row = x_ptr + b * sxb
+    s_row = s_ptr + b * C_IN
+    w_base = w_ptr + t * (K * K * C_IN * LDW)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for ky in tl.static_range(K):
-        for kx in tl.static_range(K):
-            w_tap = w_base + (ky * K + kx) * C_IN * C_OUT
-            if MODE == 0:
-                acc = _tap_accumulate(acc, x_base, s_base, w_tap, q + (ky - K // 2), p + (kx - K // 2), mm, offs_n,
-                                      mn, C_IN, C_OUT, H, W, PREC, BLOCK_K)
-            elif MODE == 1:
-                acc = _tap_accumulate(acc, x_base, s_base, w_tap, 2 * q + ky, 2 * p + kx, mm, offs_n, mn,
-                                      C_IN, C_OUT, H, W, PREC, BLOCK_K)
-            else:
-                # polyphase: output parity (py, px) only sees taps of the same parity
-                if (py == (ky % 2)) & (px == (kx % 2)):
-                    acc = _tap_accumulate(acc, x_base, s_base, w_tap, q - (ky - py) // 2, p - (kx - px) // 2, mm,
-                                          offs_n, mn, C_IN, C_OUT, H, W, PREC, BLOCK_K)
-    if DEMOD:
-        dsum = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        sq_base = sq_ptr + t * (C_IN * C_OUT)
-        for c0 in range(0, C_IN, BLOCK_K):
-            offs_k = c0 + tl.arange(0, BLOCK_K)
-            mk = offs_k < C_IN
-            s = tl.load(s_base + offs_k, mask=mk, other=0.0).to(tl.float32)
-            sq = tl.load(sq_base + offs_k[:, None] * C_OUT + offs_n[None, :], mask=mk[:, None] & mn[None, :],
-                         other=0.0)
-            dsum += tl.sum((s * s)[:, None] * sq, axis=0)
-        acc = acc * tl.rsqrt(dsum + 1e-8)[None, :]
+    for i in range(k_lo, k_hi):  # one flattened (tap × C_in) loop
+        tap_l = i // ncb
+        c0 = (i - tap_l * ncb) * BLOCK_K
+        ta = tap_l // nkx
+        tb = tap_l - ta * nkx
+        if MODE == 0:
+            ky = ta
+            kx = tb
+            iy = q + (ky - K // 2)
+            ix = p + (kx - K // 2)
+        elif MODE == 1:
+            ky = ta
+            kx = tb
+            iy = 2 * q + ky
+            ix = 2 * p + kx
+        else:  # polyphase: output parity (py, px) sees taps ky = py + 2·ta, kx = px + 2·tb
+            ky = py + 2 * ta
+            kx = px + 2 * tb
+            iy = q - ta
+            ix = p - tb
+        offs_k = c0 + tl.arange(0, BLOCK_K)
+        mk = offs_k < C_IN
+        ma = mm & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+        m2 = ma[:, None] & mk[None, :]
+        a = tl.load(x_row[:, None] + (iy * sxy + ix * sxx)[:, None] + offs_k[None, :] * sxc, mask=m2, other=0.0)
+        sv = tl.load(s_row[:, None] + offs_k[None, :], mask=m2, other=0.0)
+        a = (a.to(tl.float32) * sv.to(tl.float32)).to(w_ptr.dtype.element_ty)
+        wt = tl.load(w_base + ((ky * K + kx) * C_IN + offs_k)[:, None] * LDW + offs_n[None, :],
+                     mask=mk[:, None] & mw[None, :], other=0.0)
+        acc = tl.dot(a, wt, acc, input_precision=PREC)
+    if SPLIT:  # fp32 partial tile; the reduction applies d and the epilogue
+        ws = ws_ptr + ((sid * tl.num_programs(1) + pz) * WS_ROWS).to(tl.int64) * C_OUT
+        tl.store(ws + offs_m[:, None] * C_OUT + offs_n[None, :], acc, mask=mm[:, None] & mn[None, :])
+    else:
+        if MODE == 2:
+            oy = 2 * q + py
+            ox = 2 * p + px
+        else:
+            oy = q
+            ox = p
+        _finish(acc, b, oy, ox, offs_n, mm, mn, d_ptr, out_ptr, noise_ptr, bias_ptr, skip_ptr, pre_ptr,
+                C_OUT, sob, soc, soy, sox, snb, snc, sny, snx, DEMOD, NOISE, HAS_BIAS, LRELU, HAS_SKIP, SAVE_PRE)
+
+
+@triton.jit
+def _splitk_reduce_kernel(
+    ws_ptr, d_ptr, out_ptr, noise_ptr, bias_ptr, skip_ptr, pre_ptr,
+    C_OUT, H_T, W_T, N_B, N_SPLIT, WS_ROWS,
+    sob, soc, soy, sox, snb, snc, sny, snx,
+    MODE: tl.constexpr, PHASES: tl.constexpr, TASKS: tl.constexpr, DEMOD: tl.constexpr,
+    NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, LRELU: tl.constexpr, HAS_SKIP: tl.constexpr,
+    SAVE_PRE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Sum the split-K partials in a fixed order, then d and the epilogue."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pz = tl.program_id(2)
+    phase = pz % PHASES
+    group = pz // PHASES
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    b, q, p, per, py, px = _row_coords(offs_m, phase, group, H_T, W_T, MODE, TASKS)
+    if TASKS:
+        rows = per
+    else:
+        rows = per * N_B
+    mm = offs_m < rows
+    mn = offs_n < C_OUT
+    m2 = mm[:, None] & mn[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    tile = offs_m[:, None] * C_OUT + offs_n[None, :]
+    for s in range(N_SPLIT):
+        ws = ws_ptr + ((s * tl.num_programs(2) + pz) * WS_ROWS).to(tl.int64) * C_OUT
+        acc += tl.load(ws + tile, mask=m2, other=0.0)
     if MODE == 2:
         oy = 2 * q + py
         ox = 2 * p + px
     else:
         oy = q
         ox = p
-    m2 = mm[:, None] & mn[None, :]
-    out_off = (b * C_OUT + offs_n[None, :]) * (OH * OW) + (oy * OW + ox)[:, None]
-    if SAVE_PRE:  # demodulated conv output before the epilogue (fp32), kept for the fused backward
-        tl.store(pre_ptr + out_off, acc, mask=m2)
-    if HAS_NOISE:
-        acc += tl.load(noise_ptr + b * sn_b + offs_n[None, :] * sn_c + (oy * sn_y + ox * sn_x)[:, None],
-                       mask=m2, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=mn, other=0.0).to(tl.float32)[None, :]
-    if LRELU:
-        acc = tl.where(acc >= 0, acc, acc * 0.2) * 1.4142135623730951
-    if HAS_SKIP:
-        acc += tl.load(skip_ptr + out_off, mask=m2, other=0.0).to(tl.float32)
-    tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=m2)
+    _finish(acc, b, oy, ox, offs_n, mm, mn, d_ptr, out_ptr, noise_ptr, bias_ptr, skip_ptr, pre_ptr,
+            C_OUT, sob, soc, soy, sox, snb, snc, sny, snx, DEMOD, NOISE, HAS_BIAS, LRELU, HAS_SKIP, SAVE_PRE)
 
 
-def _up_blur_pad(k: int) -> tuple[int, int]:
+# ----------------------------------------------------------------------------- launcher
+
+def up_blur_pad(k: int) -> tuple[int, int]:
+    """(pad0, pad1) of the blur after the stride-2 transposed conv (output 2H)."""
     p = 2 - (k - 1)
     return (p + 1) // 2 + 1, p // 2 + 1
 
 
-def _down_blur_pad(k: int) -> tuple[int, int]:
+def down_blur_pad(k: int) -> tuple[int, int]:
+    """(pad0, pad1) of the blur before the stride-2 conv."""
     p = 2 + (k - 1)
     return (p + 1) // 2, p // 2
 
 
-def _precision(dtype: torch.dtype, device: torch.device) -> str:
-    if dtype == torch.float32 and device.type == "cuda" and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"
+def _strides4(t: Optional[torch.Tensor], shape) -> tuple:
+    if t is None:
+        return (0, 0, 0, 0)
+    return tuple(t.expand(*shape).stride())
 
 
-def conv(xin: torch.Tensor, style: torch.Tensor, w_k: torch.Tensor, sq: torch.Tensor, k: int, mode: int,
-         out: torch.Tensor, *, task_ids: Optional[torch.Tensor] = None, demodulate: bool = True,
-         noise: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None, lrelu: bool = False,
-         skip: Optional[torch.Tensor] = None, pre: Optional[torch.Tensor] = None,
-         config: Optional[tiles.Config] = None) -> torch.Tensor:
-    """Launch the implicit-GEMM conv. xin [N, C_in, H, W] contiguous; w_k [T, k·k·C_in, C_out];
-    sq [T, C_in, C_out] fp32; out [N, C_out, OH, OW] (for MODE_UP: the transposed-conv size);
-    `pre` (fp32, like out): also store the demodulated output before the epilogue."""
+def conv(xin: torch.Tensor, style: torch.Tensor, w_k: torch.Tensor, d: Optional[torch.Tensor], k: int, mode: int,
+         out: torch.Tensor, *, task_ids: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
+         bias: Optional[torch.Tensor] = None, lrelu: bool = False, skip: Optional[torch.Tensor] = None,
+         pre: Optional[torch.Tensor] = None, config: Optional[tiles.Config] = None, split: Optional[int] = None,
+         family: str = "conv") -> torch.Tensor:
+    """Launch the implicit-GEMM conv (and its split-K reduction when the heuristic splits K).
+
+    xin [N, C_in, H, W] and out [N, C_out, OH, OW] (for MODE_UP: the transposed-conv size) with any strides
+    (channels-last loads and stores as 16-byte vectors); style [N, C_in] contiguous; w_k [T, k·k·C_in, LDW]
+    (LDW ≥ C_out, padding columns zero); d [N, C_out] fp32 or None (no demodulation); noise fp32, per pixel
+    [N|1, 1, OH, OW] or per channel; bias fp32 [C_out]; skip and pre strided like out. Per-sample task ids
+    pick the weight slice. `split` forces a split-K factor (None: the heuristic's)."""
     n, c_in, h, w = xin.shape
     c_out, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    n_t, ldw = w_k.shape[0], w_k.shape[2]
     phases = 4 if mode == MODE_UP else 1
-    qh, qw = ((oh + 1) // 2, (ow + 1) // 2) if mode == MODE_UP else (oh, ow)
-    sn = noise.expand(n, c_out, oh, ow).stride() if noise is not None else (0, 0, 0, 0)
-    skip = skip.contiguous() if skip is not None else None
-    eligible = [c for c in tiles.CONV_CONFIGS if k == 1 or c.num_warps <= 4]
+    tasks = task_ids is not None
+    groups = n if tasks else 1
+    if mode == MODE_UP:
+        rows_max = ((oh + 1) // 2) * ((ow + 1) // 2)
+        taps_max = ((k + 1) // 2) ** 2
+    else:
+        rows_max = oh * ow
+        taps_max = k * k
+    rows_max *= 1 if tasks else n
+    noise_mode = 0 if noise is None else (1 if noise.shape[1] == 1 else 2)
+    sn = _strides4(noise, (n, c_out, oh, ow))
+    so = tuple(out.stride())
+    if skip is not None and tuple(skip.stride()) != so:
+        raise ValueError(f"conv: skip strides {tuple(skip.stride())} must equal the output's {so}")
+    if pre is not None and tuple(pre.stride()) != so:
+        raise ValueError(f"conv: pre strides {tuple(pre.stride())} must equal the output's {so}")
+    elsize = w_k.element_size()
+    problem = tiles.ConvProblem(rows=rows_max, n=c_out, k_steps_of=lambda bk: taps_max * triton.cdiv(c_in, bk),
+                                z=phases * groups, elsize=elsize)
+    dummy = out
+    prec = common.dot_precision(w_k.dtype, xin.device)
+    epi = dict(DEMOD=d is not None, NOISE=noise_mode, HAS_BIAS=bias is not None, LRELU=lrelu,
+               HAS_SKIP=skip is not None, SAVE_PRE=pre is not None)
+    ptrs = (d if d is not None else dummy, out, noise if noise is not None else dummy,
+            bias if bias is not None else dummy, skip if skip is not None else dummy, pre if pre is not None else dummy)
 
-    def grid_of(cf: tiles.Config) -> tuple[int, int, int]:
-        return (triton.cdiv(qh * qw, cf.block_m), triton.cdiv(c_out, cf.block_n), n * phases)
+    def launch(cfg: tiles.Config, n_split: int) -> None:
+        steps = taps_max * triton.cdiv(c_in, cfg.block_k)
+        sps = triton.cdiv(steps, n_split)
+        n_split = triton.cdiv(steps, sps)
+        m_tiles, n_tiles = triton.cdiv(rows_max, cfg.block_m), triton.cdiv(c_out, cfg.block_n)
+        ws = None
+        if n_split > 1:
+            ws = tiles.empty((n_split, phases * groups, rows_max, c_out), device=xin.device, dtype=torch.float32)
+        common.launch(
+            _conv_kernel, (m_tiles * n_tiles, phases * groups, n_split),
+            (xin, style, w_k, ptrs[0], task_ids if tasks else style, *ptrs[1:], ws if ws is not None else dummy,
+             c_in, c_out, ldw, h, w, oh, ow, n, m_tiles, n_tiles, sps, rows_max,
+             *xin.stride(), *so, *sn),
+            dict(K=k, MODE=mode, PHASES=phases, TASKS=tasks, SPLIT=ws is not None, PREC=prec,
+                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=8,
+                 **(dict(epi, DEMOD=False, NOISE=0, HAS_BIAS=False, LRELU=False, HAS_SKIP=False, SAVE_PRE=False)
+                    if ws is not None else epi)),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, tag="conv", config=cfg.name,
+            tile=f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k}", split=n_split,
+            splitk_workspace=0 if ws is None else ws.numel() * 4)
+        if ws is not None:
+            rb = tiles.REDUCE_BLOCK
+            common.launch(
+                _splitk_reduce_kernel, (triton.cdiv(rows_max, rb[0]), triton.cdiv(c_out, rb[1]), phases * groups),
+                (ws, *ptrs, c_out, oh, ow, n, n_split, rows_max, *so, *sn),
+                dict(MODE=mode, PHASES=phases, TASKS=tasks, **epi, BLOCK_M=rb[0], BLOCK_N=rb[1]),
+                num_warps=4, num_stages=1, tag="splitk_reduce", tile=f"{rb[0]}x{rb[1]}", split=n_split)
 
-    def launch(cf: tiles.Config) -> None:
-        if k > 1 and cf.num_warps > 4:
-            raise ValueError(f"config {cf.name} (8 warps) is restricted to k = 1")
-        _modconv_kernel[grid_of(cf)](
-            xin, style, w_k, sq, task_ids if task_ids is not None else style, out,
-            noise if noise is not None else out, bias if bias is not None else out,
-            skip if skip is not None else out, pre if pre is not None else out,
-            c_in, c_out, h, w, oh, ow, qh, qw, *sn,
-            K=k, MODE=mode, PHASES=phases, TASKS=task_ids is not None, DEMOD=demodulate,
-            HAS_NOISE=noise is not None, HAS_BIAS=bias is not None, LRELU=lrelu, HAS_SKIP=skip is not None,
-            SAVE_PRE=pre is not None, PREC=_precision(w_k.dtype, xin.device),
-            BLOCK_M=cf.block_m, BLOCK_N=cf.block_n, BLOCK_K=cf.block_k, **cf.launch_kwargs(),
-        )
-
-    key = (n, c_in, c_out, qh * qw, k, mode, str(xin.dtype), task_ids is not None)
-    cfg = config or tiles.choose("conv", key, eligible, lambda cf: grid_of(cf)[0] * grid_of(cf)[1] * grid_of(cf)[2],
-                                 qh * qw, c_out, xin.device, bench=launch)
-    launch(cfg)
+    cfg, n_split = tiles.choose_conv(family, problem, xin.device, config=config, split=split,
+                                     key=(n, c_in, c_out, rows_max, k, mode, str(w_k.dtype), tasks), bench=launch)
+    launch(cfg, n_split)
     return out
 
 
-def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, style: torch.Tensor, adapters: Sequence,
+def _conv_out_size(h: int, w: int, k: int, up: bool, down: bool) -> tuple[int, int]:
+    if up:
+        return 2 * h, 2 * w
+    if down:
+        p0, p1 = down_blur_pad(k)
+        return (h + p0 + p1 - 3 - k) // 2 + 1, (w + p0 + p1 - 3 - k) // 2 + 1
+    return h, w
+
+
+def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, style: torch.Tensor, operands: Sequence[prologue.Operands],
                      task_ids: Optional[torch.Tensor], scale: float, demodulate: bool, up: bool, down: bool,
-                     bias: Optional[torch.Tensor], noise: Optional[torch.Tensor], activation: Optional[str],
+                     bias: Optional[torch.Tensor], noise: Optional[torch.Tensor], lrelu: bool,
                      skip: Optional[torch.Tensor], saved: Optional[dict] = None) -> torch.Tensor:
-    """Fused forward (no autograd). `adapters`: one entry per task (None = base weight);
-    with task_ids None, exactly one entry. Launches: one prologue per task, the conv, and the
-    blur for up/down. No host synchronisation. `saved` (a dict, for the fused backward) receives
-    "pre" (fp32 output before noise/bias/activation/skip) and, for down, "xb" (the blurred input)."""
+    """Fused forward (no autograd); output channels-last in x's dtype. `operands`: one adapter operand set per
+    task (kind code + factor tensors, `prologue.Operands`); with task_ids None exactly one. Launches: the weight
+    prologue per task, d once, the conv (+ split-K reduction), and the blur for up/down. No host
+    synchronisation. `saved` (a dict, for the fused backward) receives "pre" (the demodulated output before
+    noise/bias/activation/skip, x's dtype, channels-last), "w_k", "sq", "d" and, for down, "xb"."""
     n, c_in, h, w = x.shape
     c_out, k = weight.shape[0], weight.shape[2]
-    dev = x.device
-    x = x.contiguous()
+    dev, cl = x.device, torch.channels_last
+    x = x.contiguous(memory_format=cl)
     style = style.contiguous()
-    wdtype = torch.float32 if x.dtype == torch.float32 else x.dtype
-    n_tasks = len(adapters)
-    w_k = tiles.empty((n_tasks, k * k * c_in, c_out), device=dev, dtype=wdtype)
-    sq = tiles.empty((n_tasks, c_in, c_out), device=dev, dtype=torch.float32)
-    for i, a in enumerate(adapters):
-        prologue.build_weight(weight, a, scale, w_k[i], sq[i], config=tiles.forced("prologue"))
-    lrelu = activation == "lrelu"
+    w_k, sq = prologue.build_weights(weight, operands, scale, common.operand_dtype(x.dtype))
+    d = prologue.demod(style, sq, task_ids) if demodulate else None
+    noise = None if noise is None else noise.to(torch.float32)
+    bias = None if bias is None else bias.to(torch.float32).contiguous()
+    oh, ow = _conv_out_size(h, w, k, up, down)
     pre = None
     if saved is not None:
-        oh, ow = (2 * h, 2 * w) if up else (h, w)
-        if down:
-            p0, p1 = _down_blur_pad(k)
-            oh, ow = (h + p0 + p1 - 3 - k) // 2 + 1, (w + p0 + p1 - 3 - k) // 2 + 1
-        pre = saved["pre"] = tiles.empty((n, c_out, oh, ow), device=dev, dtype=torch.float32)
-    if up:
+        pre = tiles.empty((n, c_out, oh, ow), device=dev, dtype=x.dtype).contiguous(memory_format=cl)
+        saved.update(pre=pre, w_k=w_k, sq=sq, d=d)
+    out = tiles.empty((n, c_out, oh, ow), device=dev, dtype=x.dtype).contiguous(memory_format=cl)
+    if skip is not None:  # the RGB skip (3 channels) is read in fp32: no unaligned 16-bit loads
+        skip = skip.to(torch.float32).contiguous(memory_format=cl)
+    if up:  # polyphase transposed conv (demodulated, activation dtype, channels-last), then blur + epilogue
         th, tw = 2 * h + k - 2, 2 * w + k - 2
-        tmp = tiles.empty((n, c_out, th, tw), device=dev, dtype=torch.float32)
-        conv(x, style, w_k, sq, k, MODE_UP, tmp, task_ids=task_ids, demodulate=demodulate)
-        out = tiles.empty((n, c_out, 2 * h, 2 * w), device=dev, dtype=x.dtype)
-        return fir.blur(tmp, _up_blur_pad(k), 4.0, out, noise=noise, bias=bias, lrelu=lrelu, skip=skip, pre=pre)
+        tmp = tiles.empty((n, c_out, th, tw), device=dev, dtype=x.dtype).contiguous(memory_format=cl)
+        conv(x, style, w_k, d, k, MODE_UP, tmp, task_ids=task_ids)
+        return fir.blur(tmp, up_blur_pad(k), 4.0, out, noise=noise, bias=bias, lrelu=lrelu, skip=skip, pre=pre)
     if down:
-        p0, p1 = _down_blur_pad(k)
-        bh, bw = h + p0 + p1 - 3, w + p0 + p1 - 3
-        xb = tiles.empty((n, c_in, bh, bw), device=dev, dtype=torch.float32)
+        p0, p1 = down_blur_pad(k)
+        xb = tiles.empty((n, c_in, h + p0 + p1 - 3, w + p0 + p1 - 3), device=dev,
+                         dtype=x.dtype).contiguous(memory_format=cl)
         fir.blur(x, (p0, p1), 1.0, xb)
         if saved is not None:
             saved["xb"] = xb
-        out = tiles.empty((n, c_out, (bh - k) // 2 + 1, (bw - k) // 2 + 1), device=dev, dtype=x.dtype)
-        return conv(xb, style, w_k, sq, k, MODE_DOWN, out, task_ids=task_ids, demodulate=demodulate,
-                    noise=noise, bias=bias, lrelu=lrelu, skip=skip, pre=pre)
-    out = tiles.empty((n, c_out, h, w), device=dev, dtype=x.dtype)
-    return conv(x, style, w_k, sq, k, MODE_PLAIN, out, task_ids=task_ids, demodulate=demodulate,
-                noise=noise, bias=bias, lrelu=lrelu, skip=skip, pre=pre)
+        x = xb
+    return conv(x, style, w_k, d, k, MODE_DOWN if down else MODE_PLAIN, out, task_ids=task_ids, noise=noise,
+                bias=bias, lrelu=lrelu, skip=skip, pre=pre)

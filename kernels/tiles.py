@@ -37,25 +37,46 @@ class Config:
         return {"num_warps": self.num_warps, "num_stages": self.num_stages}
 
 
-# Implicit-GEMM conv: M = output pixels of one sample (one polyphase phase for up), N = C_out,
-# K = C_in per tap. Every dot dimension is >= 16. k x k convs never use 8 warps (a known
-# Triton miscompile of k x k conv loops at 8 warps); the 8-warp entry is restricted to k = 1.
+# Forward implicit-GEMM conv (kernels/modconv.py): M = output pixels (all samples), N = C_out, K = taps × C_in
+# in one loop. wgmma-sized tiles: BLOCK_M 64 per warpgroup (4 warps), 128 with 8 warps (two warpgroups).
+# fp32 operands use BLOCK_K 32 (shared memory: stages × (BM + BN) × BK × 4 bytes).
 CONV_CONFIGS: Tuple[Config, ...] = (
+    Config("conv_64x64x64", 64, 64, 64, num_warps=4, num_stages=3),
+    Config("conv_64x128x64", 64, 128, 64, num_warps=4, num_stages=3),
+    Config("conv_128x128x64", 128, 128, 64, num_warps=8, num_stages=3),
+    Config("conv_64x64x32", 64, 64, 32, num_warps=4, num_stages=3),
+    Config("conv_128x128x32", 128, 128, 32, num_warps=8, num_stages=3),
+)
+# Split-K reduction tile (rows × C_out).
+REDUCE_BLOCK = (32, 64)
+# Backward GEMMs (wgrad, and forced configs of dgrad and the factorised path's rank-r launches): M = C_in (or
+# C_out for the rank-r weight gradients), N = C_out (or the rank), K = pixels. 128x128x64 at 8 warps spills.
+BWD_CONFIGS: Tuple[Config, ...] = (
     Config("conv_16x32x32", 16, 32, 32, num_warps=2, num_stages=2),
     Config("conv_32x64x32", 32, 64, 32, num_warps=4, num_stages=3),
     Config("conv_64x64x32", 64, 64, 32, num_warps=4, num_stages=3),
     Config("conv_128x64x32", 128, 64, 32, num_warps=4, num_stages=3),
     Config("conv_128x128x32_k1", 128, 128, 32, num_warps=8, num_stages=3),
+    Config("wgrad_64x64x64", 64, 64, 64, num_warps=4, num_stages=3),
+    Config("wgrad_128x64x64_w8", 128, 64, 64, num_warps=8, num_stages=3),
+    Config("rank_64x16x64", 64, 16, 64, num_warps=4, num_stages=3),
 )
-# Prologue (adapted weight + sums of squares): tiles of [C_out, C_in].
+# Epilogue backward: [pixels, channels] tiles of one sample.
+EPI_BWD_CONFIG = Config("epi_bwd_32x64", 32, 64, num_warps=4, num_stages=1)
+# Prologue (adapted weight + sums of squares): tiles of [C_out, C_in × all taps].
 PROLOGUE_CONFIGS: Tuple[Config, ...] = (
+    Config("pro_16x16", 16, 16, num_warps=4, num_stages=1),
+    Config("pro_32x16", 32, 16, num_warps=4, num_stages=1),
+)
+# Reductions of the backward to adapter factors: tiles of [C_out, C_in].
+REDUCE_CONFIGS: Tuple[Config, ...] = (
     Config("pro_32x32", 32, 32, num_warps=4, num_stages=1),
     Config("pro_64x64", 64, 64, num_warps=4, num_stages=1),
 )
-# FIR blur (+ epilogue): block_m output pixels of one (sample, channel) plane.
+# FIR blur (+ epilogue): [pixels, channels] tiles.
 FIR_CONFIGS: Tuple[Config, ...] = (
-    Config("fir_256", 256, num_warps=4, num_stages=1),
-    Config("fir_1024", 1024, num_warps=4, num_stages=1),
+    Config("fir_16x128", 16, 128, num_warps=4, num_stages=1),
+    Config("fir_64x64", 64, 64, num_warps=4, num_stages=1),
 )
 # Linear + low-rank: [rows, d_out] tiles, K = d_in.
 LINEAR_CONFIGS: Tuple[Config, ...] = (
@@ -66,10 +87,10 @@ LINEAR_CONFIGS: Tuple[Config, ...] = (
 
 TABLES: Dict[str, Tuple[Config, ...]] = {
     "conv": CONV_CONFIGS, "prologue": PROLOGUE_CONFIGS, "fir": FIR_CONFIGS, "linear": LINEAR_CONFIGS,
-    # backward families share the forward tables (forced separately: force(dgrad=..., wgrad=..., reduce=...))
-    "dgrad": CONV_CONFIGS, "wgrad": CONV_CONFIGS, "reduce": PROLOGUE_CONFIGS, "linear_bwd": LINEAR_CONFIGS,
+    # backward families (forced separately: force(dgrad=..., wgrad=..., reduce=...))
+    "dgrad": BWD_CONFIGS, "wgrad": BWD_CONFIGS, "reduce": REDUCE_CONFIGS, "linear_bwd": LINEAR_CONFIGS,
     # the rank-r launches of the factorised weight gradient (projections, rank-r wgrad/dgrad): force(factor=...)
-    "factor": CONV_CONFIGS,
+    "factor": BWD_CONFIGS,
 }
 
 # How often each backward reduction strategy ran ("..._partials": deterministic two-stage reduction,
@@ -105,6 +126,23 @@ def force(**names: Optional[str]) -> Iterator[None]:
         yield
     finally:
         _state.forced = old
+
+
+@contextlib.contextmanager
+def split_k(n: Optional[int]) -> Iterator[None]:
+    """Force the forward conv's split-K factor inside the block (None: the heuristic's)."""
+    if n is not None and n < 1:
+        raise ValueError(f"split-K factor must be >= 1, got {n}")
+    old = getattr(_state, "split", None)
+    _state.split = n
+    try:
+        yield
+    finally:
+        _state.split = old
+
+
+def forced_split() -> Optional[int]:
+    return getattr(_state, "split", None)
 
 
 def forced(family: str) -> Optional[Config]:
@@ -167,7 +205,19 @@ def _save_cache() -> None:
     os.replace(tmp, _cache_file)
 
 
+def _recording() -> bool:
+    from kernels import common
+
+    return common.recording() is not None
+
+
 def num_sms(device) -> int:
+    """Multiprocessors of `device` (the recorder's count inside `common.record`, 1 off the GPU)."""
+    from kernels import common
+
+    rec = common.recording()
+    if rec is not None:
+        return rec.sms
     if interpreting() or getattr(device, "type", "cpu") != "cuda":
         return 1
     return _sm_count(device.index if device.index is not None else -1)
@@ -215,6 +265,95 @@ def choose(family: str, key: tuple, eligible: Sequence[Config], grid_size: Calla
         if grid_size(c) >= target:
             return c
     return fits[0]
+
+
+# ----------------------------------------------------------------------------- the forward conv's tile and split
+
+# An H100/H200 SM: ~7.5 TFLOP/s of dense bf16 MMA (989 / 132), ~3 TB/s of HBM for the whole chip.
+_SM_FLOPS = 7.5e12
+_HBM = 3.0e12
+_LAUNCH = 1e-6  # one extra launch (the split-K reduction) inside a CUDA graph
+_SMEM = 200 * 1024  # usable shared memory per CTA we allow a config
+
+
+@dataclass(frozen=True)
+class ConvProblem:
+    """The GEMM shape of one conv launch: `rows` (M per z-slice), `n` (C_out), the K-step count for a given
+    BLOCK_K, `z` independent slices (polyphase phases × per-sample groups) and the operand element size."""
+
+    rows: int
+    n: int
+    k_steps_of: Callable[[int], int]
+    z: int
+    elsize: int
+
+
+def conv_smem(c: Config, elsize: int) -> int:
+    return c.num_stages * (c.block_m + c.block_n) * c.block_k * elsize
+
+
+def _tile_efficiency(c: Config) -> float:
+    """Relative MMA throughput of a tile: its arithmetic intensity BM·BN/(BM+BN), 1 at 128×128."""
+    return min(1.0, (c.block_m * c.block_n / (c.block_m + c.block_n)) / 64.0)
+
+
+def conv_time(c: Config, split: int, p: ConvProblem, sms: int) -> float:
+    """A wave model of one conv launch (seconds): ceil(CTAs / SMs) waves of (K steps per split + pipeline
+    fill) tile steps, plus the split-K reduction (write and read of the fp32 partials, one launch)."""
+    steps = p.k_steps_of(c.block_k)
+    sps = -(-steps // split)
+    split = -(-steps // sps)
+    ctas = -(-p.rows // c.block_m) * -(-p.n // c.block_n) * p.z * split
+    waves = -(-ctas // sms)
+    step = 2.0 * c.block_m * c.block_n * c.block_k / (_SM_FLOPS * _tile_efficiency(c))
+    t = waves * (sps + c.num_stages) * step
+    if split > 1:
+        t += 2.0 * split * p.rows * p.z * p.n * 4 / _HBM + _LAUNCH
+    return t
+
+
+def conv_eligible(elsize: int) -> list:
+    """Forward conv configs whose pipeline fits in shared memory for this operand size (BLOCK_K 64 for 16-bit
+    operands, 32 for fp32)."""
+    want_k = 64 if elsize <= 2 else 32
+    return [c for c in CONV_CONFIGS if c.block_k == want_k and conv_smem(c, elsize) <= _SMEM]
+
+
+def choose_conv(family: str, p: ConvProblem, device, config: Optional[Config] = None, split: Optional[int] = None,
+                key: tuple = (), bench: Optional[Callable[[Config, int], None]] = None) -> Tuple[Config, int]:
+    """(config, split-K factor) of a forward conv launch: forced (or given) > autotune cache > (autotune) >
+    heuristic. The heuristic minimises `conv_time` over the eligible tiles and splits (1..32) on the device's
+    SM count (the interpreter: the largest tile that fits the problem, no split: programs run one after
+    another). Autotuning benchmarks the heuristic's four best candidates once per shape key."""
+    split = split or forced_split()
+    f = config or forced(family)
+    if f is not None:
+        return f, split or 1
+    eligible = conv_eligible(p.elsize)
+    if interpreting() and not _recording():
+        fits = [c for c in eligible if c.block_m <= max(64, _next_pow2(p.rows))
+                and c.block_n <= max(64, _next_pow2(p.n))] or eligible[:1]
+        return max(fits, key=lambda c: (c.block_m * c.block_n, -c.num_warps)), split or 1
+    sms = num_sms(device)
+    ranked = []
+    for c in eligible:
+        steps = p.k_steps_of(c.block_k)
+        for s in ([split] if split else range(1, min(32, steps) + 1)):
+            ranked.append((conv_time(c, s, p, sms), len(ranked), c, s))
+    ranked.sort(key=lambda v: v[:2])
+    if _autotune and bench is not None and not _recording():
+        _load_cache()
+        full_key = (family,) + tuple(key)
+        name = _cache.get(full_key)
+        if name is None:
+            cands = [(c, s) for _, _, c, s in ranked[:4]]
+            pick = _tune([Config(f"{c.name}@{s}") for c, s in cands],
+                         lambda cf: bench(*cands[[f"{c.name}@{s}" for c, s in cands].index(cf.name)]))
+            _cache[full_key] = name = pick
+            _save_cache()
+        cname, s = name.rsplit("@", 1)
+        return get(family, cname), int(s)
+    return ranked[0][2], ranked[0][3]
 
 
 def _tune(eligible: Sequence[Config], bench: Callable[[Config], None]) -> str:

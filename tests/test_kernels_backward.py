@@ -183,7 +183,7 @@ def _names(family):
     return [c.name for c in tiles.TABLES[family]]
 
 
-@pytest.mark.parametrize("name", _names("conv"))
+@pytest.mark.parametrize("name", _names("dgrad"))
 @pytest.mark.parametrize("mode", ["plain", "up", "down"])
 def test_every_backward_conv_config(kernel_device, name, mode):
     from kernels import tiles
@@ -206,13 +206,6 @@ def test_every_reduce_config(kernel_device, name, kind):
         check_modconv_grads(kernel_device, 1, 37, 70, 5, 4, 3, "plain", adapter, epi="styled", seed=6)
 
 
-def test_backward_8_warps_refused_for_3x3(kernel_device):
-    from kernels import tiles
-
-    with tiles.force(dgrad="conv_128x128x32_k1"), pytest.raises(ValueError, match="restricted to k = 1"):
-        check_modconv_grads(kernel_device, 1, 4, 4, 3, 3, 3, "plain", None)
-
-
 # ----------------------------------------------------------------------------- deterministic mode
 
 @pytest.mark.parametrize("flag", ["api", "torch"])
@@ -231,7 +224,7 @@ def test_deterministic_mode(kernel_device, flag):
         tiles.COUNTERS.clear()
         runs = [modconv_grads(kernel_device, 3, 20, 18, 5, 4, 3, "down", adapter, task_ids=torch.tensor([1, 0, 1]),
                               epi="styled", seed=9)[0] for _ in range(2)]
-        assert tiles.COUNTERS.get("dgrad_ds_partials", 0) == 2 and tiles.COUNTERS.get("factor_partials", 0) == 4
+        assert tiles.COUNTERS.get("factor_partials", 0) == 4
         assert not any(key.endswith("_atomic") for key in tiles.COUNTERS)
         for a, b in zip(*runs):
             assert torch.equal(a, b)
@@ -243,7 +236,7 @@ def test_deterministic_mode(kernel_device, flag):
     tiles.COUNTERS.clear()
     check_modconv_grads(kernel_device, 3, 20, 18, 5, 4, 3, "down", adapter, task_ids=torch.tensor([1, 0, 1]),
                         epi="styled", seed=9)
-    assert tiles.COUNTERS.get("dgrad_ds_atomic", 0) == 1 and "dgrad_ds_partials" not in tiles.COUNTERS
+    assert tiles.COUNTERS.get("factor_atomic", 0) == 2 and "factor_partials" not in tiles.COUNTERS
 
 
 # ----------------------------------------------------------------------------- second order (R1, path length)

@@ -91,12 +91,12 @@ def test_gpu_every_backward_config(prec):
     from kernels import tiles
 
     g = torch.Generator().manual_seed(5)
-    for cfg in tiles.CONV_CONFIGS:
+    for cfg in tiles.BWD_CONFIGS:
         k = 1 if cfg.num_warps > 4 else 3
         for mode in ("plain", "up", "down"):
             with tiles.force(dgrad=cfg.name, wgrad=cfg.name):
                 conv_grads(prec, 3, 96, 130, 17, 11, k, mode, conv_adapter("llora-both", 130, 96, k, 4, "cpu", g))
-    for cfg in tiles.PROLOGUE_CONFIGS:
+    for cfg in tiles.REDUCE_CONFIGS:
         with tiles.force(reduce=cfg.name):
             conv_grads(prec, 2, 96, 130, 9, 8, 3, "plain", conv_adapter("left-inner", 130, 96, 3, 2, "cpu", g))
 
@@ -183,7 +183,7 @@ def test_gpu_factorised_task_ids_and_configs(prec):
         for mode in ("plain", "up", "down"):
             with tiles.force(factor=cfg.name), tiles.wgrad_path("factorised"):
                 conv_grads(prec, 8, 48, 64, 9, 7, k, mode, ads, task_ids=tid, weight_grad=False)
-    for cfg in tiles.PROLOGUE_CONFIGS:
+    for cfg in tiles.REDUCE_CONFIGS:
         with tiles.force(reduce=cfg.name), tiles.wgrad_path("factorised"):
             conv_grads(prec, 2, 96, 130, 9, 8, 3, "plain", conv_adapter("lora", 130, 96, 3, 2, "cpu", g),
                        weight_grad=False)

@@ -76,10 +76,13 @@ def epilogue_args(name: str, n: int, c_out: int, oh: int, ow: int, dev: str, g: 
     return {}
 
 
-def check_modconv(dev, n, c_in, c_out, h, w, k, mode, adapter, task_ids=None, epi="none", seed=0, tol=FP32_TOL):
+def check_modconv(dev, n, c_in, c_out, h, w, k, mode, adapter, task_ids=None, epi="none", seed=0, tol=FP32_TOL,
+                  channels_last=False):
     g = torch.Generator().manual_seed(seed)
     up, down = mode == "up", mode == "down"
     x = torch.randn(n, c_in, h, w, generator=g).to(dev)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     weight = torch.randn(c_out, c_in, k, k, generator=g).to(dev)
     style = (torch.randn(n, c_in, generator=g) + 1.0).to(dev)
     oh, ow = FL.modconv_output_size(h, w, k, up, down)
@@ -93,6 +96,7 @@ def check_modconv(dev, n, c_in, c_out, h, w, k, mode, adapter, task_ids=None, ep
                               backend="torch", **{key: v.cpu() if isinstance(v, torch.Tensor) else v
                                                   for key, v in kw64.items()})
     assert out.shape == ref.shape and out.dtype == x.dtype
+    assert out.is_contiguous(memory_format=torch.channels_last), "the fused path returns channels-last outputs"
     err = rel_err(out, ref)
     assert err < tol, f"relative L2 error {err:.3g}"
     return err
@@ -118,7 +122,8 @@ def test_modconv_matrix(kernel_device, i, k, mode, kind):
     h, w = ((5, 7), (4, 3), (9, 6))[i % 3]
     g = torch.Generator().manual_seed(100 + i)
     adapter = conv_adapter(kind, c_out, c_in, k, r, kernel_device, g)
-    check_modconv(kernel_device, n, c_in, c_out, h, w, k, mode, adapter, epi=EPILOGUES[i % 4], seed=i)
+    check_modconv(kernel_device, n, c_in, c_out, h, w, k, mode, adapter, epi=EPILOGUES[i % 4], seed=i,
+                  channels_last=i % 2 == 1)
 
 
 @pytest.mark.parametrize("k,mode", list(itertools.product((1, 3), ("plain", "up", "down"))))
@@ -158,26 +163,64 @@ def _conv_configs():
 
 
 @pytest.mark.parametrize("name", _conv_configs())
-@pytest.mark.parametrize("mode", ["plain", "up"])
+@pytest.mark.parametrize("mode", ["plain", "up", "down"])
 def test_every_conv_config(kernel_device, name, mode):
     from kernels import tiles
 
-    k = 1 if name.endswith("_k1") else 3
     g = torch.Generator().manual_seed(11)
+    k = 1 if mode == "down" and name.endswith("x32") else 3
     adapter = conv_adapter("llora-both", 18, 37, k, 2, kernel_device, g)
     with tiles.force(conv=name):
-        check_modconv(kernel_device, 2, 37, 18, 9, 5, k, mode, adapter, epi="styled", seed=5)
+        check_modconv(kernel_device, 2, 37, 18, 9, 5, k, mode, adapter, epi="styled", seed=5,
+                      channels_last=mode != "down")
 
 
-def test_conv_config_8_warps_refused_for_3x3(kernel_device):
+@pytest.mark.parametrize("split", [2, 5])
+@pytest.mark.parametrize("mode", ["plain", "up", "down"])
+@pytest.mark.parametrize("tasks", [False, True], ids=["one-task", "task-ids"])
+def test_split_k(kernel_device, split, mode, tasks):
+    """Split-K (the small layers' path): partial tiles in a workspace, summed in a fixed order by the reduction
+    kernel that applies d and the epilogue; K steps span several taps and C_in blocks (C_in 37, BLOCK_K 32)."""
     from kernels import tiles
 
-    with tiles.force(conv="conv_128x128x32_k1"), pytest.raises(ValueError, match="restricted to k = 1"):
-        check_modconv(kernel_device, 1, 4, 4, 3, 3, 3, "plain", None)
+    g = torch.Generator().manual_seed(14)
+    n = 3
+    if tasks:
+        adapter = [conv_adapter("llora-inner", 20, 37, 3, 2, kernel_device, g), None,
+                   conv_adapter("lora", 20, 37, 3, 1, kernel_device, g)]
+        task_ids = torch.tensor([2, 0, 1], device=kernel_device)
+    else:
+        adapter, task_ids = conv_adapter("left-inner", 20, 37, 3, 2, kernel_device, g), None
+    for epi in ("styled", "torgb"):
+        with tiles.force(conv="conv_64x64x32"), tiles.split_k(split):
+            check_modconv(kernel_device, n, 37, 20, 5, 4, 3, mode, adapter, task_ids=task_ids, epi=epi, seed=split,
+                          channels_last=True)
 
 
-@pytest.mark.parametrize("prologue", ["pro_32x32", "pro_64x64"])
-@pytest.mark.parametrize("fir", ["fir_256", "fir_1024"])
+def test_split_k_heuristic_fills_the_gpu():
+    """The tile/split heuristic for a 132-SM GPU (as `bench compile` sees it): every 3x3 layer of 4-16 px at
+    batch 4 launches at least 66 CTAs (half the SMs), and the layers from 32 px up do not split."""
+    import triton
+
+    from kernels import common, tiles
+
+    for res, up in ((4, False), (8, True), (8, False), (16, True), (16, False), (32, False), (64, True)):
+        rows = ((res + 2) // 2) ** 2 * 4 if up else res * res * 4
+        prob = tiles.ConvProblem(rows=rows, n=512, k_steps_of=lambda bk, up=up: (4 if up else 9) * 512 // bk,
+                                 z=4 if up else 1, elsize=2)
+        with common.record(132):
+            c, s = tiles.choose_conv("conv", prob, torch.device("cpu"))
+        steps = prob.k_steps_of(c.block_k)
+        s = triton.cdiv(steps, triton.cdiv(steps, s))
+        ctas = triton.cdiv(rows, c.block_m) * triton.cdiv(512, c.block_n) * prob.z * s
+        if res <= 16:
+            assert ctas >= 66, (res, up, c.name, s, ctas)
+        else:
+            assert s == 1, (res, up, c.name, s)
+
+
+@pytest.mark.parametrize("prologue", ["pro_16x16", "pro_32x16"])
+@pytest.mark.parametrize("fir", ["fir_16x128", "fir_64x64"])
 def test_every_prologue_and_fir_config(kernel_device, prologue, fir):
     from kernels import tiles
 
@@ -185,7 +228,7 @@ def test_every_prologue_and_fir_config(kernel_device, prologue, fir):
     # C_out 70 > 64 gives several prologue tiles; the down path runs the FIR twice the size of up.
     adapter = conv_adapter("left-inner", 70, 37, 3, 3, kernel_device, g)
     with tiles.force(prologue=prologue, fir=fir):
-        check_modconv(kernel_device, 1, 37, 70, 7, 5, 3, "down" if fir == "fir_256" else "up", adapter,
+        check_modconv(kernel_device, 1, 37, 70, 7, 5, 3, "down" if fir == "fir_64x64" else "up", adapter,
                       epi="styled", seed=6)
 
 

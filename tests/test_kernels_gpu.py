@@ -48,11 +48,14 @@ def _cast(a, dtype):
                                      if isinstance(getattr(a, f.name), torch.Tensor)})
 
 
-def run_modconv(prec, n, c_in, c_out, h, w, k, mode, adapter, task_ids=None, styled=True, seed=0):
+def run_modconv(prec, n, c_in, c_out, h, w, k, mode, adapter, task_ids=None, styled=True, seed=0,
+                channels_last=False):
     g = torch.Generator().manual_seed(seed)
     dt = DTYPES[prec]
     up, down = mode == "up", mode == "down"
     x = torch.randn(n, c_in, h, w, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     weight = torch.randn(c_out, c_in, k, k, generator=g)
     style = torch.randn(n, c_in, generator=g) + 1.0
     oh, ow = FL.modconv_output_size(h, w, k, up, down)
@@ -110,21 +113,53 @@ def test_gpu_linear(prec):
 
 @pytest.mark.parametrize("prec", ["fp32", "bf16"])
 def test_gpu_every_config(prec):
+    """Every forward tile (8-warp ones included: the flattened K loop must compile correctly there), every mode,
+    3x3 and 1x1."""
     from kernels import tiles
 
     g = torch.Generator().manual_seed(5)
     for cfg in tiles.CONV_CONFIGS:
-        k = 1 if cfg.num_warps > 4 else 3
-        ad = conv_adapter("llora-both", 130, 96, k, 4, "cpu", g)
-        for mode in ("plain", "up"):
-            with tiles.force(conv=cfg.name):
-                run_modconv(prec, 3, 96, 130, 17, 11, k, mode, ad)
+        for k in (3, 1):
+            ad = conv_adapter("llora-both", 130, 96, k, 4, "cpu", g)
+            for mode in ("plain", "up", "down"):
+                with tiles.force(conv=cfg.name):
+                    run_modconv(prec, 3, 96, 130, 17, 11, k, mode, ad)
     for p, f in zip(tiles.PROLOGUE_CONFIGS, tiles.FIR_CONFIGS):
         with tiles.force(prologue=p.name, fir=f.name):
             run_modconv(prec, 2, 96, 130, 17, 11, 3, "down", conv_adapter("left-inner", 130, 96, 3, 2, "cpu", g))
     for cfg in tiles.LINEAR_CONFIGS:
         with tiles.force(linear=cfg.name):
             test_gpu_linear(prec)
+
+
+@pytest.mark.parametrize("prec", ["fp32", "tf32", "bf16"])
+@pytest.mark.parametrize("split", [2, 7])
+def test_gpu_split_k(prec, split):
+    """Split-K at StyleGAN2 small-layer shapes (512 channels, 4-8 px), with and without task ids."""
+    from kernels import tiles
+
+    g = torch.Generator().manual_seed(6)
+    ad = conv_adapter("llora-inner", 512, 512, 3, 2, "cpu", g)
+    with tiles.split_k(split):
+        run_modconv(prec, 4, 512, 512, 4, 4, 3, "plain", ad)
+        run_modconv(prec, 4, 512, 512, 4, 4, 3, "up", ad)
+        run_modconv(prec, 4, 512, 512, 8, 8, 3, "plain", [ad, None], task_ids=torch.tensor([1, 0, 0, 1]))
+
+
+@pytest.mark.parametrize("prec", ["fp32", "bf16"])
+def test_gpu_heuristic_ladder(prec):
+    """The configurations the heuristic picks for the StyleGAN2-256 ladder (batch 4 and 16), channels-last
+    inputs as the generator passes them."""
+    from bench.cases import ladder
+
+    g = torch.Generator().manual_seed(7)
+    for case in ladder("256"):
+        if case.res > 64:
+            continue
+        ad = conv_adapter("llora-both", case.c_out, case.c_in, case.k, 1, "cpu", g)
+        for n in (4, 16):
+            run_modconv(prec, n, case.c_in, case.c_out, case.in_res, case.in_res, case.k,
+                        "up" if case.up else "plain", ad, styled=case.demod, channels_last=True)
 
 
 def test_gpu_autotune_cache(tmp_path, monkeypatch):

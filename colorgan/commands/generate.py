@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="auto: fused Triton kernels on CUDA, the PyTorch reference elsewhere (default auto)")
     p.add_argument("--noise", default="const", choices=NOISE_MODES,
                    help="const: the stored per-layer noise; random: per-seed noise; none (default const)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="capture each task's forward once as a CUDA graph at --batch and replay it (needs --device "
+                        "cuda; fewer launch gaps for the small layers)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run, cli_words=CLI_WORDS)
@@ -42,7 +45,7 @@ CLI_WORDS = {"truncation": "--trunc", "batch": "--batch", "device": "--device", 
 def run(args: argparse.Namespace) -> int:
     result = generate(args.ckpt, args.task, args.seeds, args.outdir, truncation=args.trunc, batch=args.batch,
                       grid=args.grid, device=args.device, noise_mode=args.noise, backend=args.backend,
-                      overwrite=args.overwrite, progress=not args.no_progress)
+                      overwrite=args.overwrite, progress=not args.no_progress, cuda_graph=args.cuda_graph)
     print(f"wrote {len(result['files'])} images for {len(result['tasks'])} task(s) "
           f"({', '.join(result['tasks'])}) to {args.outdir}")
     if "grid" in result:
