@@ -1,4 +1,4 @@
-"""The layer ladder of the benchmark matrix (SPEC §6): StyleGAN2 modulated convs by name.
+"""The layer ladder of the benchmark matrix (docs/design.md §7): StyleGAN2 modulated convs by name.
 
 A `Case` is one modulated conv: channels, output resolution, kernel, resampling and
 demodulation. `ladder("256")` is the StyleGAN2-256 generator (13 styled 3×3 convs and the

@@ -28,9 +28,9 @@ import torch
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 L2_FLUSH_BYTES = 256 * 2 ** 20
 
-# SPEC §6 / prior-art notes §4: measured on the lent H100 (bf16 8192³ matmul, device-to-device copy).
-SPEC_CEILINGS = {"tflops": {"bf16": 798.0, "tf32": 399.0, "fp32": 54.0}, "gbps": 3000.0,
-                 "source": "SPEC §6 (H100, measured: bf16 798 TFLOP/s, 3.0 TB/s); tf32 and fp32 are the datasheet "
+# measured on a lent H100 (bf16 8192³ matmul, device-to-device copy).
+H100_CEILINGS = {"tflops": {"bf16": 798.0, "tf32": 399.0, "fp32": 54.0}, "gbps": 3000.0,
+                 "source": "H100, measured earlier ( bf16 798 TFLOP/s, 3.0 TB/s); tf32 and fp32 are the datasheet "
                            "494.7 and 66.9 TFLOP/s scaled by the measured/datasheet bf16 ratio 0.807 (estimates)"}
 
 

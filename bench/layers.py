@@ -1,4 +1,4 @@
-"""Layer benchmark: every method of `bench.methods` over the SPEC §6 matrix.
+"""Layer benchmark: every method of `bench.methods` over the benchmark matrix (docs/design.md §7).
 
     python -m bench layers [--quick] [--ladder 256|1024] [--layers conv512@32,...] [--batch 4,8,16,32]
                            [--rank 1,4,8,16] [--act both,inner,none,lora] [--dtype fp32,tf32,bf16]
@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start no new case after this many seconds; write what was measured (for time-limited "
                         "GPU sessions)")
     p.add_argument("--no-measure-ceilings", action="store_true",
-                   help="use the SPEC §6 H100 ceilings instead of measuring them on this GPU")
+                   help="use fixed H100 ceilings instead of measuring them on this GPU")
     p.add_argument("--cpu-reps", type=int, default=5, help="timed repetitions per case on the CPU")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on the CPU: steadier)")
     p.add_argument("--seed", type=int, default=0)
@@ -431,7 +431,7 @@ def run_meta(plan: Plan, args: argparse.Namespace, argv: Sequence[str]) -> dict:
     meta = common.environment(plan.dev, "python -m bench layers " + shlex.join(argv))
     if cuda:
         torch.backends.cudnn.benchmark = True
-        meta["ceilings"] = common.SPEC_CEILINGS if args.no_measure_ceilings else common.measure_ceilings(plan.dev)
+        meta["ceilings"] = common.H100_CEILINGS if args.no_measure_ceilings else common.measure_ceilings(plan.dev)
         meta["timing"] = ("CUDA events, warm-up incl. autotuning/compile, L2 flushed (256 MB) before each rep, "
                           "inputs rotated over ≥2 sets")
     else:

@@ -2,7 +2,7 @@
 
 Each kind knows how to build its adapted weight from a base weight (in stored,
 pre-equalised-LR units) and how many parameters it stores. The formulas are those
-of SPEC §3; shapes are checked against the layer with `check(weight)`.
+of docs/design.md §3; shapes are checked against the layer with `check(weight)`.
 
 * `LoRA`  — W + α·B·Aᵀ (linear; on a conv, A spans C_in·k·k, the PEFT form).
 * `LLoRA` — CoLoR-GAN's nested "LoRA in LoRA" for conv kernels.
@@ -107,7 +107,7 @@ class LoRA(_AdapterBase):
 
 @dataclass(frozen=True, eq=False)
 class LLoRA(_AdapterBase):
-    """CoLoR-GAN's "LoRA in LoRA" for conv kernels (SPEC §3).
+    """CoLoR-GAN's "LoRA in LoRA" for conv kernels (docs/design.md §3).
 
     A: [C_in, r], B: [C_out, r], B_inst: [r, r, k·k]; act: "both" (published: ReLU
     inside and outside), "inner" (ReLU inside only, still low-rank) or "none".
@@ -158,7 +158,7 @@ class LLoRA(_AdapterBase):
 
 @dataclass(frozen=True, eq=False)
 class LeFT(_AdapterBase):
-    """LFS-GAN's LeFT factorisation (SPEC §3), linear or conv.
+    """LFS-GAN's LeFT factorisation (docs/design.md §3), linear or conv.
 
     Linear (use `LeFT.linear`): Ŵ = W ⊙ (U_out·U_inᵀ) + A_out·A_inᵀ, b̂ = b ⊙ b_mul + b_add.
     Conv (use `LeFT.conv`): mul = U·T + P·Qᵀ, N = φ(mul), G = V·N, Ŵ = W ⊙ G + R·Sᵀ

@@ -32,7 +32,7 @@ def lora_delta(A: Tensor, B: Tensor, alpha: float) -> Tensor:
 
 
 def llora_delta(A: Tensor, B: Tensor, B_inst: Tensor, alpha: float, act: str = "inner") -> Tensor:
-    """CoLoR-GAN's nested update ΔW, shape [C_out, C_in, k, k] (SPEC §3).
+    """CoLoR-GAN's nested update ΔW, shape [C_out, C_in, k, k] (docs/design.md §3).
 
     M[j,o,t] = Σ_m B[o,m]·B_inst[j,m,t]; N = φ_in(M); P[o,c,t] = Σ_j A[c,j]·N[j,o,t];
     ΔW = α·φ_out(P). act "both": φ_in = φ_out = ReLU; "inner": φ_in = ReLU; "none": neither.
@@ -264,7 +264,7 @@ def modulated_conv2d(x: Tensor, weight: Tensor, style: Tensor, *, adapter: Adapt
                      up: bool = False, down: bool = False, bias: Optional[Tensor] = None,
                      noise: Optional[Tensor] = None, activation: Optional[str] = None,
                      skip: Optional[Tensor] = None, backend: str = "auto", form: str = "shared") -> Tensor:
-    """StyleGAN2 modulated convolution with the kernel scale·(weight + ΔW) (SPEC §2).
+    """StyleGAN2 modulated convolution with the kernel scale·(weight + ΔW) (docs/design.md §2).
 
     x [N, C_in, H, W], weight [C_out, C_in, k, k] (raw stored weight), style [N, C_in].
     Padding k//2; `up`: stride-2 transposed conv then the [1,3,3,1] blur (2H);

@@ -37,7 +37,7 @@ class LoRAParams(AdapterParams):
         self.alpha = alpha
         self.A = nn.Parameter(torch.randn(d_in, rank) / math.sqrt(rank))
         self.B = nn.Parameter(torch.zeros(d_out, rank))
-        # The published code initialises its bias offset to 1 (not the identity): SPEC §3 defect 2.
+        # The published code initialises its bias offset to 1 (not the identity): docs/design.md §3.2, defect 2.
         fill = 1.0 if compat == "upstream" else 0.0
         self.bias = nn.Parameter(torch.full((d_out,), fill)) if bias_offset else None
 
@@ -50,7 +50,7 @@ class LLoRAParams(AdapterParams):
         super().__init__()
         self.alpha, self.act = alpha, act
         if compat == "upstream":
-            # Published: A and B ~ N(0,1)/r^(2/3), B_inst zero (with act="both" nothing ever trains: SPEC §3 defect 1).
+            # Published: A and B ~ N(0,1)/r^(2/3), B_inst zero (with act="both" nothing ever trains: docs/design.md §3.2, defect 1).
             self.A = nn.Parameter(torch.randn(c_in, rank) / rank ** (2.0 / 3.0))
             self.B = nn.Parameter(torch.randn(c_out, rank) / rank ** (2.0 / 3.0))
             self.B_inst = nn.Parameter(torch.zeros(rank, rank, k * k))
@@ -70,7 +70,7 @@ class LeFTParams(AdapterParams):
     def __init__(self, shape: Sequence[int], rank: int, act: str, compat: str, has_bias: bool) -> None:
         super().__init__()
         self.act = act
-        zero_pairs = compat == "upstream"  # published: both additive factors zero, a saddle (SPEC §3)
+        zero_pairs = compat == "upstream"  # published: both additive factors zero, a saddle (docs/design.md §3)
 
         def rnd(*s: int) -> nn.Parameter:
             return nn.Parameter(torch.zeros(*s) if zero_pairs else torch.randn(*s) / math.sqrt(rank))

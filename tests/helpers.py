@@ -42,7 +42,7 @@ def rand_adapter(kind: str, c_out: int, c_in: int, k: int | None, rank: int, act
 
 
 def naive_modconv(x, w_hat, style, demodulate, up, down):
-    """Per-sample loop straight from SPEC §2 (W′ = Ŵ·s, W′·d, conv / transposed conv + blur / blur + conv)."""
+    """Per-sample loop straight from docs/design.md §2 (W′ = Ŵ·s, W′·d, conv / transposed conv + blur / blur + conv)."""
     from fastlora.functional import make_blur_kernel, upfirdn2d
 
     blur = make_blur_kernel(dtype=x.dtype)

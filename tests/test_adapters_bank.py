@@ -75,7 +75,7 @@ def test_default_config_is_identity_at_init_and_every_tensor_trains(name):
 
 
 def test_published_configuration_has_dead_llora_gradients():
-    """Documents SPEC §3 defect 1: act="both" with B_inst = 0 gives exactly zero LLoRA gradients."""
+    """Documents the published defect 1 (docs/design.md §3.2): act="both" with B_inst = 0 gives exactly zero LLoRA gradients."""
     torch.manual_seed(1)
     model = Tiny()
     fl.add_task(model, "up", fl.AdapterConfig.upstream(rank=2))

@@ -1,4 +1,4 @@
-"""Fused Triton backward kernels against the float64 torch reference (SPEC §8).
+"""Fused Triton backward kernels against the float64 torch reference (docs/design.md §7).
 
 Every gradient (x, style, weight, noise, bias, skip, every adapter tensor) of the fused ops is compared with
 the float64 reference's: relative L2 < 1e-5 in fp32, or, for the few ill-conditioned reductions (e.g. the
@@ -23,7 +23,7 @@ from tests.test_kernels_forward import BATCHES, CHANNELS, EPILOGUES, KINDS, RANK
     linear_adapter, to64
 
 TOL = 1e-5
-HARD_TOL = 1e-4  # SPEC §8: fp32 "far below 1e-4", whatever the conditioning
+HARD_TOL = 1e-4  # docs/design.md §7: fp32 "far below 1e-4", whatever the conditioning
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Fused Triton forward kernels against the float64 torch reference (SPEC §8).
+"""Fused Triton forward kernels against the float64 torch reference (docs/design.md §7).
 
 On a CPU-only machine the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1
 before anything imports them): fp32 logic only, tiny shapes. Every launcher-allocated buffer is

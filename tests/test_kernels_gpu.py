@@ -1,5 +1,5 @@
 """GPU-only checks of the fused forward kernels (`-m gpu`; skipped without CUDA): fp32 (TF32 off),
-TF32, fp16 and bf16 against the float64 reference (SPEC §8 thresholds), every tile config compiled
+TF32, fp16 and bf16 against the float64 reference (docs/design.md §7 thresholds), every tile config compiled
 and checked at GPU-sized shapes, autotuning and its cache, and CUDA-graph capture of a launch."""
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Adapter methods ("color": CoLoR-GAN, "lfs": LFS-GAN) add fresh adapters per task to the frozen
 base (the checkpoint's EMA generator) and train only them and the discriminator; every task ends
 up in one bank (RUN/checkpoint). The full fine-tuning baselines ("ewc", "distill") keep one
-generator per task (RUN/checkpoints/<task>). Recipe (SPEC §4): every `subspace_freq`-th
+generator per task (RUN/checkpoints/<task>). Recipe (docs/design.md §4): every `subspace_freq`-th
 iteration latents near fixed anchors with the image-level D output, otherwise free latents with
 style mixing and a patch-level output; lazy R1 and path length; lazy-regularisation Adam.
 """
