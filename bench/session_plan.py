@@ -39,7 +39,8 @@ GPU_TESTS: Tuple[str, ...] = tuple(
     + [f"{_FWD}test_gpu_modconv[left-inner-3-plain-{p}]" for p in PRECS]
     + [f"{_FWD}test_gpu_task_ids[*-{p}]" for p in PRECS]
     + [f"{_FWD}test_gpu_linear[{p}]" for p in PRECS]
-    + [f"{_FWD}test_gpu_cuda_graph_capture"]
+    + [f"{_FWD}test_gpu_cuda_graph_capture", f"{_FWD}test_gpu_split_k[2-bf16]", f"{_FWD}test_gpu_split_k[7-fp32]",
+       f"{_FWD}test_gpu_heuristic_ladder[bf16]", "tests/test_cuda_graph.py::test_captured_generator_matches_eager"]
     + [f"{_BWD}test_gpu_modconv_backward[llora-both-*-{p}]" for p in PRECS]
     + [f"{_BWD}test_gpu_factorised_backward[llora-inner-3-*-{p}]" for p in PRECS]
     + [f"{_BWD}test_gpu_factorised_backward[lora-3-plain-{p}]" for p in PRECS]
@@ -50,7 +51,7 @@ GPU_TESTS: Tuple[str, ...] = tuple(
     + ["*channels_last*", "*channels-last*", "*nhwc*"])
 # Interpreter tests the dry run adds, so that the recording of passed tests is exercised too.
 DRY_TESTS: Tuple[str, ...] = ("tests/test_kernels_forward.py::test_noise_broadcast[shape0]",
-                              "tests/test_kernels_forward.py::test_conv_config_8_warps_refused_for_3x3")
+                              "tests/test_kernels_forward.py::test_split_k_heuristic_fills_the_gpu")
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ class Tolerance:
     max_abs: float
 
 
-# Measured on random generators with randomised adapters of every kind (docs/readme_export.md): fp32 3e-7..2.4e-6
+# Measured on random generators with randomised adapters of every kind (docs/export.md): fp32 3e-7..2.4e-6
 # rel, max abs <= 2.3e-5 (16..256 px); fp16 7e-4..3.7e-3 rel, max abs <= 3.3e-2. Headroom >= 40x (fp32), ~5x (fp16).
 TOLERANCES = {"fp32": Tolerance(rel=1e-4, max_abs=2e-3), "fp16": Tolerance(rel=2e-2, max_abs=1.5e-1)}
 

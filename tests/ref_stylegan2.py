@@ -1,7 +1,7 @@
 """Test helper: an independent reference forward of StyleGAN2 in the rosinality key layout
 (per-sample grouped modulated convs, explicit zero-stuffing FIR), with the published
 CoLoR-GAN (LoRA / LLoRA, conv alpha on the style affines) and LFS-GAN (LeFT) adapter math,
-written from the formulas in SPEC §2–3 and docs/upstream_notes.md. Used to check that
+written from the formulas in docs/design.md §2–3 and docs/upstream_notes.md. Used to check that
 converted checkpoints compute the same functions."""
 from __future__ import annotations
 

@@ -32,8 +32,12 @@ def test_capture_refuses_without_cuda():
 def test_generate_cuda_graph_needs_a_cuda_device(tmp_path):
     from colorgan.generate import generate
 
-    with pytest.raises(ValueError, match="--cuda-graph needs --device cuda"):
+    with pytest.raises(ValueError, match="cuda_graph needs device cuda"):
         generate(tmp_path / "missing", "base", "0-1", tmp_path / "out", device="cpu", cuda_graph=True)
+    from colorgan.cli import main
+
+    assert main(["generate", "--ckpt", str(tmp_path / "missing"), "--seeds", "0", "--outdir", str(tmp_path / "o"),
+                 "--cuda-graph"]) == 1  # the CLI says it in its own words (see the next test's options)
 
 
 def test_cli_has_cuda_graph_option():

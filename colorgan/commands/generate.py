@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # the library's parameter names as this command spells them (for error messages)
 CLI_WORDS = {"truncation": "--trunc", "batch": "--batch", "device": "--device", "noise_mode": "--noise",
-             "tasks": "--task", "'all'": "--task all"}
+             "tasks": "--task", "'all'": "--task all", "cuda_graph": "--cuda-graph"}
 
 
 def run(args: argparse.Namespace) -> int:
