@@ -52,6 +52,27 @@ def test_colorgan_commands_parse(page, tokens, capsys):
         pytest.fail(f"{page}: `{' '.join(tokens)}` does not parse: {capsys.readouterr().err.strip()}")
 
 
+def bench_args(tokens: list[str]) -> list[str] | None:
+    """The arguments after `python -m bench` (subcommand first), else None."""
+    for i in range(len(tokens) - 1):
+        if tokens[i] == "-m" and tokens[i + 1] == "bench":
+            return tokens[i + 2:]
+    return None
+
+
+@pytest.mark.parametrize("page,tokens", [(p, t) for p, t in ALL if bench_args(t)],
+                         ids=lambda v: v if isinstance(v, str) else " ".join(v)[:60])
+def test_bench_commands_parse(page, tokens, capsys):
+    from bench.__main__ import SUBCOMMANDS, build_parser as bench_parser
+
+    sub, *rest = bench_args(tokens)
+    assert sub in SUBCOMMANDS, f"{page}: `{' '.join(tokens)}`: no bench subcommand {sub!r}"
+    try:
+        bench_parser(sub).parse_args(rest)
+    except SystemExit:
+        pytest.fail(f"{page}: `{' '.join(tokens)}` does not parse: {capsys.readouterr().err.strip()}")
+
+
 def test_make_targets_exist():
     targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
     used = {t[1] for _, t in ALL if t[0] == "make" and len(t) > 1}
