@@ -28,7 +28,7 @@ from colorgan.options import option
 from fastlora.functional import NonFiniteInput
 from colorgan.train import baselines as bl
 from colorgan.train import state as st
-from colorgan.train.augment import DEFAULT_POLICY, DiffAugment, parse_policy
+from colorgan.train.augment import DiffAugment, parse_policy
 from colorgan.train.data import BatchStream
 from colorgan.train.distributed import DistInfo, barrier, gather_objects
 from colorgan.train.ema import copy_tensors, ema_update
@@ -79,13 +79,11 @@ class TrainConfig(RegConfig):
                          choices=("default", "upstream"))
     iter: int = option(3002, "iterations per task")
     batch: int = option(4, "batch per process")
-    lr: float = option(0.002, "learning rate (Adam, lazy-regularisation scaled)")
     subspace_freq: int = option(4, "every N-th iteration uses anchor latents")
     subspace_std: float = option(0.1, "spread of the latents around the anchors")
     n_anchors: int = option(10, "anchor latents", flags=("--n-anchors", "--n_train"))
     highp: int = option(1, "patch heads drawn from (1: the first)")
     augment: bool = option(False, "differentiable augmentation of D's inputs")
-    augment_policy: str = option(DEFAULT_POLICY, "augmentations, comma-separated")
     ema_decay: float = option(0.995, "EMA decay of the trained tensors")
     correspondence: float = option(0.0, "weight of the cross-domain correspondence loss (adapter methods): keeps "
                                    "the adapted samples' pairwise similarities, layer by layer, like the base's on "
@@ -97,12 +95,8 @@ class TrainConfig(RegConfig):
     ewc_lambda: float = option(5e8, "ewc: penalty weight")
     fisher_batches: int = option(16, "ewc: batches for the Fisher information")
     distill_weight: float = option(1.0, "distill: L1 distillation weight")
-    n_sample: int = option(16, "fixed latents in the sample grids")
     sample_every: int = option(500, "sample grid every N iterations")
     save_every: int = option(1000, "checkpoint + state every N iterations")
-    log_every: int = option(50, "log line every N iterations")
-    seed: int = option(0, "seed of every random draw")
-    backend: str = option("auto", "fastlora backend (auto: Triton on CUDA)", choices=("auto", "torch", "triton"))
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

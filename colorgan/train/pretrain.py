@@ -17,7 +17,7 @@ from colorgan.generator import Generator
 from colorgan.options import option
 from fastlora.functional import NonFiniteInput
 from colorgan.train import state as st
-from colorgan.train.augment import DEFAULT_POLICY, DiffAugment, parse_policy
+from colorgan.train.augment import DiffAugment, parse_policy
 from colorgan.train.data import BatchStream
 from colorgan.train.distributed import DistInfo, barrier, broadcast_tensors, gather_objects
 from colorgan.train.ema import copy_tensors, ema_decay_for, ema_update, module_tensors
@@ -47,7 +47,6 @@ class PretrainConfig(RegConfig):
     size: int = option(help="image size (power of two)")
     iter: int = option(20000, "iterations")
     batch: int = option(16, "batch per process")
-    lr: float = option(0.002, "learning rate (Adam, lazy-regularisation scaled)")
     style_dim: int = option(512, "latent and style dimension")
     n_mlp: int = option(8, "mapping network layers")
     channel_multiplier: int = option(2, "StyleGAN2 channel multiplier")
@@ -55,14 +54,9 @@ class PretrainConfig(RegConfig):
                                       parse=parse_channels)
     augment: str = option("auto", "differentiable augmentation of D's inputs; auto = on for sets of <= 5000 images",
                           choices=("auto", "on", "off"))
-    augment_policy: str = option(DEFAULT_POLICY, "augmentations, comma-separated")
     ema_kimg: float = option(10.0, "EMA half-life in thousands of images")
-    n_sample: int = option(16, "fixed latents in the sample grids")
     sample_every: int = option(1000, "sample grid every N iterations")
     save_every: int = option(5000, "checkpoint + state every N iterations")
-    log_every: int = option(50, "log line every N iterations")
-    seed: int = option(0, "seed of every random draw")
-    backend: str = option("auto", "fastlora backend (auto: Triton on CUDA)", choices=("auto", "torch", "triton"))
     init: Optional[str] = option(None, "start from this checkpoint's generator and discriminator (a colorgan "
                                  "checkpoint folder or shipped base of the same architecture) instead of random "
                                  "weights: continues training a base whose run folder is gone")

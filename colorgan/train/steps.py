@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from colorgan.options import option
-from colorgan.train.augment import DiffAugment
+from colorgan.train.augment import DEFAULT_POLICY, DiffAugment
 from fastlora.backend import resolve_backend
 from colorgan.train.distributed import DistInfo, all_mean, average_gradients
 from colorgan.train.loop import autocast_ctx, checked, mixing_z, requires_grad, style_kwargs
@@ -23,14 +23,21 @@ ExtraLoss = Callable[[Tensor, Sequence[Tensor], dict], dict[str, Tensor]]
 
 @dataclass
 class RegConfig:
-    """Regularisation and mixing settings shared by pretraining and continual training (their configs extend it)."""
+    """Settings shared by pretraining and continual training, with the same defaults (their configs extend it):
+    the learning rate, regularisation, style mixing, augmentation policy, sampling, logging, seed, backend."""
 
+    lr: float = option(0.002, "learning rate (Adam, lazy-regularisation scaled)")
     r1: float = option(10.0, "R1 penalty weight (gamma)")
     path_regularize: float = option(2.0, "path-length regularisation weight (0: off)")
     path_batch_shrink: int = option(2, "path-length batch = batch / this")
     d_reg_every: int = option(16, "R1 every N iterations (lazy regularisation)")
     g_reg_every: int = option(4, "path length every N iterations (lazy regularisation)")
     mixing: float = option(0.9, "style-mixing probability")
+    augment_policy: str = option(DEFAULT_POLICY, "augmentations, comma-separated")
+    n_sample: int = option(16, "fixed latents in the sample grids")
+    log_every: int = option(50, "log line every N iterations")
+    seed: int = option(0, "seed of every random draw")
+    backend: str = option("auto", "fastlora backend (auto: Triton on CUDA)", choices=("auto", "torch", "triton"))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
