@@ -277,6 +277,53 @@ def _add_metadata(file: Path, meta: dict[str, str], fp16: bool = False) -> None:
     onnx.save(model, str(file))
 
 
+def _probe_module(G: nn.Module, task: Optional[str], *, input: str, psi: bool, noise: str, center, gen) -> ExportGenerator:
+    """Step 1: the export module in fp32 against G itself (graph or merge mistakes surface before any file exists)."""
+    probe = ExportGenerator(G, task, input=input, psi_input=psi, noise=noise, dtype="fp32", w_avg=center)
+    check_in = probe.example_inputs(2, gen)
+    with torch.no_grad():
+        ref = reference_forward(G, task, check_in, input=input, psi_input=psi, noise=noise, center=center)
+        m, r = errors(probe(*check_in).numpy(), ref)
+    if not (r <= TOLERANCES["fp32"].rel and m <= TOLERANCES["fp32"].max_abs):
+        raise ExportError(f"the export module differs from the PyTorch generator before export (max abs {m:.3g}, "
+                          f"rel {r:.3g}); this is a bug in export.graph")
+    return probe  # fp16: traced in fp32, then the graph is cast (to_fp16)
+
+
+def _write_checked(module: ExportGenerator, G: nn.Module, task: Optional[str], tmp: Path, *, input: str, psi: bool,
+                   noise: str, dname: str, opset: int, device: str, batches: Sequence[int], center, gen,
+                   extra_metadata: Optional[dict[str, str]], say: Callable[[str], None]) -> tuple[float, float, list]:
+    """Steps 2-4: trace and write `tmp`, run onnx.checker, then compare an onnxruntime session of the file with
+    G on fresh latents at every batch size; returns (worst max abs, worst rel, providers)."""
+    import onnx
+
+    with torch.no_grad():  # batch 2, so no size-1 specialisation
+        _torch_export(module, module.example_inputs(2, torch.Generator().manual_seed(0)), tmp, opset)
+    meta = module.metadata()
+    meta.update({"colorgan.dtype": dname, "colorgan.opset": str(opset), **(extra_metadata or {})})
+    _add_metadata(tmp, meta, fp16=dname == "fp16")
+    try:
+        onnx.checker.check_model(str(tmp), full_check=True)
+    except Exception as exc:
+        raise ExportError(f"onnx.checker rejected the exported graph: {exc}") from exc
+    session = make_session(tmp, device)
+    providers = session.get_providers()
+    worst_m, worst_r = 0.0, 0.0
+    for b in batches:
+        x = module.example_inputs(int(b), gen, psi=0.7)
+        ref = reference_forward(G, task, x, input=input, psi_input=psi, noise=noise, center=center)
+        m, r = errors(run_session(session, x), ref)
+        say(f"  parity batch {b}: max abs {m:.3g}, rel {r:.3g}")
+        worst_m, worst_r = max(worst_m, m), max(worst_r, r)
+    del session
+    tol = TOLERANCES[dname]
+    if not (worst_r <= tol.rel and worst_m <= tol.max_abs):
+        raise ExportError(f"onnxruntime output differs from PyTorch beyond the {dname} limits: max abs "
+                          f"{worst_m:.3g} (limit {tol.max_abs:g}), rel {worst_r:.3g} (limit {tol.rel:g}); "
+                          f"nothing was written")
+    return worst_m, worst_r, providers
+
+
 def export_generator(G: nn.Module, task: Optional[str], path: PathLike, *, input: str = "z", psi: bool = False,
                      noise: str = "const", dtype: Any = "fp32", opset: int = DEFAULT_OPSET, device: str = "cpu",
                      overwrite: bool = False, batches: Sequence[int] = (1, 4), seed: int = 1234,
@@ -299,24 +346,11 @@ def export_generator(G: nn.Module, task: Optional[str], path: PathLike, *, input
     _refuse_existing(path, overwrite)
     weights = {**fastlora.base_state_dict(G), **(fastlora.task_state_dict(G, task) if task else {})}
     check_finite(must_be_finite(weights), f"the generator{f' with task {task!r}' if task else ''}")
-    tol = TOLERANCES[dname]
-    say = log or (lambda s: None)
     if G.device.type != "cpu" or G.input.input.dtype != torch.float32:
         G = copy.deepcopy(G).float().cpu()  # the reference and the merge run in fp32 on the CPU
-
     center = task_center(G, task) if psi else None
     gen = torch.Generator().manual_seed(seed)
-    # 1. the export module in fp32 against G itself (catches graph/merge mistakes before any file exists)
-    probe = ExportGenerator(G, task, input=input, psi_input=psi, noise=noise, dtype="fp32", w_avg=center)
-    check_in = probe.example_inputs(2, gen)
-    with torch.no_grad():
-        ref = reference_forward(G, task, check_in, input=input, psi_input=psi, noise=noise, center=center)
-        m, r = errors(probe(*check_in).numpy(), ref)
-    if not (r <= TOLERANCES["fp32"].rel and m <= TOLERANCES["fp32"].max_abs):
-        raise ExportError(f"the export module differs from the PyTorch generator before export (max abs {m:.3g}, "
-                          f"rel {r:.3g}); this is a bug in export.graph")
-    module = probe  # fp16: traced in fp32, then the graph is cast (to_fp16)
-
+    module = _probe_module(G, task, input=input, psi=psi, noise=noise, center=center, gen=gen)
     created = _make_parents(path)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -326,34 +360,9 @@ def export_generator(G: nn.Module, task: Optional[str], path: PathLike, *, input
         raise ExportError(f"cannot write {path}: {exc}") from exc
     tmp = Path(tmp_name)
     try:
-        # 2. trace (batch 2, so no size-1 specialisation) and write
-        with torch.no_grad():
-            _torch_export(module, module.example_inputs(2, torch.Generator().manual_seed(0)), tmp, opset)
-        meta = module.metadata()
-        meta.update({"colorgan.dtype": dname, "colorgan.opset": str(opset), **(extra_metadata or {})})
-        _add_metadata(tmp, meta, fp16=dname == "fp16")
-        # 3. checker
-        import onnx
-
-        try:
-            onnx.checker.check_model(str(tmp), full_check=True)
-        except Exception as exc:
-            raise ExportError(f"onnx.checker rejected the exported graph: {exc}") from exc
-        # 4. onnxruntime parity on fresh latents, several batch sizes from the same file
-        session = make_session(tmp, device)
-        providers = session.get_providers()
-        worst_m, worst_r = 0.0, 0.0
-        for b in batches:
-            x = module.example_inputs(int(b), gen, psi=0.7)
-            ref = reference_forward(G, task, x, input=input, psi_input=psi, noise=noise, center=center)
-            m, r = errors(run_session(session, x), ref)
-            say(f"  parity batch {b}: max abs {m:.3g}, rel {r:.3g}")
-            worst_m, worst_r = max(worst_m, m), max(worst_r, r)
-        del session
-        if not (worst_r <= tol.rel and worst_m <= tol.max_abs):
-            raise ExportError(f"onnxruntime output differs from PyTorch beyond the {dname} limits: max abs "
-                              f"{worst_m:.3g} (limit {tol.max_abs:g}), rel {worst_r:.3g} (limit {tol.rel:g}); "
-                              f"nothing was written")
+        worst_m, worst_r, providers = _write_checked(
+            module, G, task, tmp, input=input, psi=psi, noise=noise, dname=dname, opset=opset, device=device,
+            batches=batches, center=center, gen=gen, extra_metadata=extra_metadata, say=log or (lambda s: None))
         _publish(tmp, path, overwrite)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
@@ -361,6 +370,11 @@ def export_generator(G: nn.Module, task: Optional[str], path: PathLike, *, input
         if isinstance(exc, OSError) and not isinstance(exc, FileExistsError):
             raise ExportError(f"cannot write {path}: {exc}") from exc
         raise
+    return _result(G, task, path, dname, input, psi, noise, opset, worst_m, worst_r, batches, providers, adapter_bytes)
+
+
+def _result(G, task, path: Path, dname: str, input: str, psi: bool, noise: str, opset: int, worst_m: float,
+            worst_r: float, batches, providers, adapter_bytes: Optional[int]) -> ExportResult:
     if task is None:
         n_adapter, b_adapter = 0, 0
     else:
@@ -370,7 +384,7 @@ def export_generator(G: nn.Module, task: Optional[str], path: PathLike, *, input
             t.numel() * t.element_size() for t in tensors.values())
     return ExportResult(path=str(path), task=BASE if task is None else task, dtype=dname, input=input, psi=bool(psi),
                         noise=noise, opset=opset, size_bytes=path.stat().st_size, max_abs=worst_m, rel=worst_r,
-                        tolerance=tol, batches=tuple(int(b) for b in batches), providers=providers,
+                        tolerance=TOLERANCES[dname], batches=tuple(int(b) for b in batches), providers=providers,
                         adapter_params=n_adapter, adapter_bytes=b_adapter,
                         base_params=fastlora.count_parameters(G)["base"])
 
