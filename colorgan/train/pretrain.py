@@ -150,13 +150,8 @@ def _pretrain(cfg: PretrainConfig, run: RunFolder, info: DistInfo, options: RunO
                 stopped = True
                 break
             G.train()
-            real = stream.next_batch(device).contiguous(memory_format=options.memory_format())
-            now = steps.d_step(real, steps.sample_latents(cfg.batch))
-            if every(step, cfg.d_reg_every):
-                now.update(steps.r1_step(real))
-            now.update(steps.g_step(steps.sample_latents(cfg.batch)))
-            if every(step, cfg.g_reg_every) and cfg.path_regularize > 0:
-                now.update(steps.pl_step(cfg.batch))
+            now = _iteration(steps, cfg, stream.next_batch(device).contiguous(memory_format=options.memory_format()),
+                             step)
             losses.update(now)
             ema_update(module_tensors(g_ema), module_tensors(G), decay)
             step += 1
@@ -173,8 +168,24 @@ def _pretrain(cfg: PretrainConfig, run: RunFolder, info: DistInfo, options: RunO
         raise diverged(run, f"iteration {step + 1}", exc, cfg.lr) from None
     finally:
         bar.close()
+    return _finish(run, cfg, info, step, losses, timer.elapsed(), stopped)
+
+
+def _iteration(steps: GANSteps, cfg: PretrainConfig, real: torch.Tensor, step: int) -> dict[str, float]:
+    """One iteration of the rosinality recipe: D step, lazy R1, G step, lazy path length."""
+    now = steps.d_step(real, steps.sample_latents(cfg.batch))
+    if every(step, cfg.d_reg_every):
+        now.update(steps.r1_step(real))
+    now.update(steps.g_step(steps.sample_latents(cfg.batch)))
+    if every(step, cfg.g_reg_every) and cfg.path_regularize > 0:
+        now.update(steps.pl_step(cfg.batch))
+    return now
+
+
+def _finish(run: RunFolder, cfg: PretrainConfig, info: DistInfo, step: int, losses: dict, seconds: float,
+            stopped: bool) -> dict:
     summary = {"kind": "pretrain", "step": step, "finished": step >= cfg.iter, "losses": losses,
-               "seconds_this_invocation": timer.elapsed(), "world_size": info.world_size,
+               "seconds_this_invocation": seconds, "world_size": info.world_size,
                "checkpoint": str(run.path / CHECKPOINT_DIR)}
     if stopped:
         run.info(f"stopped at step {step} (--stop-at); continue with --resume {run.path}")
