@@ -14,11 +14,10 @@ import math
 from dataclasses import dataclass, fields
 from typing import Optional, Union
 
-import torch
 from torch import Tensor
 
-ACTS = ("both", "inner", "none")
-LEFT_ACTS = ("inner", "none")
+from fastlora.deltas import ACTS, LEFT_ACTS, left_conv_weight, left_linear_weight, llora_delta, lora_delta
+
 
 
 def _shape(t: Tensor) -> str:
@@ -92,8 +91,6 @@ class LoRA(_AdapterBase):
                  f"got A {_shape(self.A)}, B {_shape(self.B)}")
 
     def delta(self, weight: Tensor) -> Tensor:
-        from fastlora.functional import lora_delta
-
         return lora_delta(self.A, self.B, self.alpha).reshape(weight.shape)
 
     def adapted(self, weight: Tensor) -> Tensor:
@@ -148,8 +145,6 @@ class LLoRA(_AdapterBase):
                  f"B_inst [r, r, {kh * kw}], got A {_shape(self.A)}, B {_shape(self.B)}, B_inst {_shape(self.B_inst)}")
 
     def delta(self, weight: Optional[Tensor] = None) -> Tensor:
-        from fastlora.functional import llora_delta
-
         return llora_delta(self.A, self.B, self.B_inst, self.alpha, self.act)
 
     def adapted(self, weight: Tensor) -> Tensor:
@@ -206,7 +201,7 @@ class LeFT(_AdapterBase):
                   and self.V.shape[1] == r and self.R.shape == (self.V.shape[0], r) and self.S.shape == (kk, r)
                   and math.isqrt(kk) ** 2 == kk)
             _require(ok, "LeFT conv: expected U [C_out, r], T [r, r, k*k], P [C_out, r], Q [k*k, r], V [C_in, r], "
-                         f"R [C_in, r], S [k*k, r]; got " + ", ".join(f"{n} {_shape(getattr(self, n))}" for n in self._CONV))
+                         "R [C_in, r], S [k*k, r]; got " + ", ".join(f"{n} {_shape(getattr(self, n))}" for n in self._CONV))
         else:
             r = self.U_out.shape[1]
             ok = (self.U_in.shape[1] == r and self.A_out.shape[0] == self.U_out.shape[0]
@@ -240,8 +235,6 @@ class LeFT(_AdapterBase):
                      f"{self.U_in.shape[0]}]")
 
     def adapted(self, weight: Tensor) -> Tensor:
-        from fastlora.functional import left_conv_weight, left_linear_weight
-
         if self.is_conv:
             return left_conv_weight(weight, self.U, self.T, self.P, self.Q, self.V, self.R, self.S, self.act)
         return left_linear_weight(weight, self.U_out, self.U_in, self.A_out, self.A_in)

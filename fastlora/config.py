@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from fastlora.adapters import ACTS, LEFT_ACTS
+from fastlora.deltas import ACTS, LEFT_ACTS
 
 KINDS = ("llora", "lora", "left")
 COMPATS = ("default", "upstream")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from colorgan.checkpoint import pack_checkpoint, read_checkpoint_config
 from colorgan.convert import convert_adapters, convert_rosinality
-from fastlora.adapters import ACTS
+from fastlora.deltas import ACTS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -88,8 +90,6 @@ def run_adapters(args: argparse.Namespace) -> int:
 
 
 def run_pack(args: argparse.Namespace) -> int:
-    import torch
-
     out = pack_checkpoint(args.src, args.out, dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
     cfg = read_checkpoint_config(out)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())

@@ -24,6 +24,7 @@ from colorgan.checkpoint import (check_task_name, load_checkpoint, parameter_rep
 from colorgan.data.folder import ImageFolder, list_images
 from colorgan.discriminator import Discriminator
 from colorgan.generator import Generator
+from colorgan.metrics.lpips import load_lpips
 from colorgan.options import option
 from fastlora.functional import NonFiniteInput
 from colorgan.train import baselines as bl
@@ -201,8 +202,6 @@ class Continual:
         self.fisher: Optional[list[Tensor]] = None
         self.distance = bl.pixel_distance
         if cfg.method == "lfs" and cfg.lpips:
-            from colorgan.metrics.lpips import load_lpips
-
             self.distance = bl.lpips_distance(load_lpips(cfg.lpips, self.device).eval())
         if self.adapters:
             self.G = base                       # adapters are added to the base generator itself
