@@ -6,13 +6,13 @@ a score can mean.
                             [--config NAME:key=value,...] [--seeds 0,1,2] [--iter 1000] [--budgets 250,500]
                             [--n 500] [--base emoji32] [--runs runs/quality] [--out DIR] [--overwrite]
 
-DATA is a `colorgan data emoji --size 32` root. For every task, at a fixed n (fakes; the task's full set is the
-reference):
-  floors   noise: the two halves of the full set against each other (what a perfect generator scores);
-           source_gap: the source set against the full set; memorisation: the ten shots repeated to n;
+DATA is a `colorgan data emoji --size 32` root. For every task, at a fixed n (fakes; the reference is the task's
+full set, or with --ref-max a fixed seeded subset of it):
+  floors   noise: the two halves of the reference against each other (what a perfect generator scores);
+           source_gap: n source images against the reference; memorisation: the ten shots repeated to n;
            base: the unadapted base's samples.
   scores   per configuration: the adapted task's samples (seeds 0..n-1), mean and spread over the shot seeds;
-           `default-noconv`: the default's tasks sampled with their conv adapters switched off (what the conv
+           `default-noconv`: the default's tasks (first seed) sampled with their conv adapters switched off (what the conv
            LLoRA contributes).
 Every configuration trains with `colorgan train --method color` on the demo's recipe (batch 4) and differs only in
 its overrides; a run learns all tasks one after another, so forgetting is measured too (the rows of
@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iter", type=int, default=1000, help="iterations per task (default 1000)")
     p.add_argument("--budgets", default=None, help="also score after these iterations per task (e.g. 250,500)")
     p.add_argument("--n", type=int, default=500, help="fakes per score (default 500)")
+    p.add_argument("--ref-max", type=int, default=None,
+                   help="reference: at most this many images of each task's full set, a fixed seeded subset "
+                        "(default: the full set)")
+    p.add_argument("--rival-seeds", default=None,
+                   help="shot seeds for the configurations other than default (default: --seeds)")
     p.add_argument("--no-ablation", action="store_true", help="skip default-noconv (conv adapters off)")
     p.add_argument("--runs", default="runs/quality", help="folder of the training runs (reused when finished)")
     p.add_argument("--inception", default=None, help="Inception network file (default: found automatically)")
@@ -194,16 +199,17 @@ def forgetting(run: Path, tasks: Sequence[str]) -> dict[str, float]:
 
 
 def floors(scorer: Scorer, real: Path, base: Path, tasks: Sequence[str], n: int, seeds: Sequence[int],
-           shots: dict[int, dict[str, Path]]) -> dict[str, dict]:
-    src = scorer.folder(real / "source")
+           shots: dict[int, dict[str, Path]], ref_max: Optional[int] = None) -> dict[str, dict]:
+    src = scorer.folder(real / "source", limit=n)
     base_feats = scorer.generated(base, None, n)
     out = {}
     for t in tasks:
-        full = scorer.folder(real / t / "full")
+        full = scorer.folder(real / t / "full", limit=ref_max)
         a, b = halves(full)
         memo = [scores(scorer.images(shots[s][t], n), full) for s in seeds]
-        out[t] = {"noise": scores(a, b), "source_gap": scores(src[:n], full), "base": scores(base_feats, full),
-                  "memorisation": _mean_scores(memo), "n_full": int(full.shape[0])}
+        out[t] = {"noise": scores(a, b), "source_gap": scores(src, full), "base": scores(base_feats, full),
+                  "memorisation": _mean_scores(memo), "n_full": len(list_images(real / t / "full")),
+                  "n_ref": int(full.shape[0])}
     return out
 
 
@@ -224,6 +230,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     manifest = read_manifest(real)
     tasks = select_tasks(manifest, args.tasks)
     seeds = common.parse_list(args.seeds, int) or [0]
+    rival_seeds = common.parse_list(args.rival_seeds, int) or seeds
     budgets = common.parse_list(args.budgets, int) or []
     configs = parse_configs(common.parse_list(args.configs) or [], args.config)
     inception = args.inception or default_inception()
@@ -233,31 +240,32 @@ def run_bench(args: argparse.Namespace) -> dict:
         raise SystemExit("--budgets needs one task per run: give one task with --tasks, or none")
     scorer = Scorer(inception, str(dev), progress=not args.no_progress)
     t0 = time.perf_counter()
-    shots = {s: shot_folders(real, runs, tasks, s, manifest["shots"]) for s in seeds}
+    shots = {s: shot_folders(real, runs, tasks, s, manifest["shots"]) for s in dict.fromkeys([*seeds, *rival_seeds])}
     report: dict[str, Any] = {
         "environment": common.environment(dev), "base": str(base), "real": str(real), "n": args.n,
-        "iter": args.iter, "budgets": budgets, "seeds": seeds, "configs": configs, "data_manifest_version":
+        "iter": args.iter, "budgets": budgets, "seeds": seeds, "rival_seeds": rival_seeds, "ref_max": args.ref_max,
+        "configs": configs, "data_manifest_version":
         manifest.get("manifest_version"), "command": "python -m bench quality " + " ".join(args.argv),
     }
     cache = ScoreCache(runs / "scores.json")
-    fl = floors(scorer, real, base, tasks, args.n, seeds, shots)
+    fl = floors(scorer, real, base, tasks, args.n, seeds, shots, args.ref_max)
     per: dict[str, dict[str, list]] = {t: {} for t in tasks}
     params: dict[str, dict[str, int]] = {}
     forget: dict[str, dict[str, float]] = {}
     for name, overrides in configs.items():
-        for s in seeds:
+        for s in (seeds if name == "default" else rival_seeds):
             folder = runs / f"{name}-seed{s}"
             cfg = demo_train_config(base, shots[s], args.iter, s, **overrides)
 
-            def score(b: int, cached_only: bool, folder=folder, name=name) -> None:
+            def score(b: int, cached_only: bool, folder=folder, name=name, s=s) -> None:
                 key = name if b == args.iter else f"{name}@{b}"
                 ck = folder / "checkpoint"
                 for t in tasks:
-                    full = scorer.folder(real / t / "full")
+                    full = scorer.folder(real / t / "full", limit=args.ref_max)
                     jobs = [(key, True)] + ([("default-noconv", False)] if name == "default" and b == args.iter
-                                           and not args.no_ablation else [])
+                                           and s == seeds[0] and not args.no_ablation else [])
                     for label, conv in jobs:
-                        cache_key = f"{folder.name}|{b}|{t}|{args.n}|{label}"
+                        cache_key = f"{folder.name}|{b}|{t}|{args.n}|{args.ref_max}|{label}"
                         if cached_only and cache_key not in cache.data:
                             raise SystemExit(f"{folder} is finished but its {b}-iteration scores were not kept; "
                                              f"remove the run to redo it")
@@ -273,7 +281,7 @@ def run_bench(args: argparse.Namespace) -> dict:
             forget[f"{name}-seed{s}"] = forgetting(folder, tasks) if len(tasks) > 1 else {tasks[0]: 0.0}
     report["tasks"] = [{
         "task": t, "kind": manifest["tasks"][t]["kind"], "role": manifest["tasks"][t].get("role", "test"),
-        "n": args.n, "n_full": fl[t]["n_full"],
+        "n": args.n, "n_full": fl[t]["n_full"], "n_ref": fl[t]["n_ref"],
         "floors": {k: fl[t][k] for k in ("noise", "source_gap", "memorisation")},
         "scores": {"base": {**fl[t]["base"], "params": 0},
                    **{k: {**_mean_scores(v), "params": params.get(k.split("@")[0].replace("-noconv", ""), {}).get(t)}
@@ -282,15 +290,17 @@ def run_bench(args: argparse.Namespace) -> dict:
     } for t in tasks]
     report["forgetting"] = forget
     report["seconds"] = time.perf_counter() - t0
-    report["grids"] = copy_grids(runs, configs, seeds[0], tasks, stem)
+    report["grids"] = copy_grids(runs, {c: seeds[0] if c == "default" else rival_seeds[0] for c in configs}, tasks,
+                                 stem)
     report["files"] = [str(p) for p in common.write_outputs(stem, report, markdown(report))] + report["grids"]
     return report
 
 
-def copy_grids(runs: Path, configs: dict, seed: int, tasks: Sequence[str], stem: Path) -> list[str]:
-    """Each configuration's grid after the last task (rows: the base, then every task; same latents)."""
+def copy_grids(runs: Path, first_seed: dict[str, int], tasks: Sequence[str], stem: Path) -> list[str]:
+    """Each configuration's grid after the last task, from its first shot seed's run (rows: the base, then every
+    task; same latents)."""
     out = []
-    for name in configs:
+    for name, seed in first_seed.items():
         grid = runs / f"{name}-seed{seed}" / "samples" / f"after_{tasks[-1]}.png"
         if grid.is_file():
             dst = stem.parent / f"{stem.name}-{name}.png"
@@ -325,14 +335,17 @@ def markdown(r: dict) -> str:
         spread = f" ±{x['fid_spread']:.0f}/{1e3 * x['kid_spread']:.0f}" if "fid_spread" in x else ""
         return f"{x['fid']:.1f} / {1e3 * x['kid']:.1f}{spread}"
 
-    lines = [f"FID / KID×10³ against each task's full set, n = {r['n']} fakes, {r['iter']} iterations per task, "
-             f"shot seeds {r['seeds']} (mean ± spread over seeds); lower is better. `{r['command']}`", "",
+    ref = "full set" if not r.get("ref_max") else f"full set (at most {r['ref_max']} of it, a fixed subset)"
+    rivals = f", other configurations {r['rival_seeds']}" if r.get("rival_seeds", r["seeds"]) != r["seeds"] else ""
+    lines = [f"FID / KID×10³ against each task's {ref}, n = {r['n']} fakes, {r['iter']} iterations per task, "
+             f"shot seeds {r['seeds']}{rivals} (mean ± spread over seeds); lower is better. Task (reference "
+             f"images / full set). `{r['command']}`", "",
              "| task | kind | noise floor | source gap | memorisation | base | " + " | ".join(names) + " | bar |",
              "|" + "---|" * (7 + len(names))]
     for t in r["tasks"]:
         f = t["floors"]
         cells = [cell(t["scores"].get(k)) for k in names]
-        lines.append(f"| {t['task']} ({t['n_full']}) | {t['kind']} | {cell(f['noise'])} | {cell(f['source_gap'])} | "
+        lines.append(f"| {t['task']} ({t.get('n_ref', t['n_full'])}/{t['n_full']}) | {t['kind']} | {cell(f['noise'])} | {cell(f['source_gap'])} | "
                      f"{cell(f['memorisation'])} | {cell(t['scores']['base'])} | " + " | ".join(cells)
                      + f" | {verdict(t)} |")
     lines += ["", "| configuration | stored parameters per task | forgetting (max abs pixel difference) |", "|---|---|---|"]

@@ -27,8 +27,10 @@ class Scorer:
         self.net = FeatureNetwork(inception, device=device)
         self.device, self.progress, self.cache_dir = device, progress, cache_dir
 
-    def folder(self, folder: Path) -> np.ndarray:
-        return folder_features(folder, self.net, RESOLUTION, cache_dir=self.cache_dir, progress=self.progress)
+    def folder(self, folder: Path, limit: Optional[int] = None) -> np.ndarray:
+        """Features of the folder's images (with `limit`: of a fixed seeded subset of at most that many)."""
+        return folder_features(folder, self.net, RESOLUTION, cache_dir=self.cache_dir, progress=self.progress,
+                               limit=limit)
 
     def images(self, folder: Path, repeat_to: int) -> np.ndarray:
         """Features of the images of `folder` (the shots), repeated to `repeat_to` rows: the memorisation floor's

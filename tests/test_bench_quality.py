@@ -49,30 +49,32 @@ def setup(tmp_path):
 def test_quality_bench_end_to_end(setup, tiny_net_path):
     tmp_path = setup
     report = quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default,left", "--seeds", "0,1",
-                                     "--out", str(tmp_path / "res")))
+                                     "--rival-seeds", "1", "--ref-max", "6", "--out", str(tmp_path / "res")))
     assert [t["task"] for t in report["tasks"]] == ["flags", "twemoji", "black"]  # the test role only
     for t in report["tasks"]:
-        assert t["kind"] == TASKS[t["task"]] and t["n"] == 6
+        assert t["kind"] == TASKS[t["task"]] and t["n"] == 6 and t["n_ref"] == 6 and t["n_full"] == 8
         for floor in ("noise", "source_gap", "memorisation"):
             assert math.isfinite(t["floors"][floor]["fid"]) and math.isfinite(t["floors"][floor]["kid"])
         assert set(t["scores"]) == {"base", "default", "left", "default-noconv"}
         for name, s in t["scores"].items():
             assert {"fid", "kid", "kid_std", "params"} <= set(s) and math.isfinite(s["fid"])
-            if name not in ("base",):
-                assert s["seeds"] == 2 and "fid_spread" in s
+        # default on seeds 0 and 1, its conv ablation on the first seed, the rival on --rival-seeds
+        assert [t["scores"][k]["seeds"] for k in ("default", "default-noconv", "left")] == [2, 1, 1]
+        assert "fid_spread" in t["scores"]["default"]
         assert 0 < t["scores"]["default"]["params"] < t["scores"]["left"]["params"]
         assert t["forgetting_max_abs"] == 0.0
     # seed 1 trains on other shots than seed 0's train split
+    assert (tmp_path / "runs" / "left-seed1").is_dir() and not (tmp_path / "runs" / "left-seed0").exists()
     shots1 = sorted(p.name for p in (tmp_path / "runs" / "shots" / "seed1" / "flags").iterdir())
     assert len(shots1) == 3 and shots1 != sorted(p.name for p in (tmp_path / "data" / "flags" / "train").iterdir())
     saved = json.loads(next((tmp_path / "res").glob("*-quality.json")).read_text())
     assert saved["tasks"] == json.loads(json.dumps(report["tasks"]))
     md = next((tmp_path / "res").glob("*-quality.md")).read_text()
-    assert "| flags (8) | subset |" in md and "noise floor" in md
+    assert "| flags (6/8) | subset |" in md and "noise floor" in md and "at most 6" in md
     assert sorted(p.name.split("-quality-")[-1] for p in (tmp_path / "res").glob("*.png")) == ["default.png", "left.png"]
     # finished runs and their scores are reused; a run with other settings in the same folder is refused
     again = quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default", "--seeds", "0",
-                                    "--out", str(tmp_path / "res2")))
+                                    "--ref-max", "6", "--out", str(tmp_path / "res2")))
     first = {t["task"]: t for t in report["tasks"]}
     for t in again["tasks"]:
         assert t["floors"]["noise"] == first[t["task"]]["floors"]["noise"]
