@@ -23,6 +23,7 @@ Finished runs in --runs are reused, so an interrupted benchmark resumes.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import shutil
 import sys
@@ -48,7 +49,7 @@ from fastlora.io import atomic_write_bytes, atomic_write_json
 # named configurations: overrides of the `colorgan train` defaults
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
-    "published": {"act": "both", "compat": "upstream"},
+    "published": {"act": "both", "compat": "upstream", "alpha_linear": 4.0},
     "left": {"kind": "left"},
     "correspondence": {"correspondence": 1.0},
 }
@@ -173,16 +174,24 @@ def read_summary(folder: Path) -> dict:
 
 
 class ScoreCache:
-    """Scores already computed, by key, in one JSON file next to the runs (an interrupted benchmark resumes)."""
+    """Scores already computed, by key, in one JSON file next to the runs (an interrupted benchmark resumes).
+    Several benchmark processes may share it (e.g. one per configuration): every write merges under a lock."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.data: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
+        self.data: dict[str, dict] = self._read()
+
+    def _read(self) -> dict[str, dict]:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def get(self, key: str, compute) -> dict:
         if key not in self.data:
-            self.data[key] = compute()
-            atomic_write_json(self.path, self.data)
+            value = compute()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                self.data = {**self._read(), **self.data, key: value}
+                atomic_write_json(self.path, self.data)
         return self.data[key]
 
 

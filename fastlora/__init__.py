@@ -8,7 +8,7 @@ and the bank operations (`add_task`, `set_task`, `save_task`, `load_task`,
 when a Triton backend is used.
 """
 from fastlora import functional
-from fastlora._triton_autograd import deterministic, set_deterministic
+from fastlora.backend import deterministic, set_deterministic
 from fastlora.adapters import LeFT, LLoRA, LoRA
 from fastlora.backend import BACKENDS, resolve_backend
 from fastlora.bank import (

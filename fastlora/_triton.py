@@ -15,7 +15,12 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from fastlora import functional
+from fastlora._operands import conv_operands, linear_biases, linear_operands
+from fastlora._triton_autograd import LinearFn, ModConvFn, OpSpec
 from fastlora.adapters import LeFT, LLoRA, LoRA
+from kernels import linear as klinear
+from kernels import modconv
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -25,15 +30,13 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def _adapter_list(adapter, task_ids: Optional[Tensor], n: int, device: torch.device) -> List:
     """One adapter per task (None = base weight), validated like the reference (no bounds check:
     it would synchronise with the device)."""
-    from fastlora.functional import check_task_ids
-
     if task_ids is None:
         if isinstance(adapter, (list, tuple)):
             raise ValueError("a sequence of adapters needs task_ids [N] choosing one per sample")
         return [adapter]
     if not isinstance(adapter, (list, tuple)) or len(adapter) == 0:
         raise ValueError("task_ids needs adapter to be a non-empty sequence (one entry per task, None for the base)")
-    check_task_ids(task_ids, n, len(adapter), device, bounds=False)
+    functional.check_task_ids(task_ids, n, len(adapter), device, bounds=False)
     return list(adapter)
 
 
@@ -72,77 +75,8 @@ def _flatten(adapters: Sequence) -> Tuple[List[Tensor], Callable[[Sequence[Tenso
     return flat, rebuild, names_flat
 
 
-def conv_operands(adapter):
-    """One conv adapter (or None: the base weight) as the weight prologue's operands (`kernels.prologue.Operands`):
-    the kind code, fp32 factor tensors in the kernel's order, rank, activation flags and alpha."""
-    from kernels.common import KIND_LEFT, KIND_LLORA, KIND_LORA
-    from kernels.prologue import Operands
-
-    def f32(*ts: Tensor) -> tuple:
-        return tuple(t.detach().float().contiguous() for t in ts)
-
-    if adapter is None:
-        return Operands()
-    if isinstance(adapter, LoRA):
-        return Operands(KIND_LORA, f32(adapter.A, adapter.B), adapter.rank, alpha=float(adapter.alpha))
-    if isinstance(adapter, LLoRA):
-        return Operands(KIND_LLORA, f32(adapter.A, adapter.B, adapter.B_inst), adapter.rank,
-                        adapter.act in ("both", "inner"), adapter.act == "both", float(adapter.alpha))
-    if isinstance(adapter, LeFT) and adapter.is_conv:
-        a = adapter
-        return Operands(KIND_LEFT, f32(a.U, a.T, a.P, a.Q, a.V, a.R, a.S), a.rank, a.act == "inner", False, 0.0)
-    raise ValueError(f"backend='triton': a {type(adapter).__name__} adapter does not apply to a conv weight")
-
-
 def _needs_grad(tensors: List[Optional[Tensor]]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-# ----------------------------------------------------------------------------- linear operands
-
-def _pad_stack(mats: Sequence[Optional[Tensor]], rows: int, device, fill_first: float = 0.0) -> Tensor:
-    """[T, rows, R] fp32, zero-padded to the largest rank; a None entry becomes a rank-1 column of fill_first."""
-    r = max([m.shape[1] for m in mats if m is not None] + [1])
-    out = torch.zeros((len(mats), rows, r), device=device, dtype=torch.float32)
-    for i, m in enumerate(mats):
-        if m is None:
-            out[i, :, 0] = fill_first
-        else:
-            out[i, :, : m.shape[1]] = m
-    return out
-
-
-def linear_operands(adapters: Sequence, d_out: int, d_in: int, device):
-    """The linear adapters as the fused linear's operands in the general form Ŵ = W ⊙ (uo·uiᵀ) + α·ao·aiᵀ:
-    (ui, uo, ai, ao, alpha), None for absent terms; stacked [T, ...] (ranks zero-padded) for several tasks."""
-    if len(adapters) == 1:
-        a = adapters[0]
-        if a is None:
-            return None, None, None, None, 1.0
-        if isinstance(a, LoRA):
-            return None, None, a.A.contiguous(), a.B.contiguous(), float(a.alpha)
-        return a.U_in.contiguous(), a.U_out.contiguous(), a.A_in.contiguous(), a.A_out.contiguous(), 1.0
-    mul = any(isinstance(a, LeFT) for a in adapters)
-    low = any(a is not None for a in adapters)
-    ui = uo = ai = ao = None
-    if mul:
-        ui = _pad_stack([a.U_in if isinstance(a, LeFT) else None for a in adapters], d_in, device, 1.0)
-        uo = _pad_stack([a.U_out if isinstance(a, LeFT) else None for a in adapters], d_out, device, 1.0)
-    if low:
-        ai = _pad_stack([None if a is None else (a.A if isinstance(a, LoRA) else a.A_in) for a in adapters],
-                        d_in, device)
-        ao = _pad_stack([None if a is None else (a.alpha * a.B if isinstance(a, LoRA) else a.A_out)
-                         for a in adapters], d_out, device)
-    return ui, uo, ai, ao, 1.0
-
-
-def linear_biases(bias: Optional[Tensor], adapters: Sequence, d_out: int) -> Optional[Tensor]:
-    """Adapted bias, [T, d_out] (the reference's semantics: None entries keep the base bias)."""
-    bs = [bias if a is None else a.adapted_bias(bias) for a in adapters]
-    if all(b is None for b in bs):
-        return None
-    ref = next(b for b in bs if b is not None)
-    return torch.stack([b if b is not None else torch.zeros_like(ref) for b in bs]).contiguous()
 
 
 # ----------------------------------------------------------------------------- ops
@@ -152,8 +86,6 @@ def modulated_conv2d(x: Tensor, weight: Tensor, style: Tensor, *, adapter=None, 
                      bias: Optional[Tensor] = None, noise: Optional[Tensor] = None,
                      activation: Optional[str] = None, skip: Optional[Tensor] = None) -> Tensor:
     """Fused modulated conv (see `fastlora.functional.modulated_conv2d`)."""
-    from kernels import modconv
-
     _check_dtype("modulated_conv2d", x)
     adapters = _adapter_list(adapter, task_ids, x.shape[0], x.device)
     for a in adapters:
@@ -171,8 +103,6 @@ def modulated_conv2d(x: Tensor, weight: Tensor, style: Tensor, *, adapter=None, 
                                         activation == "lrelu", k_, saved=saved)
 
     def reference(ts):
-        from fastlora import functional
-
         x_, w_, s_, b_, n_, k_ = ts[:6]
         ads = rebuild(ts[6:])
         return functional.modulated_conv2d(x_, w_, s_, adapter=ads[0] if task_ids is None else ads,
@@ -183,8 +113,6 @@ def modulated_conv2d(x: Tensor, weight: Tensor, style: Tensor, *, adapter=None, 
     if not _needs_grad(tensors):
         with torch.no_grad():
             return fused(tensors)
-    from fastlora._triton_autograd import ModConvFn, OpSpec
-
     spec = OpSpec(6, rebuild, layout, fused, reference, task_ids=task_ids, scale=float(scale),
                   demodulate=demodulate, up=up, down=down, activation=activation)
     return ModConvFn.apply(spec, *tensors)
@@ -194,8 +122,6 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, adapter=
            task_ids: Optional[Tensor] = None, scale: float = 1.0, bias_scale: float = 1.0,
            activation: Optional[str] = None) -> Tensor:
     """Fused linear + low-rank adapter (see `fastlora.functional.linear`)."""
-    from kernels import linear as klinear
-
     _check_dtype("linear", x)
     adapters = _adapter_list(adapter, task_ids, x.shape[0], x.device)
     for a in adapters:
@@ -213,8 +139,6 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, adapter=
                               task_ids, len(ads), scale, bias_scale, activation == "lrelu")
 
     def reference(ts):
-        from fastlora import functional
-
         ads = rebuild(ts[3:])
         return functional.linear(ts[0], ts[1], ts[2], adapter=ads[0] if task_ids is None else ads,
                                  task_ids=task_ids, scale=scale, bias_scale=bias_scale, activation=activation,
@@ -224,8 +148,6 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, adapter=
     if not _needs_grad(tensors):
         with torch.no_grad():
             return fused(tensors)
-    from fastlora._triton_autograd import LinearFn, OpSpec
-
     spec = OpSpec(3, rebuild, layout, fused, reference, task_ids=task_ids, scale=float(scale),
                   bias_scale=float(bias_scale), activation=activation)
     return LinearFn.apply(spec, *tensors)

@@ -1,4 +1,4 @@
-"""Autograd Functions of the fused Triton ops, and the deterministic-mode switch.
+"""Autograd Functions of the fused Triton ops.
 
 First-order backward runs the fused backward kernels (`kernels/backward_conv.py`,
 `kernels/backward_linear.py`), orchestrated by `fastlora._triton_backward`. Under `create_graph=True` (R1, path length: the backward itself
@@ -9,30 +9,18 @@ routing is automatic (`torch.is_grad_enabled()` inside `backward` is True exactl
 Deterministic mode (`set_deterministic(True)`, env `FASTLORA_DETERMINISTIC=1`, or
 `torch.use_deterministic_algorithms(True)`): reductions across programs use per-program partial
 buffers summed in a fixed order instead of atomics, so repeated runs are bit-identical.
-Only torch is imported here; kernels are imported when a fused op runs.
+The switch lives in `fastlora.backend` (importable without Triton).
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-_deterministic = os.environ.get("FASTLORA_DETERMINISTIC", "0") not in ("", "0")
-
-
-def set_deterministic(on: bool = True) -> None:
-    """Make the fused backward reductions deterministic (no atomics): bit-identical repeated runs."""
-    global _deterministic
-    _deterministic = bool(on)
-
-
-def deterministic() -> bool:
-    """Whether the fused backward runs its deterministic reductions (the switch, the env variable at import,
-    or torch's global deterministic-algorithms flag)."""
-    return _deterministic or torch.are_deterministic_algorithms_enabled()
-
+from fastlora._operands import conv_operands
+from fastlora._triton_backward import linear_backward, modulated_conv2d_backward
+from fastlora.backend import deterministic
 
 def reference_grads(reference: Callable, saved: Sequence[Optional[Tensor]], need: Sequence[bool],
                     grad: Tensor) -> List[Optional[Tensor]]:
@@ -107,9 +95,6 @@ class ModConvFn(torch.autograd.Function):
         need = list(ctx.needs_input_grad[1:])
         if torch.is_grad_enabled():  # create_graph: differentiable recompute through the reference
             return (None, *reference_grads(spec.reference, tensors, need, gy))
-        from fastlora._triton import conv_operands
-        from fastlora._triton_backward import modulated_conv2d_backward
-
         x, w, s, b, nz, sk = tensors[:6]
         adapters = spec.rebuild(tensors[6:])
         flags = dict(x=need[0], weight=need[1], style=need[2], bias=need[3], noise=need[4], skip=need[5],
@@ -142,8 +127,6 @@ class LinearFn(torch.autograd.Function):
         need = list(ctx.needs_input_grad[1:])
         if torch.is_grad_enabled():
             return (None, *reference_grads(spec.reference, tensors, need, gy))
-        from fastlora._triton_backward import linear_backward
-
         x, w, b = tensors[:3]
         adapters = spec.rebuild(tensors[3:])
         flags = dict(x=need[0], weight=need[1], bias=need[2], adapters=_adapter_need(spec, need, len(adapters)))

@@ -18,6 +18,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from fastlora._operands import linear_operands
 from fastlora.adapters import LeFT, LLoRA, LoRA
 from kernels import common, fir, modconv, prologue, tiles
 from kernels.backward_conv import (_note, adjoint_weights, demod_factor_reduce, dgrad, epilogue_backward,
@@ -292,8 +293,6 @@ def linear_backward(gy: torch.Tensor, x: torch.Tensor, y: torch.Tensor, weight: 
     weight, bias, adapters (a list of {name: grad} or None per task). Everything is deterministic (no atomics)."""
     need_ad = [bool(v) for v in need.get("adapters", [False] * len(adapters))]
     store_gz = bool(need.get("weight") or need.get("bias") or any(need_ad))
-    from fastlora._triton import linear_operands
-
     ui, uo, ai, ao, alpha = linear_operands(adapters, weight.shape[0], weight.shape[1], gy.device)
     dx, gz = linear_dx(gy, y, weight, ui, uo, ai, ao, alpha, task_ids, len(adapters), scale, activation == "lrelu",
                        bool(need.get("x")), store_gz)

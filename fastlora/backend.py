@@ -72,3 +72,18 @@ def resolve_backend(backend: str, *tensors: Optional[torch.Tensor]) -> str:
     if reason is None and _devices(tensors) == {"cuda"}:
         return "triton"
     return "torch"
+
+
+_deterministic = os.environ.get("FASTLORA_DETERMINISTIC", "0") not in ("", "0")
+
+
+def set_deterministic(on: bool = True) -> None:
+    """Make the fused backward reductions deterministic (no atomics): bit-identical repeated runs."""
+    global _deterministic
+    _deterministic = bool(on)
+
+
+def deterministic() -> bool:
+    """Whether the fused backward runs its deterministic reductions (the switch, the env variable at import,
+    or torch's global deterministic-algorithms flag)."""
+    return _deterministic or torch.are_deterministic_algorithms_enabled()

@@ -113,3 +113,12 @@ def test_forgetting_detects_a_changed_row(tmp_path):
     early[5, 7, 1] ^= 0x10
     Image.fromarray(early).save(samples / "after_a.png")
     assert quality.forgetting(tmp_path, ["a", "b"]) == {"a": 16.0, "b": 0.0}
+
+
+def test_score_cache_shared_by_two_processes_keeps_both(tmp_path):
+    path = tmp_path / "runs" / "scores.json"
+    a, b = quality.ScoreCache(path), quality.ScoreCache(path)  # both opened before either wrote
+    assert a.get("x", lambda: {"fid": 1.0}) == {"fid": 1.0}
+    assert b.get("y", lambda: {"fid": 2.0}) == {"fid": 2.0}
+    assert json.loads(path.read_text()) == {"x": {"fid": 1.0}, "y": {"fid": 2.0}}
+    assert quality.ScoreCache(path).get("x", lambda: pytest.fail("recomputed a cached score")) == {"fid": 1.0}
