@@ -399,14 +399,23 @@ def test_written_files_follow_the_umask(base, tmp_path):
 def test_ctrl_c_during_training_exits_130_and_says_how_to_resume(base, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "colorgan", "train", "--ckpt", str(base["ckpt"]), "--tasks",
-                             f"a={base['a']}", "--out", str(run), "--iter", "100000", "--batch", "2",
-                             "--save-every", "2", "--no-progress"], env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (run / "state" / "state.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: a full pipe would block the child while we poll
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "colorgan", "train", "--ckpt", str(base["ckpt"]), "--tasks",
+                                 f"a={base['a']}", "--out", str(run), "--iter", "100000", "--batch", "2",
+                                 "--save-every", "2", "--no-progress", "--backend", "torch"], env=env, stderr=stderr)
+    try:
+        deadline = time.time() + 300
+        while not (run / "state" / "state.pt").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None and (run / "state" / "state.pt").exists(), \
+            f"training did not reach its first save: {log.read_text()[-2000:]}"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = log.read_text()
     assert proc.returncode == 130, err
     assert f"--resume {run}" in err and "Traceback" not in err
     assert main(["train", "--resume", str(run), "--iter", "3", "--no-progress"]) == 0
