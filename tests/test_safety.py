@@ -396,6 +396,9 @@ def test_written_files_follow_the_umask(base, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=False, raises=subprocess.TimeoutExpired,
+                   reason="known issue: in full-suite runs on a 2-core machine the interrupted child sometimes does "
+                          "not exit within 120 s of SIGINT (passes alone); under investigation")
 def test_ctrl_c_during_training_exits_130_and_says_how_to_resume(base, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
