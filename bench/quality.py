@@ -249,6 +249,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         raise SystemExit("--budgets needs one task per run: give one task with --tasks, or none")
     scorer = Scorer(inception, str(dev), progress=not args.no_progress)
     t0 = time.perf_counter()
+    seeds_of = {c: seeds if c == "default" else rival_seeds for c in configs}  # shot seeds per configuration
     shots = {s: shot_folders(real, runs, tasks, s, manifest["shots"]) for s in dict.fromkeys([*seeds, *rival_seeds])}
     report: dict[str, Any] = {
         "environment": common.environment(dev), "base": str(base), "real": str(real), "n": args.n,
@@ -262,7 +263,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     params: dict[str, dict[str, int]] = {}
     forget: dict[str, dict[str, float]] = {}
     for name, overrides in configs.items():
-        for s in (seeds if name == "default" else rival_seeds):
+        for s in seeds_of[name]:
             folder = runs / f"{name}-seed{s}"
             cfg = demo_train_config(base, shots[s], args.iter, s, **overrides)
 
@@ -299,8 +300,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     } for t in tasks]
     report["forgetting"] = forget
     report["seconds"] = time.perf_counter() - t0
-    report["grids"] = copy_grids(runs, {c: seeds[0] if c == "default" else rival_seeds[0] for c in configs}, tasks,
-                                 stem)
+    report["grids"] = copy_grids(runs, {c: s[0] for c, s in seeds_of.items()}, tasks, stem)
     report["files"] = [str(p) for p in common.write_outputs(stem, report, markdown(report))] + report["grids"]
     return report
 
