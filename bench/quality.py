@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_configs(names: Sequence[str], extra: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Named configurations plus `NAME:key=value,...` ones (values parsed as numbers where they are)."""
+    """Named configurations plus `NAME:key=value,...` ones (values parsed as numbers where they are, true/false
+    as booleans)."""
     fields = set(TrainConfig.__dataclass_fields__)
     out = {}
     for n in names:
@@ -111,6 +112,8 @@ def parse_configs(names: Sequence[str], extra: Sequence[str]) -> dict[str, dict[
 
 
 def _number(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     for conv in (int, float):
         try:
             return conv(text)

@@ -58,6 +58,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, exclude: Iterable
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"] + shown}
         if default is False:
             kw["action"] = "store_true"
+        elif default is True:
+            kw["action"] = argparse.BooleanOptionalAction  # --name / --no-name
         else:
             kw["type"] = meta["parse"] or _value_type(f)
             if meta["choices"]:

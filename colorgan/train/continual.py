@@ -32,7 +32,7 @@ from colorgan.train import state as st
 from colorgan.train.augment import DiffAugment, parse_policy
 from colorgan.train.data import BatchStream
 from colorgan.train.distributed import DistInfo, barrier, gather_objects
-from colorgan.train.ema import copy_tensors, ema_update
+from colorgan.train.ema import copy_tensors, ema_update, warmup_decay
 from colorgan.train.loop import (CHECKPOINT_DIR, PER_TASK_DIR, NonFiniteLoss, RunFolder, RunOptions, Timer, diverged,
                                  ensure_finite, every, format_losses, make_z, progress, resolve_amp, start_run)
 from colorgan.train.losses import lazy_adam_params
@@ -86,6 +86,9 @@ class TrainConfig(RegConfig):
     highp: int = option(1, "patch heads drawn from (1: the first)")
     augment: bool = option(False, "differentiable augmentation of D's inputs")
     ema_decay: float = option(0.995, "EMA decay of the trained tensors")
+    ema_warmup: bool = option(True, "EMA warm-up: the decay at task iteration t is min(--ema-decay, "
+                                    "(1+t)/(10+t)); --no-ema-warmup: a fixed decay (runs saved before this option "
+                                    "existed keep the fixed decay)")
     correspondence: float = option(0.0, "weight of the cross-domain correspondence loss (adapter methods): keeps "
                                    "the adapted samples' pairwise similarities, layer by layer, like the base's on "
                                    "the same latents (0: off)")
@@ -118,6 +121,11 @@ class TrainConfig(RegConfig):
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.method in ADAPTER_METHODS:
             self.adapter_config()  # validate kind/rank/act/compat now
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """The config saved in a run folder; runs saved before the EMA warm-up existed keep the fixed decay."""
+        return super().from_dict({"ema_warmup": False, **d})
 
     def adapter_config(self) -> fastlora.AdapterConfig:
         return fastlora.AdapterConfig(kind=self.kind, rank=self.rank, alpha_conv=self.alpha_conv,
@@ -373,7 +381,8 @@ class Continual:
                                 self._extra_losses(ctx, real)))
         if every(step, cfg.g_reg_every) and cfg.path_regularize > 0:
             now.update(steps.pl_step(cfg.batch))
-        ema_update(ctx.ema_params, ctx.g_params, cfg.ema_decay)
+        ema_update(ctx.ema_params, ctx.g_params, warmup_decay(step, cfg.ema_decay) if cfg.ema_warmup
+                   else cfg.ema_decay)
         return now
 
     def _task(self, t: int, start: int, state: Optional[dict], previous: Generator, bar) -> tuple[bool, Generator]:

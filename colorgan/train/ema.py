@@ -33,6 +33,12 @@ def module_tensors(model: nn.Module) -> list[Tensor]:
     return list(model.parameters())
 
 
+def warmup_decay(step: int, decay: float) -> float:
+    """The EMA decay after `step` updates with warm-up: min(decay, (1 + step) / (10 + step)), so a short run's
+    average is not held back by its starting point (a fixed 0.995 gives it 29 % of the weight after 250 steps)."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
 def ema_decay_for(batch: int, ema_kimg: float) -> float:
     """Decay giving a half-life of `ema_kimg` thousand images (rosinality: 0.5**(32/10000))."""
     return 0.5 ** (batch / max(ema_kimg * 1000.0, 1e-8))
