@@ -72,7 +72,7 @@ class TrainConfig(RegConfig):
                                  choices=("llora", "lora", "left"))
     rank: int = option(1, "adapter rank")
     alpha_conv: float = option(0.1, "conv adapter scale", flags=("--alpha-conv", "--lora_alpha_conv"))
-    alpha_linear: float = option(0.25, "linear (style, mapping) adapter scale (0.25: chosen on the validation task)",
+    alpha_linear: float = option(0.1, "linear (style, mapping) adapter scale (0.1: chosen on the validation tasks)",
                                  flags=("--alpha-linear", "--lora_alpha_fc"))
     act: str = option("inner", "adapter activation (LLoRA: both/inner/none; LeFT: inner/none)",
                       choices=("both", "inner", "none"))
