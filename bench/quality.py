@@ -54,6 +54,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "correspondence": {"correspondence": 1.0},
 }
 FIXED = ("ckpt", "tasks", "iter", "seed")  # set by the benchmark for every configuration
+# the training settings each configuration resolves to, recorded in the results (defaults change over time)
+SETTINGS = ("method", "kind", "rank", "alpha_conv", "alpha_linear", "act", "compat", "lr", "batch", "ema_decay",
+            "ema_warmup", "correspondence", "augment")
 TASK_ORDER = ("openmoji-black", "flags", "symbols", "smileys", "twemoji", "openmoji")
 
 
@@ -265,10 +268,12 @@ def run_bench(args: argparse.Namespace) -> dict:
     per: dict[str, dict[str, list]] = {t: {} for t in tasks}
     params: dict[str, dict[str, int]] = {}
     forget: dict[str, dict[str, float]] = {}
+    report["settings"] = settings = {}
     for name, overrides in configs.items():
         for s in seeds_of[name]:
             folder = runs / f"{name}-seed{s}"
             cfg = demo_train_config(base, shots[s], args.iter, s, **overrides)
+            settings[name] = {k: getattr(cfg, k) for k in SETTINGS}
 
             def score(b: int, cached_only: bool, folder=folder, name=name, s=s) -> None:
                 key = name if b == args.iter else f"{name}@{b}"

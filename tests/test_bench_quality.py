@@ -11,6 +11,7 @@ from PIL import Image
 
 from bench import quality
 from colorgan import Discriminator, Generator, save_checkpoint
+from colorgan.train.continual import TrainConfig
 from tests.helpers import write_random_images
 
 TASKS = {"black": "far-style", "flags": "subset", "twemoji": "near-style", "val": "far-style"}
@@ -96,6 +97,11 @@ def test_validation_budgets_and_custom_configs(setup, tiny_net_path):
     assert set(t["scores"]) == {"base", "default", "default@1", "alin1", "alin1@1"}
     cfg = json.loads((tmp_path / "runs" / "alin1-seed0" / "config.json").read_text())
     assert cfg["alpha_linear"] == 1
+    # the results record what each configuration resolved to (the defaults included)
+    assert report["settings"]["alin1"]["alpha_linear"] == 1
+    assert report["settings"]["default"]["alpha_linear"] == TrainConfig.alpha_linear
+    assert report["settings"]["default"]["ema_warmup"] is True
+    assert quality.parse_configs([], ["w:ema_warmup=false"])["w"] == {"ema_warmup": False}
     for bad in ("x:nope=1", "x:iter=5"):
         with pytest.raises(SystemExit, match="not a `colorgan train` setting"):
             quality.parse_configs([], [bad])
