@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import errno
+import faulthandler
 import importlib
 import pkgutil
 import re
+import signal
 import sys
 from typing import Sequence
 
@@ -75,6 +77,8 @@ def interrupted_hint(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID`: every thread's stack to stderr (a run that seems stuck)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -64,6 +64,7 @@ def test_quality_bench_end_to_end(setup, tiny_net_path):
         assert "fid_spread" in t["scores"]["default"]
         assert 0 < t["scores"]["default"]["params"] < t["scores"]["left"]["params"]
         assert t["forgetting_max_abs"] == 0.0
+        assert t["bar"] == quality.verdict(t) and t["bar"] in ("pass", "fail")
     # seed 1 trains on other shots than seed 0's train split
     assert (tmp_path / "runs" / "left-seed1").is_dir() and not (tmp_path / "runs" / "left-seed0").exists()
     shots1 = sorted(p.name for p in (tmp_path / "runs" / "shots" / "seed1" / "flags").iterdir())

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -413,8 +414,19 @@ def test_ctrl_c_during_training_exits_130_and_says_how_to_resume(base, tmp_path)
             time.sleep(0.2)
         assert proc.poll() is None and (run / "state" / "state.pt").exists(), \
             f"training did not reach its first save: {log.read_text()[-2000:]}"
+        proc.send_signal(signal.SIGUSR1)  # a stack dump on request; training carries on
+        deadline = time.time() + 60
+        while "most recent call first" not in log.read_text() and time.time() < deadline:
+            time.sleep(0.2)
+        assert "most recent call first" in log.read_text() and proc.poll() is None, log.read_text()[-2000:]
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # the known hang: record where the child is stuck, then fail
+            proc.send_signal(signal.SIGUSR1)  # colorgan's stack dump
+            time.sleep(5)
+            warnings.warn(f"Ctrl-C hang, the child's stacks: {log.read_text()[-6000:]}")
+            raise
     finally:
         if proc.poll() is None:
             proc.kill()
