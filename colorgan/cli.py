@@ -76,9 +76,19 @@ def interrupted_hint(args: argparse.Namespace) -> str:
     return ""
 
 
+def dump_stacks_on_sigusr1() -> None:
+    """`kill -USR1 PID` prints every thread's stack to the process's real stderr (a run that seems stuck)."""
+    err = sys.__stderr__
+    if not hasattr(signal, "SIGUSR1") or err is None:
+        return
+    try:
+        faulthandler.register(signal.SIGUSR1, file=err, all_threads=True)
+    except (ValueError, OSError, AttributeError):  # io.UnsupportedOperation is both: a stderr without a descriptor
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID`: every thread's stack to stderr (a run that seems stuck)
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    dump_stacks_on_sigusr1()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
