@@ -107,14 +107,14 @@ def parse_configs(names: Sequence[str], extra: Sequence[str]) -> dict[str, dict[
             if key not in fields or key in FIXED:
                 raise SystemExit(f"--config {spec!r}: {key!r} is not a `colorgan train` setting a configuration "
                                  f"may change ({', '.join(FIXED)} are the benchmark's own)")
-            overrides[key] = _number(value)
+            overrides[key] = _value(value)
         if not name or not overrides:
             raise SystemExit(f"--config must look like NAME:key=value,..., got {spec!r}")
         out[name] = overrides
     return out
 
 
-def _number(text: str) -> Any:
+def _value(text: str) -> Any:
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     for conv in (int, float):
@@ -366,7 +366,7 @@ def markdown(r: dict) -> str:
         cells = [cell(t["scores"].get(k)) for k in names]
         lines.append(f"| {t['task']} ({t.get('n_ref', t['n_full'])}/{t['n_full']}) | {t['kind']} | {cell(f['noise'])} | {cell(f['source_gap'])} | "
                      f"{cell(f['memorisation'])} | {cell(t['scores']['base'])} | " + " | ".join(cells)
-                     + f" | {t.get('bar') or verdict(t)} |")
+                     + f" | {t['bar']} |")
     lines += ["", "| configuration | stored parameters per task | forgetting (max abs pixel difference) |", "|---|---|---|"]
     for name in r["configs"]:
         ps = {t["scores"].get(name, {}).get("params") for t in r["tasks"]} - {None}

@@ -357,7 +357,7 @@ def test_correspondence_loss_and_training(setup, tmp_path):
     assert summary["finished"] and all(rec["correspondence"] >= 0 for rec in logged if "g" in rec)
 
 
-def test_ema_warmup(setup, tmp_path, capsys):
+def test_ema_warmup(setup, tmp_path):
     from colorgan.train.ema import warmup_decay
 
     assert warmup_decay(0, 0.995) == pytest.approx(0.1) and warmup_decay(90, 0.995) == pytest.approx(0.91)
