@@ -3,8 +3,8 @@ configuration and several shot seeds, and score every task against its full set 
 a score can mean.
 
     python -m bench quality --real DATA [--tasks test|validation|NAME,...] [--configs default,published,left,...]
-                            [--config NAME:key=value,...] [--seeds 0,1,2] [--iter 1000] [--budgets 250,500]
-                            [--n 500] [--base emoji32] [--runs runs/quality] [--out DIR] [--overwrite]
+                            [--config NAME:key=value,...] [--seeds 0,1,2] [--iter 250] [--budgets 100,500]
+                            [--n 300] [--ref-max 1000] [--base emoji32] [--runs runs/quality] [--out DIR] [--overwrite]
 
 DATA is a `colorgan data emoji --size 32` root. For every task, at a fixed n (fakes; the reference is the task's
 full set, or with --ref-max a fixed seeded subset of it):
@@ -56,7 +56,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 FIXED = ("ckpt", "tasks", "iter", "seed")  # set by the benchmark for every configuration
 # the training settings each configuration resolves to, recorded in the results (defaults change over time)
 SETTINGS = ("method", "kind", "rank", "alpha_conv", "alpha_linear", "act", "compat", "lr", "batch", "ema_decay",
-            "ema_warmup", "correspondence", "augment")
+            "ema_warmup", "correspondence", "augment", "d_freeze")
 TASK_ORDER = ("openmoji-black", "flags", "symbols", "smileys", "twemoji", "openmoji")
 
 
@@ -72,14 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an extra configuration: `colorgan train` settings by field name, e.g. "
                         "alin1:alpha_linear=1 (repeatable)")
     p.add_argument("--seeds", default="0,1,2", help="shot seeds (seed 0: DATA/<task>/train; default 0,1,2)")
-    p.add_argument("--iter", type=int, default=1000, help="iterations per task (default 1000)")
+    p.add_argument("--iter", type=int, default=250, help="iterations per task (default 250, the budget the "
+                                                          "validation tasks chose)")
     p.add_argument("--budgets", default=None, help="also score after these iterations per task (e.g. 250,500)")
-    p.add_argument("--n", type=int, default=500, help="fakes per score (default 500)")
-    p.add_argument("--ref-max", type=int, default=None,
+    p.add_argument("--n", type=int, default=300, help="fakes per score (default 300)")
+    p.add_argument("--ref-max", type=int, default=1000,
                    help="reference: at most this many images of each task's full set, a fixed seeded subset "
-                        "(default: the full set)")
+                        "(default 1000; 0: the full set)")
     p.add_argument("--rival-seeds", default=None,
-                   help="shot seeds for the configurations other than default (default: --seeds)")
+                   help="shot seeds for the configurations other than default (default: the first of --seeds)")
     p.add_argument("--no-ablation", action="store_true", help="skip default-noconv (conv adapters off)")
     p.add_argument("--runs", default="runs/quality", help="folder of the training runs (reused when finished)")
     p.add_argument("--inception", default=None, help="Inception network file (default: found automatically)")
@@ -160,9 +161,9 @@ def trained(cfg: TrainConfig, folder: Path, budgets: Sequence[int], progress: bo
     at the end. A finished run is reused (its budgets' scores must then be cached); a stopped one continues."""
     points = [*sorted(b for b in budgets if b < cfg.iter), cfg.iter]
     if (folder / "config.json").is_file():
-        saved = json.loads((folder / "config.json").read_text())
-        wanted = json.loads(json.dumps(asdict(cfg), default=str))
-        if any(saved.get(k) != v for k, v in wanted.items()):
+        # read as `colorgan train --resume` reads it: settings added since the run was saved take their defaults
+        saved = _plain(asdict(TrainConfig.from_dict(json.loads((folder / "config.json").read_text()))))
+        if saved != _plain(asdict(cfg)):
             raise SystemExit(f"{folder} holds a run with another configuration; remove it or choose --runs")
     done = (folder / "summary.json").is_file() and read_summary(folder).get("finished")
     for b in points:
@@ -173,6 +174,10 @@ def trained(cfg: TrainConfig, folder: Path, budgets: Sequence[int], progress: bo
             else:
                 train(cfg, folder, options=opts, overwrite=folder.exists())
         on_budget(b, done and b != cfg.iter)
+
+
+def _plain(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=str))
 
 
 def read_summary(folder: Path) -> dict:
@@ -241,11 +246,12 @@ def run_bench(args: argparse.Namespace) -> dict:
     stem = common.result_stem(args.out, dev, args.name)
     common.check_writable(stem, (".json", ".md"), args.overwrite)
     real, runs, base = Path(args.real), Path(args.runs), resolve_checkpoint(args.base)
+    args.ref_max = args.ref_max or None  # 0: the full set
     read_checkpoint_config(base)
     manifest = read_manifest(real)
     tasks = select_tasks(manifest, args.tasks)
     seeds = common.parse_list(args.seeds, int) or [0]
-    rival_seeds = common.parse_list(args.rival_seeds, int) or seeds
+    rival_seeds = common.parse_list(args.rival_seeds, int) or seeds[:1]
     budgets = common.parse_list(args.budgets, int) or []
     configs = parse_configs(common.parse_list(args.configs) or [], args.config)
     inception = args.inception or default_inception()
@@ -381,8 +387,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    if args.iter < 1 or args.n < 2:
-        raise SystemExit("--iter must be >= 1 and --n >= 2")
+    if args.iter < 1 or args.n < 2 or args.ref_max < 0:
+        raise SystemExit("--iter must be >= 1, --n >= 2 and --ref-max >= 0")
     report = run_bench(args)
     print()
     print(markdown(report))

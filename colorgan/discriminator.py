@@ -72,6 +72,11 @@ class Discriminator(nn.Module):
             if isinstance(m, AdaptedLayer):
                 m.adaptable = self.adapters_enabled and (name.startswith("convs.") or name.startswith("final_conv."))
 
+    @staticmethod
+    def n_layers(size: int) -> int:
+        """Layers before the final conv (`convs`): the from-RGB layer and one block per resolution down to 8."""
+        return int(math.log2(size)) - 1
+
     def _patch_sources(self) -> list[tuple[int, str, int]]:
         """(block index, "conv1"|"conv2", channels) of the maps the patch heads read, in forward order."""
         out, res = [], self.size

@@ -74,7 +74,12 @@ def test_quality_bench_end_to_end(setup, tiny_net_path):
     md = next((tmp_path / "res").glob("*-quality.md")).read_text()
     assert "| flags (6/8) | subset |" in md and "noise floor" in md and "at most 6" in md
     assert sorted(p.name.split("-quality-")[-1] for p in (tmp_path / "res").glob("*.png")) == ["default.png", "left.png"]
-    # finished runs and their scores are reused; a run with other settings in the same folder is refused
+    # finished runs and their scores are reused (also one saved before a setting existed: it takes the default);
+    # a run with other settings in the same folder is refused
+    cfg_file = tmp_path / "runs" / "default-seed0" / "config.json"
+    saved_cfg = json.loads(cfg_file.read_text())
+    assert saved_cfg.pop("d_freeze") == 0
+    cfg_file.write_text(json.dumps(saved_cfg))
     again = quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default", "--seeds", "0",
                                     "--ref-max", "6", "--out", str(tmp_path / "res2")))
     first = {t["task"]: t for t in report["tasks"]}

@@ -384,3 +384,34 @@ def test_ema_warmup(setup, tmp_path):
     assert TrainConfig.from_dict(saved).ema_warmup is True
     del saved["ema_warmup"]
     assert TrainConfig.from_dict(saved).ema_warmup is False
+
+
+def test_d_freeze_keeps_the_first_discriminator_layers(setup, tmp_path):
+    from dataclasses import replace
+
+    from colorgan.train.continual import trainable_d_params
+
+    base_d = load_checkpoint(setup["ckpt"])[1]
+    base = {k: v.clone() for k, v in base_d.state_dict().items()}
+    n_layers = len(base_d.convs)
+    for k in range(n_layers + 1):
+        D = load_checkpoint(setup["ckpt"])[1]
+        trained = {id(p) for p in trainable_d_params(D, k)}
+        frozen = [n for n, p in D.named_parameters() if id(p) not in trained]
+        assert all(n.startswith(tuple(f"convs.{i}." for i in range(k))) for n in frozen)
+        assert all(not p.requires_grad for n, p in D.named_parameters() if n in frozen)
+        assert (len(frozen) > 0) == (k > 0)
+    with pytest.raises(ValueError, match="exceeds the discriminator"):
+        trainable_d_params(base_d, n_layers + 1)
+    with pytest.raises(ValueError, match="d_freeze must be >= 0"):
+        small_cfg(setup, d_freeze=-1)
+    # a run stopped mid-task: the frozen layers still hold the base's weights, the layers after them moved
+    out = tmp_path / "fd"
+    train(small_cfg(setup, tasks=f"a={setup['a']}", iter=6, d_freeze=2), out, options=replace(OPTS, stop_at=4))
+    d = load_state(out / "state/state.pt")["d"]
+    moved = {k: not torch.equal(d[k], base[k]) for k in base}
+    assert not any(v for k, v in moved.items() if k.startswith(("convs.0.", "convs.1.")))
+    assert any(v for k, v in moved.items() if k.startswith(("convs.2.", "final_")))
+    rc = main(["train", "--ckpt", setup["ckpt"], "--tasks", f"a={setup['a']}", "--out", str(tmp_path / "cli"),
+               "--iter", "1", "--batch", "2", "--d-freeze", str(n_layers + 1), "--no-progress", "--device", "cpu"])
+    assert rc != 0 and not (tmp_path / "cli").exists()  # refused before the run folder is made

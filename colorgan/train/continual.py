@@ -85,6 +85,8 @@ class TrainConfig(RegConfig):
     n_anchors: int = option(10, "anchor latents", flags=("--n-anchors", "--n_train"))
     highp: int = option(1, "patch heads drawn from (1: the first)")
     augment: bool = option(False, "differentiable augmentation of D's inputs")
+    d_freeze: int = option(0, "FreezeD: the discriminator's first N layers from the image (the from-RGB layer, "
+                              "then one block per resolution) keep the base's weights (0: D trains fully)")
     ema_decay: float = option(0.995, "EMA decay of the trained tensors")
     ema_warmup: bool = option(True, "EMA warm-up: the decay at task iteration t is min(--ema-decay, "
                                     "(1+t)/(10+t)); --no-ema-warmup: a fixed decay (runs saved before this option "
@@ -114,6 +116,8 @@ class TrainConfig(RegConfig):
                      "n_sample", "ms_batch_mult", "fisher_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_freeze < 0:
+            raise ValueError(f"d_freeze must be >= 0, got {self.d_freeze}")
         if self.correspondence < 0 or (self.correspondence > 0 and self.batch < 2):
             raise ValueError(f"correspondence must be >= 0 (and needs batch >= 2), got {self.correspondence} with "
                              f"batch {self.batch}")
@@ -144,6 +148,18 @@ def train(cfg: Optional[TrainConfig], out: str | Path, *, options: Optional[RunO
                      inputs=lambda c: [resolve_checkpoint(c.ckpt), c.lpips, *(d for _, d in c.tasks)])
 
 
+def trainable_d_params(D: Discriminator, d_freeze: int) -> list[Tensor]:
+    """D's tensors that train when its first `d_freeze` layers (D.convs, from the image) keep the base's
+    weights (FreezeD, Mo et al. 2020); the frozen ones get requires_grad False."""
+    if d_freeze > len(D.convs):
+        raise ValueError(f"d_freeze {d_freeze} exceeds the discriminator's {len(D.convs)} layers before the final "
+                         f"conv (from-RGB + one block per resolution)")
+    frozen = {id(p) for p in D.convs[:d_freeze].parameters()}
+    for p in D.convs[:d_freeze].parameters():
+        p.requires_grad_(False)
+    return [p for p in D.parameters() if id(p) not in frozen]
+
+
 def _check_inputs(cfg: TrainConfig) -> None:
     """Fail before any training: base checkpoint readable with a discriminator, every data folder
     non-empty, no task name already in the base's bank."""
@@ -151,6 +167,10 @@ def _check_inputs(cfg: TrainConfig) -> None:
     if bcfg.get("discriminator") is None:
         raise ValueError(f"the base checkpoint {cfg.ckpt} has no discriminator; `colorgan train` initialises each "
                          f"task's D from it (pretrain with `colorgan pretrain`, or convert with the 'd' weights)")
+    n_layers = Discriminator.n_layers(int(bcfg["discriminator"]["size"]))
+    if cfg.d_freeze > n_layers:
+        raise ValueError(f"d_freeze {cfg.d_freeze} exceeds the base discriminator's {n_layers} layers before the "
+                         f"final conv (from-RGB + one block per resolution) in {cfg.ckpt}")
     existing = {e["name"] for e in bcfg["tasks"]}
     for name, folder in cfg.tasks:
         if name in existing:
@@ -325,11 +345,12 @@ class Continual:
         g_lr, g_betas = lazy_adam_params(cfg.lr, cfg.g_reg_every)
         d_lr, d_betas = lazy_adam_params(cfg.lr, cfg.d_reg_every)
         g_optim = torch.optim.Adam(g_params, lr=g_lr, betas=g_betas)
-        d_optim = torch.optim.Adam(D.parameters(), lr=d_lr, betas=d_betas)
+        d_params = trainable_d_params(D, cfg.d_freeze)
+        d_optim = torch.optim.Adam(d_params, lr=d_lr, betas=d_betas)
         augment = DiffAugment(cfg.augment_policy, seed=cfg.seed * 7919 + 100 * (t + 1) + info.rank) \
             if cfg.augment else None
         stream = BatchStream(dataset, cfg.batch, cfg.seed + 7 * (t + 1), info)
-        steps = GANSteps(G, D, g_params, list(D.parameters()), g_optim, d_optim, cfg, self.gens["latent"],
+        steps = GANSteps(G, D, g_params, d_params, g_optim, d_optim, cfg, self.gens["latent"],
                          self.device, info, augment, self.amp, cfg.backend)
         anchors = make_z(cfg.n_anchors, G.style_dim, torch.Generator().manual_seed(cfg.seed * 31 + t + 1),
                          self.device)
