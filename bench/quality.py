@@ -44,7 +44,7 @@ from colorgan.demo import demo_train_config
 from colorgan.metrics.features import INCEPTION_HELP, default_inception
 from colorgan.train.continual import TrainConfig, train
 from colorgan.train.loop import RunOptions
-from fastlora.io import atomic_write_bytes, atomic_write_json
+from fastlora.io import atomic_write_bytes, atomic_write_json, load_json
 
 # named configurations: overrides of the `colorgan train` defaults
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -162,7 +162,7 @@ def trained(cfg: TrainConfig, folder: Path, budgets: Sequence[int], progress: bo
     points = [*sorted(b for b in budgets if b < cfg.iter), cfg.iter]
     if (folder / "config.json").is_file():
         # read as `colorgan train --resume` reads it: settings added since the run was saved take their defaults
-        saved = _plain(asdict(TrainConfig.from_dict(json.loads((folder / "config.json").read_text()))))
+        saved = _plain(asdict(TrainConfig.from_dict(load_json(folder / "config.json"))))
         if saved != _plain(asdict(cfg)):
             raise SystemExit(f"{folder} holds a run with another configuration; remove it or choose --runs")
     done = (folder / "summary.json").is_file() and read_summary(folder).get("finished")
@@ -181,7 +181,7 @@ def _plain(d: dict) -> dict:
 
 
 def read_summary(folder: Path) -> dict:
-    return json.loads((folder / "summary.json").read_text())
+    return load_json(folder / "summary.json")
 
 
 class ScoreCache:
