@@ -156,15 +156,25 @@ def shot_folders(real: Path, runs: Path, tasks: Sequence[str], seed: int, shots:
     return out
 
 
+def base_checksum(ckpt: Path) -> str:
+    """The checksum of a checkpoint's base generator, as recorded in its config.json ("" if none was recorded)."""
+    return str(read_checkpoint_config(ckpt)["base"].get("g_ema_checksum") or "")
+
+
 def trained(cfg: TrainConfig, folder: Path, budgets: Sequence[int], progress: bool, on_budget) -> None:
     """Train the run in `folder`, stopping at every budget (single-task runs) to call on_budget(iterations), and
-    at the end. A finished run is reused (its budgets' scores must then be cached); a stopped one continues."""
+    at the end. A finished run is reused (its budgets' scores must then be cached); a stopped one continues.
+    A run of another configuration, or one trained on another base (e.g. before a new base was shipped), is refused."""
     points = [*sorted(b for b in budgets if b < cfg.iter), cfg.iter]
     if (folder / "config.json").is_file():
         # read as `colorgan train --resume` reads it: settings added since the run was saved take their defaults
         saved = _plain(asdict(TrainConfig.from_dict(load_json(folder / "config.json"))))
         if saved != _plain(asdict(cfg)):
             raise SystemExit(f"{folder} holds a run with another configuration; remove it or choose --runs")
+    if (folder / "checkpoint" / "config.json").is_file():
+        if base_checksum(folder / "checkpoint") != base_checksum(resolve_checkpoint(cfg.ckpt)):
+            raise SystemExit(f"{folder} was trained on another base than {cfg.ckpt} (base checksum); remove it or "
+                             f"choose --runs")
     done = (folder / "summary.json").is_file() and read_summary(folder).get("finished")
     for b in points:
         if not done:
@@ -270,6 +280,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         manifest.get("manifest_version"), "command": "python -m bench quality " + " ".join(args.argv),
     }
     cache = ScoreCache(runs / "scores.json")
+    base_key = base_checksum(base)[:16]  # scores of runs on another base are never reused
     fl = floors(scorer, real, base, tasks, args.n, seeds, shots, args.ref_max)
     per: dict[str, dict[str, list]] = {t: {} for t in tasks}
     params: dict[str, dict[str, int]] = {}
@@ -289,7 +300,7 @@ def run_bench(args: argparse.Namespace) -> dict:
                     jobs = [(key, True)] + ([("default-noconv", False)] if name == "default" and b == args.iter
                                            and s == seeds[0] and not args.no_ablation else [])
                     for label, conv in jobs:
-                        cache_key = f"{folder.name}|{b}|{t}|{args.n}|{args.ref_max}|{label}"
+                        cache_key = f"{base_key}|{folder.name}|{b}|{t}|{args.n}|{args.ref_max}|{label}"
                         if cached_only and cache_key not in cache.data:
                             raise SystemExit(f"{folder} is finished but its {b}-iteration scores were not kept; "
                                              f"remove the run to redo it")
