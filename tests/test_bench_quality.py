@@ -38,11 +38,15 @@ def _args(tmp_path, net, *extra):
     return args
 
 
+def _save_base(path, seed, overwrite=False):
+    torch.manual_seed(seed)
+    ch = {4: 16, 8: 16, 16: 8}
+    save_checkpoint(path, Generator(16, 16, 2, channels=ch), Discriminator(16, channels=ch), overwrite=overwrite)
+
+
 @pytest.fixture
 def setup(tmp_path):
-    torch.manual_seed(0)
-    ch = {4: 16, 8: 16, 16: 8}
-    save_checkpoint(tmp_path / "base", Generator(16, 16, 2, channels=ch), Discriminator(16, channels=ch))
+    _save_base(tmp_path / "base", 0)
     _data(tmp_path / "data")
     return tmp_path
 
@@ -92,16 +96,14 @@ def test_quality_bench_end_to_end(setup, tiny_net_path):
         quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default", "--seeds", "0",
                                 "--out", str(tmp_path / "res")))
     # a new base in the same place (a newly shipped base): the old runs and their cached scores are not reused
-    torch.manual_seed(1)
-    ch = {4: 16, 8: 16, 16: 8}
-    save_checkpoint(tmp_path / "base", Generator(16, 16, 2, channels=ch), Discriminator(16, channels=ch), overwrite=True)
+    _save_base(tmp_path / "base", 1, overwrite=True)
     with pytest.raises(SystemExit, match="trained on another base"):
         quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default", "--seeds", "0", "--ref-max", "6",
                                 "--out", str(tmp_path / "res4")))
+    old_base = quality.base_checksum(tmp_path / "runs" / "default-seed0" / "checkpoint")
+    assert old_base and quality.base_checksum(tmp_path / "base") != old_base
     cached = json.loads((tmp_path / "runs" / "scores.json").read_text())
-    assert cached and all(k.split("|")[0] == quality.base_checksum(tmp_path / "runs" / "default-seed0" / "checkpoint")[:16]
-                          for k in cached)
-    assert quality.base_checksum(tmp_path / "base") != quality.base_checksum(tmp_path / "runs" / "default-seed0" / "checkpoint")
+    assert cached and all(k.split("|")[0] == old_base[:16] for k in cached)
 
 
 def test_validation_budgets_and_custom_configs(setup, tiny_net_path):
