@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Sequence, Union
+from typing import Collection, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -112,10 +112,12 @@ def active_task(model: nn.Module):
     return _layers_or_fail(model)[0][1].active
 
 
-def task_parameters(model: nn.Module, task: str) -> list[nn.Parameter]:
-    """The trainable tensors of one task (what an optimizer adapting that task updates)."""
+def task_parameters(model: nn.Module, task: str, roles: Optional[Collection[str]] = None) -> list[nn.Parameter]:
+    """The trainable tensors of one task (what an optimizer adapting that task updates); with `roles`, only those
+    of layers of these roles ("mapping", "style", "conv", ...)."""
     _require_task(model, task)
-    return [p for _, m in adapted_layers(model) for p in m.adapters[task].parameters()]
+    return [p for _, m in adapted_layers(model) if roles is None or m.role in roles
+            for p in m.adapters[task].parameters()]
 
 
 def base_parameters(model: nn.Module) -> list[nn.Parameter]:

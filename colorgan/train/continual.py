@@ -87,6 +87,9 @@ class TrainConfig(RegConfig):
     augment: bool = option(False, "differentiable augmentation of D's inputs")
     d_freeze: int = option(0, "FreezeD: the discriminator's first N layers from the image (the from-RGB layer, "
                               "then one block per resolution) keep the base's weights (0: D trains fully)")
+    mapping_lr_mul: float = option(1.0, "learning-rate multiplier for the mapping network's adapters (adapter "
+                                   "methods): they inherit the mapping layers' 0.01 learning-rate scale and barely "
+                                   "move in a short run; 100 lets them learn as fast as the other adapters")
     ema_decay: float = option(0.995, "EMA decay of the trained tensors")
     ema_warmup: bool = option(True, "EMA warm-up: the decay at task iteration t is min(--ema-decay, "
                                     "(1+t)/(10+t)); --no-ema-warmup: a fixed decay (runs saved before this option "
@@ -116,6 +119,8 @@ class TrainConfig(RegConfig):
                      "n_sample", "ms_batch_mult", "fisher_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.mapping_lr_mul > 0:
+            raise ValueError(f"mapping_lr_mul must be positive, got {self.mapping_lr_mul}")
         if self.d_freeze < 0:
             raise ValueError(f"d_freeze must be >= 0, got {self.d_freeze}")
         if self.correspondence < 0 or (self.correspondence > 0 and self.batch < 2):
@@ -128,8 +133,9 @@ class TrainConfig(RegConfig):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """The config saved in a run folder; runs saved before the EMA warm-up existed keep the fixed decay."""
-        return super().from_dict({"ema_warmup": False, **d})
+        """The config saved in a run folder; runs saved before the EMA warm-up or the mapping multiplier existed keep
+        what they ran with (the fixed decay, multiplier 1)."""
+        return super().from_dict({"ema_warmup": False, "mapping_lr_mul": 1.0, **d})
 
     def adapter_config(self) -> fastlora.AdapterConfig:
         return fastlora.AdapterConfig(kind=self.kind, rank=self.rank, alpha_conv=self.alpha_conv,
@@ -335,6 +341,14 @@ class Continual:
         G, g_ema = self._full_generators(previous)
         return G, g_ema, list(G.parameters())
 
+    def _g_groups(self, name: str, g_params: list[Tensor], g_lr: float) -> list[dict]:
+        """The G optimizer's parameter groups: the mapping adapters apart when --mapping-lr-mul is not 1."""
+        if not self.adapters or self.cfg.mapping_lr_mul == 1:
+            return [{"params": g_params}]
+        mapping = {id(p) for p in fastlora.task_parameters(self.G, name, roles=("mapping",))}
+        return [{"params": [p for p in g_params if id(p) not in mapping]},
+                {"params": [p for p in g_params if id(p) in mapping], "lr": g_lr * self.cfg.mapping_lr_mul}]
+
     def _task_context(self, t: int, previous: Generator) -> "TaskContext":
         cfg, info = self.cfg, self.info
         name, folder = cfg.tasks[t]
@@ -344,7 +358,7 @@ class Continual:
         dataset = ImageFolder(folder, G.size)
         g_lr, g_betas = lazy_adam_params(cfg.lr, cfg.g_reg_every)
         d_lr, d_betas = lazy_adam_params(cfg.lr, cfg.d_reg_every)
-        g_optim = torch.optim.Adam(g_params, lr=g_lr, betas=g_betas)
+        g_optim = torch.optim.Adam(self._g_groups(name, g_params, g_lr), lr=g_lr, betas=g_betas)
         d_params = trainable_d_params(D, cfg.d_freeze)
         d_optim = torch.optim.Adam(d_params, lr=d_lr, betas=d_betas)
         augment = DiffAugment(cfg.augment_policy, seed=cfg.seed * 7919 + 100 * (t + 1) + info.rank) \
