@@ -31,7 +31,7 @@ from fastlora.io import atomic_write_json
 
 DEMO_TASKS_DIR = Path(__file__).parent / "assets" / "demo_tasks"
 SHIPPED_BASE = "emoji32"
-TASK_ITER_CPU = 1000  # three tasks in about ten minutes on 2 CPU cores (~0.16 s per iteration)
+TASK_ITER_CPU = 1000  # three tasks in 6-14 minutes on 2 CPU cores (0.16-0.3 s per iteration measured)
 TASK_ITER_GPU = 3000  # the published per-task budget
 PROCEDURAL_TASK_ITER = 400
 DEMO_R1 = 0.1  # R1 weight at 32 px (benchmarks.md, validation round 6); `colorgan train` keeps 10 (256 px)

@@ -391,8 +391,8 @@ def test_mapping_lr_mul_speeds_up_the_mapping_adapters_only(setup, tmp_path):
     # steps scale with the multiplier and every other adapter takes exactly the same step
     def trained(mul: float) -> dict[str, torch.Tensor]:
         out = tmp_path / f"m{mul:g}"
-        train(small_cfg(setup, tasks=f"a={setup['a']}", iter=1, mapping_lr_mul=mul,
-                            path_regularize=0), out, options=OPTS)  # one G step, no path-length step
+        cfg = small_cfg(setup, tasks=f"a={setup['a']}", iter=1, mapping_lr_mul=mul, path_regularize=0)
+        train(cfg, out, options=OPTS)  # one G step (no path-length step)
         return {k: v.double() for k, v in load_state(out / "state/state.pt")["adapters"].items()
                 if v.is_floating_point()}
 
