@@ -4,7 +4,8 @@ a score can mean.
 
     python -m bench quality --real DATA [--tasks test|validation|NAME,...] [--configs default,published,left,...]
                             [--config NAME:key=value,...] [--seeds 0,1,2] [--iter 250] [--budgets 100,500]
-                            [--n 300] [--ref-max 1000] [--base emoji32] [--runs runs/quality] [--out DIR] [--overwrite]
+                            [--rival-seeds 0] [--config-seeds NAME:SEEDS] [--n 300] [--ref-max 1000] [--base emoji32]
+                            [--runs runs/quality] [--out DIR] [--overwrite]
 
 DATA is a `colorgan data emoji --size 32` root. For every task, at a fixed n (fakes; the reference is the task's
 full set, or with --ref-max a fixed seeded subset of it):
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 1000; 0: the full set)")
     p.add_argument("--rival-seeds", default=None,
                    help="shot seeds for the configurations other than default (default: the first of --seeds)")
+    p.add_argument("--config-seeds", action="append", default=[], metavar="NAME:SEEDS",
+                   help="shot seeds for one configuration, e.g. correspondence:0 (repeatable; overrides --seeds "
+                        "and --rival-seeds for it)")
     p.add_argument("--no-ablation", action="store_true", help="skip default-noconv (conv adapters off)")
     p.add_argument("--runs", default="runs/quality", help="folder of the training runs (reused when finished)")
     p.add_argument("--inception", default=None, help="Inception network file (default: found automatically)")
@@ -112,6 +116,23 @@ def parse_configs(names: Sequence[str], extra: Sequence[str]) -> dict[str, dict[
         if not name or not overrides:
             raise SystemExit(f"--config must look like NAME:key=value,..., got {spec!r}")
         out[name] = overrides
+    return out
+
+
+def config_seeds(configs: Sequence[str], seeds: list[int], rival_seeds: list[int],
+                 specs: Sequence[str]) -> dict[str, list[int]]:
+    """Shot seeds per configuration: --seeds for default, --rival-seeds for the others, `NAME:SEEDS` overriding."""
+    out = {c: seeds if c == "default" else rival_seeds for c in configs}
+    for spec in specs:
+        name, _, body = spec.partition(":")
+        try:
+            chosen = common.parse_list(body, int)
+        except ValueError:
+            chosen = None
+        if name not in out or not chosen:
+            raise SystemExit(f"--config-seeds must look like NAME:0,1,... for a configuration of this run "
+                             f"({', '.join(out)}), got {spec!r}")
+        out[name] = chosen
     return out
 
 
@@ -271,11 +292,13 @@ def run_bench(args: argparse.Namespace) -> dict:
         raise SystemExit("--budgets needs one task per run: give one task with --tasks, or none")
     scorer = Scorer(inception, str(dev), progress=not args.no_progress)
     t0 = time.perf_counter()
-    seeds_of = {c: seeds if c == "default" else rival_seeds for c in configs}  # shot seeds per configuration
-    shots = {s: shot_folders(real, runs, tasks, s, manifest["shots"]) for s in dict.fromkeys([*seeds, *rival_seeds])}
+    seeds_of = config_seeds(configs, seeds, rival_seeds, args.config_seeds)  # shot seeds per configuration
+    shots = {s: shot_folders(real, runs, tasks, s, manifest["shots"])
+             for s in dict.fromkeys([*seeds, *rival_seeds, *(x for v in seeds_of.values() for x in v)])}
     report: dict[str, Any] = {
         "environment": common.environment(dev), "base": str(base), "real": str(real), "n": args.n,
-        "iter": args.iter, "budgets": budgets, "seeds": seeds, "rival_seeds": rival_seeds, "ref_max": args.ref_max,
+        "iter": args.iter, "budgets": budgets, "seeds": seeds, "rival_seeds": rival_seeds, "seeds_of": seeds_of,
+        "ref_max": args.ref_max,
         "configs": configs, "data_manifest_version":
         manifest.get("manifest_version"), "command": "python -m bench quality " + " ".join(args.argv),
     }
@@ -372,7 +395,9 @@ def markdown(r: dict) -> str:
         return f"{x['fid']:.1f} / {1e3 * x['kid']:.1f}{spread}"
 
     ref = "full set" if not r.get("ref_max") else f"full set (at most {r['ref_max']} of it, a fixed subset)"
-    rivals = f", other configurations {r['rival_seeds']}" if r.get("rival_seeds", r["seeds"]) != r["seeds"] else ""
+    own = r.get("seeds_of") or {c: r["seeds"] if c == "default" else r.get("rival_seeds", r["seeds"])
+                                for c in r["configs"]}
+    rivals = "".join(f", {c} {v}" for c, v in own.items() if v != r["seeds"])
     lines = [f"FID / KID×10³ against each task's {ref}, n = {r['n']} fakes, {r['iter']} iterations per task, "
              f"shot seeds {r['seeds']}{rivals} (mean ± spread over seeds); lower is better. Task (reference "
              f"images / full set). `{r['command']}`", "",

@@ -110,11 +110,15 @@ def test_validation_budgets_and_custom_configs(setup, tiny_net_path):
     tmp_path = setup
     report = quality.run_bench(_args(tmp_path, tiny_net_path, "--tasks", "validation", "--configs", "default",
                                      "--config", "alin1:alpha_linear=1", "--seeds", "0", "--budgets", "1",
-                                     "--no-ablation", "--out", str(tmp_path / "res")))
+                                     "--config-seeds", "alin1:1", "--no-ablation", "--out", str(tmp_path / "res")))
     (t,) = report["tasks"]
     assert t["task"] == "val" and t["role"] == "validation"
     assert set(t["scores"]) == {"base", "default", "default@1", "alin1", "alin1@1"}
-    cfg = json.loads((tmp_path / "runs" / "alin1-seed0" / "config.json").read_text())
+    # --config-seeds: alin1 on shot seed 1 only, named in the table's header
+    assert report["seeds_of"] == {"default": [0], "alin1": [1]}
+    assert not (tmp_path / "runs" / "alin1-seed0").exists()
+    assert "alin1 [1]" in quality.markdown(report).splitlines()[0]
+    cfg = json.loads((tmp_path / "runs" / "alin1-seed1" / "config.json").read_text())
     assert cfg["alpha_linear"] == 1
     # the results record what each configuration resolved to (the defaults included)
     assert report["settings"]["alin1"]["alpha_linear"] == 1
@@ -126,6 +130,9 @@ def test_validation_budgets_and_custom_configs(setup, tiny_net_path):
             quality.parse_configs([], [bad])
     with pytest.raises(SystemExit, match="unknown configuration"):
         quality.parse_configs(["nope"], [])
+    for bad in ("nope:1", "alin1:", "alin1:x"):
+        with pytest.raises(SystemExit, match="--config-seeds must look like"):
+            quality.config_seeds(["default", "alin1"], [0], [0], [bad])
 
 
 def test_forgetting_detects_a_changed_row(tmp_path):
