@@ -294,7 +294,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     seeds_of = config_seeds(configs, seeds, rival_seeds, args.config_seeds)  # shot seeds per configuration
     shots = {s: shot_folders(real, runs, tasks, s, manifest["shots"])
-             for s in dict.fromkeys([*seeds, *rival_seeds, *(x for v in seeds_of.values() for x in v)])}
+             for s in dict.fromkeys([*seeds, *(x for v in seeds_of.values() for x in v)])}
     report: dict[str, Any] = {
         "environment": common.environment(dev), "base": str(base), "real": str(real), "n": args.n,
         "iter": args.iter, "budgets": budgets, "seeds": seeds, "rival_seeds": rival_seeds, "seeds_of": seeds_of,
@@ -395,8 +395,7 @@ def markdown(r: dict) -> str:
         return f"{x['fid']:.1f} / {1e3 * x['kid']:.1f}{spread}"
 
     ref = "full set" if not r.get("ref_max") else f"full set (at most {r['ref_max']} of it, a fixed subset)"
-    own = r.get("seeds_of") or {c: r["seeds"] if c == "default" else r.get("rival_seeds", r["seeds"])
-                                for c in r["configs"]}
+    own = r.get("seeds_of") or config_seeds(r["configs"], r["seeds"], r.get("rival_seeds", r["seeds"]), [])
     rivals = "".join(f", {c} {v}" for c, v in own.items() if v != r["seeds"])
     lines = [f"FID / KID×10³ against each task's {ref}, n = {r['n']} fakes, {r['iter']} iterations per task, "
              f"shot seeds {r['seeds']}{rivals} (mean ± spread over seeds); lower is better. Task (reference "
