@@ -74,6 +74,13 @@ class Generator(nn.Module):
             in_ch = out_ch
         self.register_buffer("w_avg", torch.full((style_dim,), float("nan")))
 
+    def synthesis_resolutions(self) -> list[tuple[nn.Module, int]]:
+        """(synthesis layer, the resolution it outputs) for conv1, to_rgb1, every StyledConv and every ToRGB."""
+        out: list[tuple[nn.Module, int]] = [(self.conv1, 4), (self.to_rgb1, 4)]
+        out += [(conv, 2 ** (3 + i // 2)) for i, conv in enumerate(self.convs)]
+        out += [(rgb, 2 ** (3 + i)) for i, rgb in enumerate(self.to_rgbs)]
+        return out
+
     # ----------------------------------------------------------------- description
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild this architecture (`Generator.from_config`)."""

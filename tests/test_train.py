@@ -442,3 +442,28 @@ def test_d_freeze_keeps_the_first_discriminator_layers(setup, tmp_path):
     rc = main(["train", "--ckpt", setup["ckpt"], "--tasks", f"a={setup['a']}", "--out", str(tmp_path / "cli"),
                "--iter", "1", "--batch", "2", "--d-freeze", str(n_layers + 1), "--no-progress", "--device", "cpu"])
     assert rc != 0 and not (tmp_path / "cli").exists()  # refused before the run folder is made
+
+
+def test_conv_max_res_keeps_finer_conv_adapters_at_their_start(setup, tmp_path):
+    # 16 px: conv_max_res 8 leaves the 16 px layers' conv adapters (convs 2-3, to_rgbs 1) untrained: two runs
+    # at different learning rates end with them equal (and every other adapter different), while a run
+    # without the limit moves them
+    def trained(tag: str, **kw) -> dict[str, torch.Tensor]:
+        out = tmp_path / tag
+        train(small_cfg(setup, tasks=f"a={setup['a']}", iter=1, path_regularize=0, **kw), out, options=OPTS)
+        return {k: v.double() for k, v in load_state(out / "state/state.pt")["adapters"].items()
+                if v.is_floating_point()}
+
+    slow, fast, free = trained("s", conv_max_res=8), trained("f", conv_max_res=8, lr=0.004), trained("a")
+    fine = [k for k in slow if k.startswith(("convs.2.conv.", "convs.3.conv.", "to_rgbs.1.conv."))
+            and ".modulation." not in k]
+    coarse = [k for k in slow if k.startswith(("conv1.conv.", "convs.0.conv.", "convs.1.conv.", "to_rgbs.0.conv."))
+              and ".modulation." not in k]
+    assert fine and coarse
+    for k in fine:
+        torch.testing.assert_close(fast[k], slow[k], rtol=0, atol=0, msg=lambda m: f"{k}: {m}")
+    assert any(not torch.equal(fast[k], slow[k]) for k in coarse)  # (a zero-initialised factor's partner is
+    assert any(not torch.equal(free[k], slow[k]) for k in fine)     # still at its start after one step)
+    for bad in (2, 12):
+        with pytest.raises(ValueError, match="conv_max_res must be 0 or a power of two"):
+            small_cfg(setup, conv_max_res=bad)

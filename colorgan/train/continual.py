@@ -90,6 +90,9 @@ class TrainConfig(RegConfig):
     mapping_lr_mul: float = option(1.0, "learning-rate multiplier for the mapping network's adapters (adapter "
                                    "methods): they inherit the mapping layers' 0.01 learning-rate scale and barely "
                                    "move in a short run; 100 lets them learn as fast as the other adapters")
+    conv_max_res: int = option(0, "adapter methods: conv adapters train only in synthesis layers up to this "
+                               "resolution (4, 8, ...); finer layers keep theirs at their initial values, the "
+                               "identity (0: every resolution)")
     ema_decay: float = option(0.995, "EMA decay of the trained tensors")
     ema_warmup: bool = option(True, "EMA warm-up: the decay at task iteration t is min(--ema-decay, "
                                     "(1+t)/(10+t)); --no-ema-warmup: a fixed decay (runs saved before this option "
@@ -121,6 +124,8 @@ class TrainConfig(RegConfig):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.mapping_lr_mul > 0:
             raise ValueError(f"mapping_lr_mul must be positive, got {self.mapping_lr_mul}")
+        if self.conv_max_res != 0 and (self.conv_max_res < 4 or self.conv_max_res & (self.conv_max_res - 1)):
+            raise ValueError(f"conv_max_res must be 0 or a power of two >= 4, got {self.conv_max_res}")
         if self.d_freeze < 0:
             raise ValueError(f"d_freeze must be >= 0, got {self.d_freeze}")
         if self.correspondence < 0 or (self.correspondence > 0 and self.batch < 2):
@@ -337,9 +342,23 @@ class Continual:
             self._add_adapters(t, name)
             fastlora.set_task(self.G, name)
             fastlora.set_task(self.g_ema, name)
-            return self.G, self.g_ema, fastlora.task_parameters(self.G, name)
+            for p in self._fine_conv_adapters(self.G, name):
+                p.requires_grad_(False)
+            return self.G, self.g_ema, self._trained_adapters(self.G, name)
         G, g_ema = self._full_generators(previous)
         return G, g_ema, list(G.parameters())
+
+    def _fine_conv_adapters(self, G: Generator, name: str) -> list[Tensor]:
+        """The task's conv adapter tensors in synthesis layers finer than --conv-max-res (they stay at their
+        initial values, the identity); none when it is 0."""
+        limit = self.cfg.conv_max_res
+        return [p for layer, res in G.synthesis_resolutions() if limit and res > limit
+                for _, m in fastlora.adapted_layers(layer) if m.role == "conv" for p in m.adapters[name].parameters()]
+
+    def _trained_adapters(self, G: Generator, name: str) -> list[Tensor]:
+        """The task's adapter tensors that train (and their EMA copies, in the same order)."""
+        fixed = {id(p) for p in self._fine_conv_adapters(G, name)}
+        return [p for p in fastlora.task_parameters(G, name) if id(p) not in fixed]
 
     def _g_groups(self, name: str, g_params: list[Tensor], g_lr: float) -> list[dict]:
         """The G optimizer's parameter groups: the mapping adapters apart when --mapping-lr-mul is not 1."""
@@ -353,7 +372,7 @@ class Continual:
         cfg, info = self.cfg, self.info
         name, folder = cfg.tasks[t]
         G, g_ema, g_params = self._task_models(t, name, previous)
-        ema_params = fastlora.task_parameters(g_ema, name) if self.adapters else list(g_ema.parameters())
+        ema_params = self._trained_adapters(g_ema, name) if self.adapters else list(g_ema.parameters())
         D = self._fresh_d(t)
         dataset = ImageFolder(folder, G.size)
         g_lr, g_betas = lazy_adam_params(cfg.lr, cfg.g_reg_every)
