@@ -15,8 +15,8 @@ full set, or with --ref-max a fixed seeded subset of it):
   scores   per configuration: the adapted task's samples (seeds 0..n-1), mean and spread over the shot seeds;
            `default-noconv`: the default's tasks (first seed) sampled with their conv adapters switched off (what the conv
            LLoRA contributes).
-Every configuration trains with `colorgan train --method color` on the demo's recipe (batch 4) and differs only in
-its overrides; a run learns all tasks one after another, so forgetting is measured too (the rows of
+Every configuration trains with `colorgan train --method color` on the demo's recipe (batch 4, R1 γ 0.1, conv
+adapters up to 16 px) and differs only in its overrides (published and left adapt every resolution); a run learns all tasks one after another, so forgetting is measured too (the rows of
 RUN/samples/after_<task>.png after the last task against right after the task: max abs pixel difference).
 `--budgets` also scores each run after fewer iterations (runs stop and resume there; validation uses this).
 Finished runs in --runs are reused, so an interrupted benchmark resumes.
@@ -47,11 +47,12 @@ from colorgan.train.continual import TrainConfig, train
 from colorgan.train.loop import RunOptions
 from fastlora.io import atomic_write_bytes, atomic_write_json, load_json
 
-# named configurations: overrides of the `colorgan train` defaults
+# named configurations: overrides of the demo's `colorgan train` settings (the rivals adapt every resolution, as
+# published)
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
-    "published": {"act": "both", "compat": "upstream", "alpha_linear": 4.0},
-    "left": {"kind": "left"},
+    "published": {"act": "both", "compat": "upstream", "alpha_linear": 4.0, "conv_max_res": 0},
+    "left": {"kind": "left", "conv_max_res": 0},
     "correspondence": {"correspondence": 1.0},
 }
 FIXED = ("ckpt", "tasks", "iter", "seed")  # set by the benchmark for every configuration

@@ -35,6 +35,7 @@ TASK_ITER_CPU = 1000  # three tasks in 6-14 minutes on 2 CPU cores (0.16-0.3 s p
 TASK_ITER_GPU = 3000  # the published per-task budget
 PROCEDURAL_TASK_ITER = 400
 DEMO_R1 = 0.1  # R1 weight at 32 px (benchmarks.md, validation round 6); `colorgan train` keeps 10 (256 px)
+DEMO_CONV_MAX_RES = 16  # conv adapters up to 16 px at 32 px (benchmarks.md, validation round 9); `colorgan train`: all
 SIZE = 16
 CHANNELS = {4: 32, 8: 32, 16: 16}
 STYLE_DIM = 32
@@ -63,9 +64,10 @@ def default_real() -> Union[str, None]:
 def demo_train_config(base: Union[str, Path], tasks: dict[str, Path], task_iter: int, seed: int = 0,
                       **overrides: Any):
     """The demo's `colorgan train` configuration (`bench quality` uses it too, so their runs are the same): the
-    defaults at batch 4, with the 32 px R1 weight (γ 0.1, the shipped base's; chosen on the validation tasks)."""
+    defaults at batch 4, with the 32 px R1 weight (γ 0.1, the shipped base's) and conv adapters up to 16 px, both
+    chosen on the validation tasks."""
     settings = dict(iter=task_iter, batch=4, n_sample=8, sample_every=task_iter, save_every=task_iter, log_every=50,
-                    n_anchors=10, seed=seed, r1=DEMO_R1)
+                    n_anchors=10, seed=seed, r1=DEMO_R1, conv_max_res=DEMO_CONV_MAX_RES)
     settings.update(overrides)
     return TrainConfig(ckpt=str(base), tasks=[f"{n}={d}" for n, d in tasks.items()], **settings)
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from bench import quality
 from colorgan import Discriminator, Generator, save_checkpoint
+from colorgan.demo import DEMO_CONV_MAX_RES, DEMO_R1
 from colorgan.train.continual import TrainConfig
 from tests.helpers import write_random_images
 
@@ -69,6 +70,10 @@ def test_quality_bench_end_to_end(setup, tiny_net_path):
         assert 0 < t["scores"]["default"]["params"] < t["scores"]["left"]["params"]
         assert t["forgetting_max_abs"] == 0.0
         assert t["bar"] == quality.verdict(t) and t["bar"] in ("pass", "fail")
+    # the default is the demo's recipe (conv adapters up to 16 px, R1 0.1); the rivals adapt every resolution
+    assert (report["settings"]["default"]["conv_max_res"], report["settings"]["left"]["conv_max_res"]) == \
+        (DEMO_CONV_MAX_RES, 0) and report["settings"]["default"]["r1"] == DEMO_R1
+    assert quality.CONFIGS["published"]["conv_max_res"] == 0
     # seed 1 trains on other shots than seed 0's train split
     assert (tmp_path / "runs" / "left-seed1").is_dir() and not (tmp_path / "runs" / "left-seed0").exists()
     shots1 = sorted(p.name for p in (tmp_path / "runs" / "shots" / "seed1" / "flags").iterdir())
