@@ -16,8 +16,9 @@ full set, or with --ref-max a fixed seeded subset of it):
            `default-noconv`: the default's tasks (first seed) sampled with their conv adapters switched off (what the conv
            LLoRA contributes).
 Every configuration trains with `colorgan train --method color` on the demo's recipe (batch 4, R1 γ 0.1, conv
-adapters up to 16 px) and differs only in its overrides (published and left adapt every resolution); a run learns all tasks one after another, so forgetting is measured too (the rows of
-RUN/samples/after_<task>.png after the last task against right after the task: max abs pixel difference).
+adapters up to 16 px) and differs only in its overrides (published and left adapt every resolution); a run learns
+all tasks one after another, so forgetting is measured too (the rows of RUN/samples/after_<task>.png after the
+last task against right after the task: max abs pixel difference).
 `--budgets` also scores each run after fewer iterations (runs stop and resume there; validation uses this).
 Finished runs in --runs are reused, so an interrupted benchmark resumes.
 """
