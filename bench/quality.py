@@ -4,7 +4,7 @@ a score can mean.
 
     python -m bench quality --real DATA [--tasks test|validation|NAME,...] [--configs default,published,left,...]
                             [--config NAME:key=value,...] [--seeds 0,1,2] [--iter 250] [--budgets 100,500]
-                            [--rival-seeds 0] [--config-seeds NAME:SEEDS] [--n 300] [--ref-max 1000] [--base emoji32]
+                            [--rival-seeds 0,1,2] [--config-seeds NAME:SEEDS] [--n 300] [--ref-max 1000] [--base emoji32]
                             [--runs runs/quality] [--out DIR] [--overwrite]
 
 DATA is a `colorgan data emoji --size 32` root. For every task, at a fixed n (fakes; the reference is the task's
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference: at most this many images of each task's full set, a fixed seeded subset "
                         "(default 1000; 0: the full set)")
     p.add_argument("--rival-seeds", default=None,
-                   help="shot seeds for the configurations other than default (default: the first of --seeds)")
+                   help="shot seeds for the configurations other than default (default: --seeds)")
     p.add_argument("--config-seeds", action="append", default=[], metavar="NAME:SEEDS",
                    help="shot seeds for one configuration, e.g. correspondence:0 (repeatable; overrides --seeds "
                         "and --rival-seeds for it)")
@@ -121,10 +122,11 @@ def parse_configs(names: Sequence[str], extra: Sequence[str]) -> dict[str, dict[
     return out
 
 
-def config_seeds(configs: Sequence[str], seeds: list[int], rival_seeds: list[int],
+def config_seeds(configs: Sequence[str], seeds: list[int], rival_seeds: Optional[list[int]],
                  specs: Sequence[str]) -> dict[str, list[int]]:
-    """Shot seeds per configuration: --seeds for default, --rival-seeds for the others, `NAME:SEEDS` overriding."""
-    out = {c: seeds if c == "default" else rival_seeds for c in configs}
+    """Shot seeds per configuration: --seeds for default, --rival-seeds (None: --seeds) for the others,
+    `NAME:SEEDS` overriding."""
+    out = {c: seeds if c == "default" or not rival_seeds else rival_seeds for c in configs}
     for spec in specs:
         name, _, body = spec.partition(":")
         try:
@@ -284,7 +286,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     manifest = read_manifest(real)
     tasks = select_tasks(manifest, args.tasks)
     seeds = common.parse_list(args.seeds, int) or [0]
-    rival_seeds = common.parse_list(args.rival_seeds, int) or seeds[:1]
+    rival_seeds = common.parse_list(args.rival_seeds, int) or seeds
     budgets = common.parse_list(args.budgets, int) or []
     configs = parse_configs(common.parse_list(args.configs) or [], args.config)
     inception = args.inception or default_inception()
@@ -302,7 +304,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         "iter": args.iter, "budgets": budgets, "seeds": seeds, "rival_seeds": rival_seeds, "seeds_of": seeds_of,
         "ref_max": args.ref_max,
         "configs": configs, "data_manifest_version":
-        manifest.get("manifest_version"), "command": "python -m bench quality " + " ".join(args.argv),
+        manifest.get("manifest_version"), "command": "python -m bench quality " + shlex.join(args.argv),
     }
     cache = ScoreCache(runs / "scores.json")
     base_key = base_checksum(base)[:16]  # scores of runs on another base are never reused

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 
 import numpy as np
 import pytest
@@ -113,9 +114,12 @@ def test_quality_bench_end_to_end(setup, tiny_net_path):
 
 def test_validation_budgets_and_custom_configs(setup, tiny_net_path):
     tmp_path = setup
-    report = quality.run_bench(_args(tmp_path, tiny_net_path, "--tasks", "validation", "--configs", "default",
-                                     "--config", "alin1:alpha_linear=1", "--seeds", "0", "--budgets", "1",
-                                     "--config-seeds", "alin1:1", "--no-ablation", "--out", str(tmp_path / "res")))
+    args = _args(tmp_path, tiny_net_path, "--tasks", "validation", "--configs", "default",
+                 "--config", "alin1:alpha_linear=1", "--seeds", "0", "--budgets", "1",
+                 "--config-seeds", "alin1:1", "--no-ablation", "--out", str(tmp_path / "res dir"))
+    report = quality.run_bench(args)
+    # the recorded command runs as written (a path with a space stays one argument)
+    assert shlex.split(report["command"]) == ["python", "-m", "bench", "quality", *args.argv]
     (t,) = report["tasks"]
     assert t["task"] == "val" and t["role"] == "validation"
     assert set(t["scores"]) == {"base", "default", "default@1", "alin1", "alin1@1"}
@@ -135,6 +139,9 @@ def test_validation_budgets_and_custom_configs(setup, tiny_net_path):
             quality.parse_configs([], [bad])
     with pytest.raises(SystemExit, match="unknown configuration"):
         quality.parse_configs(["nope"], [])
+    # without --rival-seeds every configuration runs on --seeds (the whole table from one plain command)
+    assert quality.config_seeds(["default", "left"], [0, 1], None, []) == {"default": [0, 1], "left": [0, 1]}
+    assert quality.config_seeds(["default", "left"], [0, 1], [2], ["default:3"]) == {"default": [3], "left": [2]}
     for bad in ("nope:1", "alin1:", "alin1:x"):
         with pytest.raises(SystemExit, match="--config-seeds must look like"):
             quality.config_seeds(["default", "alin1"], [0], [0], [bad])
