@@ -122,11 +122,10 @@ def parse_configs(names: Sequence[str], extra: Sequence[str]) -> dict[str, dict[
     return out
 
 
-def config_seeds(configs: Sequence[str], seeds: list[int], rival_seeds: Optional[list[int]],
+def config_seeds(configs: Sequence[str], seeds: list[int], rival_seeds: list[int],
                  specs: Sequence[str]) -> dict[str, list[int]]:
-    """Shot seeds per configuration: --seeds for default, --rival-seeds (None: --seeds) for the others,
-    `NAME:SEEDS` overriding."""
-    out = {c: seeds if c == "default" or not rival_seeds else rival_seeds for c in configs}
+    """Shot seeds per configuration: --seeds for default, --rival-seeds for the others, `NAME:SEEDS` overriding."""
+    out = {c: seeds if c == "default" else rival_seeds for c in configs}
     for spec in specs:
         name, _, body = spec.partition(":")
         try:

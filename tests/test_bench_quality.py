@@ -115,7 +115,7 @@ def test_quality_bench_end_to_end(setup, tiny_net_path):
 def test_validation_budgets_and_custom_configs(setup, tiny_net_path):
     tmp_path = setup
     args = _args(tmp_path, tiny_net_path, "--tasks", "validation", "--configs", "default",
-                 "--config", "alin1:alpha_linear=1", "--seeds", "0", "--budgets", "1",
+                 "--config", "alin1:alpha_linear=1", "--seeds", "0,1", "--budgets", "1",
                  "--config-seeds", "alin1:1", "--no-ablation", "--out", str(tmp_path / "res dir"))
     report = quality.run_bench(args)
     # the recorded command runs as written (a path with a space stays one argument)
@@ -124,7 +124,9 @@ def test_validation_budgets_and_custom_configs(setup, tiny_net_path):
     assert t["task"] == "val" and t["role"] == "validation"
     assert set(t["scores"]) == {"base", "default", "default@1", "alin1", "alin1@1"}
     # --config-seeds: alin1 on shot seed 1 only, named in the table's header
-    assert report["seeds_of"] == {"default": [0], "alin1": [1]}
+    assert report["seeds_of"] == {"default": [0, 1], "alin1": [1]}
+    # without --rival-seeds the other configurations run on --seeds (the whole table from one plain command)
+    assert report["rival_seeds"] == [0, 1]
     assert not (tmp_path / "runs" / "alin1-seed0").exists()
     assert "alin1 [1]" in quality.markdown(report).splitlines()[0]
     cfg = json.loads((tmp_path / "runs" / "alin1-seed1" / "config.json").read_text())
@@ -139,8 +141,6 @@ def test_validation_budgets_and_custom_configs(setup, tiny_net_path):
             quality.parse_configs([], [bad])
     with pytest.raises(SystemExit, match="unknown configuration"):
         quality.parse_configs(["nope"], [])
-    # without --rival-seeds every configuration runs on --seeds (the whole table from one plain command)
-    assert quality.config_seeds(["default", "left"], [0, 1], None, []) == {"default": [0, 1], "left": [0, 1]}
     assert quality.config_seeds(["default", "left"], [0, 1], [2], ["default:3"]) == {"default": [3], "left": [2]}
     for bad in ("nope:1", "alin1:", "alin1:x"):
         with pytest.raises(SystemExit, match="--config-seeds must look like"):
