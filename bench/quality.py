@@ -188,12 +188,16 @@ def base_checksum(ckpt: Path) -> str:
 def trained(cfg: TrainConfig, folder: Path, budgets: Sequence[int], progress: bool, on_budget) -> None:
     """Train the run in `folder`, stopping at every budget (single-task runs) to call on_budget(iterations), and
     at the end. A finished run is reused (its budgets' scores must then be cached); a stopped one continues.
-    A run of another configuration, or one trained on another base (e.g. before a new base was shipped), is refused."""
+    A run of another configuration, or one trained on another base (e.g. before a new base was shipped), is refused;
+    the same base given by another path (a copy, or the shipped name) is the same base (by checksum)."""
     points = [*sorted(b for b in budgets if b < cfg.iter), cfg.iter]
     if (folder / "config.json").is_file():
         # read as `colorgan train --resume` reads it: settings added since the run was saved take their defaults
         saved = _plain(asdict(TrainConfig.from_dict(load_json(folder / "config.json"))))
-        if saved != _plain(asdict(cfg)):
+        wanted = _plain(asdict(cfg))
+        if (folder / "checkpoint" / "config.json").is_file():  # the base is compared by checksum below, not by path
+            saved["ckpt"] = wanted["ckpt"]
+        if saved != wanted:
             raise SystemExit(f"{folder} holds a run with another configuration; remove it or choose --runs")
     if (folder / "checkpoint" / "config.json").is_file():
         if base_checksum(folder / "checkpoint") != base_checksum(resolve_checkpoint(cfg.ckpt)):

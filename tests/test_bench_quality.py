@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import shutil
 
 import numpy as np
 import pytest
@@ -101,6 +102,12 @@ def test_quality_bench_end_to_end(setup, tiny_net_path):
     with pytest.raises(SystemExit, match="refusing to overwrite"):
         quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default", "--seeds", "0",
                                 "--out", str(tmp_path / "res")))
+    # the same base by another path (a copy, as when a base is shipped): its runs and scores are reused
+    shutil.copytree(tmp_path / "base", tmp_path / "base-copy")
+    copied = quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default", "--seeds", "0", "--ref-max", "6",
+                                     "--base", str(tmp_path / "base-copy"), "--out", str(tmp_path / "res5")))
+    assert [t["scores"]["default"]["fid"] for t in copied["tasks"]] == \
+        [t["scores"]["default"]["fid"] for t in again["tasks"]]
     # a new base in the same place (a newly shipped base): the old runs and their cached scores are not reused
     _save_base(tmp_path / "base", 1, overwrite=True)
     with pytest.raises(SystemExit, match="trained on another base"):
