@@ -189,13 +189,15 @@ def trained(cfg: TrainConfig, folder: Path, budgets: Sequence[int], progress: bo
     """Train the run in `folder`, stopping at every budget (single-task runs) to call on_budget(iterations), and
     at the end. A finished run is reused (its budgets' scores must then be cached); a stopped one continues.
     A run of another configuration, or one trained on another base (e.g. before a new base was shipped), is refused;
-    the same base given by another path (a copy, or the shipped name) is the same base (by checksum)."""
+    a finished run made with the same base under another path (a copy, or the shipped name) is reused (by checksum).
+    A stopped run continues from the base path it was started with, so that path must be the one given."""
     points = [*sorted(b for b in budgets if b < cfg.iter), cfg.iter]
+    done = (folder / "summary.json").is_file() and read_summary(folder).get("finished")
     if (folder / "config.json").is_file():
         # read as `colorgan train --resume` reads it: settings added since the run was saved take their defaults
         saved = _plain(asdict(TrainConfig.from_dict(load_json(folder / "config.json"))))
         wanted = _plain(asdict(cfg))
-        if (folder / "checkpoint" / "config.json").is_file():  # the base is compared by checksum below, not by path
+        if done and (folder / "checkpoint" / "config.json").is_file():  # trains no more: base checked by checksum below
             saved["ckpt"] = wanted["ckpt"]
         if saved != wanted:
             raise SystemExit(f"{folder} holds a run with another configuration; remove it or choose --runs")
@@ -203,7 +205,6 @@ def trained(cfg: TrainConfig, folder: Path, budgets: Sequence[int], progress: bo
         if base_checksum(folder / "checkpoint") != base_checksum(resolve_checkpoint(cfg.ckpt)):
             raise SystemExit(f"{folder} was trained on another base than {cfg.ckpt} (base checksum); remove it or "
                              f"choose --runs")
-    done = (folder / "summary.json").is_file() and read_summary(folder).get("finished")
     for b in points:
         if not done:
             opts = RunOptions(progress=progress, stop_at=None if b == cfg.iter else b)

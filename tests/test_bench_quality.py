@@ -108,6 +108,14 @@ def test_quality_bench_end_to_end(setup, tiny_net_path):
                                      "--base", str(tmp_path / "base-copy"), "--out", str(tmp_path / "res5")))
     assert [t["scores"]["default"]["fid"] for t in copied["tasks"]] == \
         [t["scores"]["default"]["fid"] for t in again["tasks"]]
+    # ... but a stopped run would continue from the path it was started with: refused under another path
+    summary_file = tmp_path / "runs" / "default-seed0" / "summary.json"
+    summary_text = summary_file.read_text()
+    summary_file.write_text(json.dumps({**json.loads(summary_text), "finished": False}))
+    with pytest.raises(SystemExit, match="another configuration"):
+        quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default", "--seeds", "0", "--ref-max", "6",
+                                "--base", str(tmp_path / "base-copy"), "--out", str(tmp_path / "res6")))
+    summary_file.write_text(summary_text)
     # a new base in the same place (a newly shipped base): the old runs and their cached scores are not reused
     _save_base(tmp_path / "base", 1, overwrite=True)
     with pytest.raises(SystemExit, match="trained on another base"):
