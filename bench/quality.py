@@ -193,15 +193,16 @@ def trained(cfg: TrainConfig, folder: Path, budgets: Sequence[int], progress: bo
     A stopped run continues from the base path it was started with, so that path must be the one given."""
     points = [*sorted(b for b in budgets if b < cfg.iter), cfg.iter]
     done = (folder / "summary.json").is_file() and read_summary(folder).get("finished")
+    has_checkpoint = (folder / "checkpoint" / "config.json").is_file()
     if (folder / "config.json").is_file():
         # read as `colorgan train --resume` reads it: settings added since the run was saved take their defaults
         saved = _plain(asdict(TrainConfig.from_dict(load_json(folder / "config.json"))))
         wanted = _plain(asdict(cfg))
-        if done and (folder / "checkpoint" / "config.json").is_file():  # trains no more: base checked by checksum below
+        if done and has_checkpoint:  # trains no more: base checked by checksum below
             saved["ckpt"] = wanted["ckpt"]
         if saved != wanted:
             raise SystemExit(f"{folder} holds a run with another configuration; remove it or choose --runs")
-    if (folder / "checkpoint" / "config.json").is_file():
+    if has_checkpoint:
         if base_checksum(folder / "checkpoint") != base_checksum(resolve_checkpoint(cfg.ckpt)):
             raise SystemExit(f"{folder} was trained on another base than {cfg.ckpt} (base checksum); remove it or "
                              f"choose --runs")
