@@ -6,7 +6,10 @@ from typing import Any, Mapping
 
 from fastlora.deltas import ACTS, LEFT_ACTS
 
-KINDS = ("llora", "lora", "left")
+# kind -> (the adapter form on linear layers, the form on convolutions)
+FORMS = {"llora": ("lora", "llora"), "lora": ("lora", "lora"), "left": ("left", "left"),
+         "left-linear": ("left", "llora"), "left-conv": ("lora", "left")}
+KINDS = tuple(FORMS)
 COMPATS = ("default", "upstream")
 ROLES = ("mapping", "style", "conv", "disc")
 
@@ -17,9 +20,11 @@ class AdapterConfig:
 
     kind:  "llora" — CoLoR-GAN: LoRA on linear layers, LLoRA on convolutions;
            "lora"  — LoRA everywhere (conv LoRA spans C_in·k·k, the PEFT form);
-           "left"  — LFS-GAN's LeFT on linear layers and convolutions.
+           "left"  — LFS-GAN's LeFT on linear layers and convolutions;
+           "left-linear" — LeFT on linear layers, LLoRA on convolutions;
+           "left-conv"   — LoRA on linear layers, LeFT on convolutions.
     rank, alpha_conv (conv adapters), alpha_linear (linear adapters).
-    act:   LLoRA activation ("both", "inner", "none"); LeFT uses "inner" or "none".
+    act:   the conv adapter's activation: LLoRA "both", "inner" or "none"; LeFT "inner" or "none".
     compat: "default" (identity at initialisation, every tensor trains, correct alpha
            routing) or "upstream" (the published initialisation and alpha routing).
     bias_offset: linear LoRA adapters carry an additive bias offset.
@@ -40,7 +45,7 @@ class AdapterConfig:
             raise ValueError(f"adapter rank must be a positive integer, got {self.rank!r}")
         if self.compat not in COMPATS:
             raise ValueError(f"compat must be one of {COMPATS}, got {self.compat!r}")
-        allowed = LEFT_ACTS if self.kind == "left" else ACTS
+        allowed = LEFT_ACTS if self.form(conv=True) == "left" else ACTS
         if self.act not in allowed:
             raise ValueError(f"act for kind {self.kind!r} must be one of {allowed}, got {self.act!r}")
 
@@ -50,6 +55,10 @@ class AdapterConfig:
         --lora_alpha_conv 0.1 --lora_alpha_fc 4) with its initialisation."""
         return cls(**{"kind": "llora", "rank": 1, "alpha_conv": 0.1, "alpha_linear": 4.0, "act": "both",
                       "compat": "upstream", **overrides})
+
+    def form(self, *, conv: bool) -> str:
+        """The adapter form ("lora", "llora" or "left") this kind puts on a conv or a linear layer."""
+        return FORMS[self.kind][1 if conv else 0]
 
     def alpha_for(self, role: str) -> float:
         """The alpha a layer of this role receives (the published code routes the

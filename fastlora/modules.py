@@ -106,9 +106,10 @@ def make_adapter_params(config: AdapterConfig, weight_shape: Sequence[int], role
     """The parameter holder a task of `config` adds to a layer of this weight shape and role."""
     alpha = config.alpha_for(role)
     is_conv = len(weight_shape) == 4
-    if config.kind == "left":
+    form = config.form(conv=is_conv)
+    if form == "left":
         return LeFTParams(weight_shape, config.rank, config.act, config.compat, has_bias)
-    if config.kind == "llora" and is_conv:
+    if form == "llora":
         c_out, c_in, k, _ = weight_shape
         return LLoRAParams(c_in, c_out, k, config.rank, alpha, config.act, config.compat)
     d_out = weight_shape[0]

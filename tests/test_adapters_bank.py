@@ -20,6 +20,8 @@ CONFIGS = {
     "lora": fl.AdapterConfig(kind="lora", rank=2),
     "left": fl.AdapterConfig(kind="left", rank=2),
     "left-inner": fl.AdapterConfig(kind="left", rank=2, act="inner"),
+    "left-linear": fl.AdapterConfig(kind="left-linear", rank=2),
+    "left-conv": fl.AdapterConfig(kind="left-conv", rank=2, act="none"),
 }
 
 
@@ -121,6 +123,8 @@ def test_parameter_counts_match_closed_forms():
         ("llora", r * (4 + 5) + r * r * 9, r * (8 + 4) + 4),
         ("lora", r * (4 * 9 + 5), r * (8 + 4) + 4),
         ("left", 5 * r + r * r * 9 + 5 * r + 9 * r + 4 * r + 4 * r + 9 * r, 2 * r * (8 + 4) + 2 * 4),
+        ("left-linear", r * (4 + 5) + r * r * 9, 2 * r * (8 + 4) + 2 * 4),
+        ("left-conv", 5 * r + r * r * 9 + 5 * r + 9 * r + 4 * r + 4 * r + 9 * r, r * (8 + 4) + 4),
     ]:
         m = fl.ModulatedConv2d(4, 5, 3, 8)
         fl.add_task(m, "t", fl.AdapterConfig(kind=kind, rank=r))
@@ -129,6 +133,21 @@ def test_parameter_counts_match_closed_forms():
         counts = fl.count_parameters(m, "t")
         assert counts == {"base": 5 * 4 * 9 + 4 * 8 + 4, "stored": conv_count + lin_count,
                           "trainable": conv_count + lin_count}
+
+
+def test_mixed_kinds_put_each_form_on_its_layers():
+    """left-linear: LeFT on linear layers, LLoRA on convs; left-conv: LoRA on linear layers, LeFT on convs; the
+    conv form decides which activations are allowed."""
+    m = fl.ModulatedConv2d(4, 5, 3, 8)
+    fl.add_task(m, "a", fl.AdapterConfig(kind="left-linear", act="both"))
+    fl.add_task(m, "b", fl.AdapterConfig(kind="left-conv"))
+    assert type(m.adapters["a"].adapter()) is fl.LLoRA and type(m.modulation.adapters["a"].adapter()) is fl.LeFT
+    assert type(m.adapters["b"].adapter()) is fl.LeFT and type(m.modulation.adapters["b"].adapter()) is fl.LoRA
+    assert m.adapters["a"].adapter().act == "both" and m.modulation.adapters["b"].alpha == 4.0
+    with pytest.raises(ValueError, match="act for kind 'left-conv' must be one of"):
+        fl.AdapterConfig(kind="left-conv", act="both")
+    with pytest.raises(ValueError, match="adapter kind must be one of"):
+        fl.AdapterConfig(kind="left-both")
 
 
 def _trained(model, task, cfg, seed):

@@ -19,7 +19,8 @@ def models():
     torch.manual_seed(0)
     G = Generator(32, 16, 2, channels=CH)
     D = Discriminator(32, channels=CH, patch_heads=True, adapters=True)
-    for name, cfg in (("a", AdapterConfig(rank=2)), ("b", AdapterConfig(kind="left"))):
+    for name, cfg in (("a", AdapterConfig(rank=2)), ("b", AdapterConfig(kind="left")),
+                      ("m", AdapterConfig(kind="left-linear"))):
         fastlora.add_task(G, name, cfg)
         with torch.no_grad():
             for p in fastlora.task_parameters(G, name):
@@ -33,15 +34,15 @@ def test_round_trip(tmp_path):
     save_checkpoint(tmp_path / "ck", G, D, g_train=G)
     cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert cfg["generator"]["channels"] == {str(k): v for k, v in CH.items()}
-    assert [e["name"] for e in cfg["tasks"]] == ["a", "b"] and cfg["tasks"][0]["discriminator"]
+    assert [e["name"] for e in cfg["tasks"]] == ["a", "b", "m"] and cfg["tasks"][0]["discriminator"]
     assert (tmp_path / "ck" / "tasks" / "a" / "adapter.safetensors").is_file()
     assert (tmp_path / "ck" / "d_tasks" / "a" / "adapter_config.json").is_file()
     G2, D2, info = load_checkpoint(tmp_path / "ck", load_g_train=True)
-    assert info["tasks"] == ["a", "b"] and info["g"] is not None
+    assert info["tasks"] == ["a", "b", "m"] and info["g"] is not None
     assert parameter_report(G2, D2) == parameter_report(G, D)
     z, x = torch.randn(2, 16), torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        for t in (None, "a", "b"):
+        for t in (None, "a", "b", "m"):
             fastlora.set_task(G, t)
             fastlora.set_task(G2, t)
             assert torch.equal(G(z, truncation=0.5), G2(z, truncation=0.5))

@@ -19,7 +19,7 @@ from export.api import errors
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-KINDS = ("lora", "llora", "left")
+KINDS = ("lora", "llora", "left", "left-linear", "left-conv")
 CHANNELS = {4: 16, 8: 16, 16: 8}
 # (input, psi, noise): every pair of option values appears for every adapter kind
 COMBOS = [("z", False, "const"), ("z", True, "input"), ("w", False, "input"), ("w", True, "const")]

@@ -56,14 +56,14 @@ def adapter_params(cfg: AdapterConfig, size, D, n_mlp, ch):
     r = cfg.rank
 
     def linear(d_in, d_out):
-        if cfg.kind == "left":
+        if cfg.form(conv=False) == "left":
             return 2 * r * (d_in + d_out) + 2 * d_out
         return r * (d_in + d_out) + (d_out if cfg.bias_offset else 0)
 
     def conv(ci, co, k):
-        if cfg.kind == "llora":
+        if cfg.form(conv=True) == "llora":
             return r * (ci + co) + r * r * k * k
-        if cfg.kind == "lora":
+        if cfg.form(conv=True) == "lora":
             return r * (ci * k * k + co)
         return 2 * r * co + r * r * k * k + 2 * r * ci + 2 * k * k * r
 
@@ -96,6 +96,7 @@ def test_parameter_counts_match_closed_forms():
 
 @pytest.mark.parametrize("cfg", [AdapterConfig(), AdapterConfig(rank=3, act="none"), AdapterConfig(kind="lora", rank=2),
                                  AdapterConfig(kind="left", rank=2), AdapterConfig(rank=2, bias_offset=False),
+                                 AdapterConfig(kind="left-linear", rank=2), AdapterConfig(kind="left-conv", rank=2),
                                  AdapterConfig.upstream(rank=2)])
 def test_adapter_counts_identity_and_training(cfg):
     G = tiny()

@@ -69,7 +69,7 @@ class TrainConfig(RegConfig):
     method: str = option("color", "color: CoLoR-GAN adapters; lfs: LeFT + mode seeking; ewc / distill: full "
                          "fine-tuning with the Fisher penalty / Lifelong-GAN distillation", choices=METHODS)
     kind: Optional[str] = option(None, "adapter kind (default: llora for color, left for lfs)",
-                                 choices=("llora", "lora", "left"))
+                                 choices=fastlora.KINDS)
     rank: int = option(1, "adapter rank")
     alpha_conv: float = option(0.1, "conv adapter scale", flags=("--alpha-conv", "--lora_alpha_conv"))
     alpha_linear: float = option(0.1, "linear (style, mapping) adapter scale (0.1: chosen on the validation tasks)",
