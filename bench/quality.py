@@ -53,7 +53,9 @@ from fastlora.io import atomic_write_bytes, atomic_write_json, load_json
 # published)
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
-    "published": {"act": "both", "compat": "upstream", "alpha_linear": 4.0, "conv_max_res": 0},
+    "llora": {"kind": "llora"},  # CoLoR-GAN's form on every layer, otherwise the default recipe (the default before
+                                 # validation round 16)
+    "published": {"kind": "llora", "act": "both", "compat": "upstream", "alpha_linear": 4.0, "conv_max_res": 0},
     "left": {"kind": "left", "conv_max_res": 0},
     "correspondence": {"correspondence": 1.0},
 }
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default="emoji32", help="base checkpoint folder or shipped base (default emoji32)")
     p.add_argument("--tasks", default="test", help="'test' or 'validation' (the tasks of that role in the data's "
                                                    "manifest), or task names (default test)")
-    p.add_argument("--configs", default="default,published,left,correspondence",
+    p.add_argument("--configs", default="default,llora,published,left,correspondence",
                    help=f"named configurations, of {', '.join(CONFIGS)}")
     p.add_argument("--config", action="append", default=[], metavar="NAME:key=value,...",
                    help="an extra configuration: `colorgan train` settings by field name, e.g. "

@@ -223,7 +223,7 @@ def test_adapter_methods_keep_base_and_earlier_tasks(setup, tmp_path, method):
             fastlora.set_task(G2, t)
             assert (G2(z) - ref).abs().max() > 1e-6
     kind = fastlora.task_config(G2, "a").kind
-    assert kind == ("left" if method == "lfs" else "llora")
+    assert kind == ("left" if method == "lfs" else "left-linear")
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["global_step"] for r in log] == list(range(1, 11))
     if method == "lfs":
@@ -299,6 +299,14 @@ def test_parse_tasks_and_errors(setup, tmp_path):
     save_checkpoint(tmp_path / "nod", G)
     with pytest.raises(ValueError, match="no discriminator"):
         train(small_cfg(setup, ckpt=str(tmp_path / "nod")), tmp_path / "r4", options=OPTS)
+
+
+def test_default_adapter_kind_per_method(setup):
+    # color: LeFT on linear layers + LLoRA on convs (validation round 16); --compat upstream: the published LoRA + LLoRA
+    assert [small_cfg(setup, m).kind for m in ("color", "lfs", "ewc")] == ["left-linear", "left", None]
+    assert small_cfg(setup, compat="upstream").kind == "llora"
+    assert small_cfg(setup, kind="lora", compat="upstream").kind == "lora"
+    assert small_cfg(setup, "lfs", compat="upstream").kind == "left"
 
 
 def test_cli_train_and_upstream_flag_spellings(setup, tmp_path, capsys):

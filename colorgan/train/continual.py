@@ -40,6 +40,7 @@ from colorgan.train.steps import ExtraLoss, GANSteps, RegConfig
 
 METHODS = ("color", "lfs", "ewc", "distill")
 ADAPTER_METHODS = ("color", "lfs")
+DEFAULT_KINDS = {"color": "left-linear", "lfs": "left"}  # color's: validation round 16 (docs/benchmarks.md)
 
 
 def parse_tasks(text: str | Sequence[str]) -> list[list[str]]:
@@ -68,8 +69,9 @@ class TrainConfig(RegConfig):
     tasks: list = option(help="name=DIR,name=DIR,... (trained in this order)")
     method: str = option("color", "color: CoLoR-GAN adapters; lfs: LeFT + mode seeking; ewc / distill: full "
                          "fine-tuning with the Fisher penalty / Lifelong-GAN distillation", choices=METHODS)
-    kind: Optional[str] = option(None, "adapter kind (default: llora for color, left for lfs)",
-                                 choices=fastlora.KINDS)
+    kind: Optional[str] = option(None, "adapter kind (default for color: left-linear, LeFT on the linear layers and "
+                                 "LLoRA on the convs, chosen on the validation tasks, or llora with --compat "
+                                 "upstream; llora: CoLoR-GAN's form everywhere; lfs: left)", choices=fastlora.KINDS)
     rank: int = option(1, "adapter rank")
     alpha_conv: float = option(0.1, "conv adapter scale", flags=("--alpha-conv", "--lora_alpha_conv"))
     alpha_linear: float = option(0.1, "linear (style, mapping) adapter scale (0.1: chosen on the validation tasks)",
@@ -116,7 +118,8 @@ class TrainConfig(RegConfig):
         self.tasks = parse_tasks([f"{n}={d}" for n, d in self.tasks]) if self.tasks and \
             isinstance(self.tasks[0], (list, tuple)) else parse_tasks(self.tasks)
         if self.kind is None and self.method in ADAPTER_METHODS:
-            self.kind = "left" if self.method == "lfs" else "llora"
+            # --compat upstream reproduces the published CoLoR-GAN, whose adapters are LoRA + LLoRA
+            self.kind = "llora" if self.method == "color" and self.compat == "upstream" else DEFAULT_KINDS[self.method]
         parse_policy(self.augment_policy)
         for name in ("iter", "batch", "d_reg_every", "g_reg_every", "subspace_freq", "n_anchors", "highp",
                      "n_sample", "ms_batch_mult", "fisher_batches"):
