@@ -67,14 +67,16 @@ class TrainConfig(RegConfig):
 
     ckpt: str = option(help="base checkpoint folder (colorgan format, with a discriminator) or a shipped base name")
     tasks: list = option(help="name=DIR,name=DIR,... (trained in this order)")
-    method: str = option("color", "color: CoLoR-GAN adapters; lfs: LeFT + mode seeking; ewc / distill: full "
+    method: str = option("color", "color: per-task adapters (of --kind) in CoLoR-GAN's loop; lfs: LeFT + mode "
+                         "seeking; ewc / distill: full "
                          "fine-tuning with the Fisher penalty / Lifelong-GAN distillation", choices=METHODS)
     kind: Optional[str] = option(None, "adapter kind (default for color: left-linear, LeFT on the linear layers and "
                                  "LLoRA on the convs, chosen on the validation tasks, or llora with --compat "
                                  "upstream; llora: CoLoR-GAN's form everywhere; lfs: left)", choices=fastlora.KINDS)
     rank: int = option(1, "adapter rank")
     alpha_conv: float = option(0.1, "conv adapter scale", flags=("--alpha-conv", "--lora_alpha_conv"))
-    alpha_linear: float = option(0.1, "linear (style, mapping) adapter scale (0.1: chosen on the validation tasks)",
+    alpha_linear: float = option(0.1, "linear (style, mapping) LoRA scale (0.1: chosen on the validation tasks; "
+                                 "LeFT's linear form has none)",
                                  flags=("--alpha-linear", "--lora_alpha_fc"))
     act: str = option("inner", "adapter activation (LLoRA: both/inner/none; LeFT: inner/none)",
                       choices=("both", "inner", "none"))
