@@ -2,7 +2,7 @@
 configuration and several shot seeds, and score every task against its full set beside the floors that say what
 a score can mean.
 
-    python -m bench quality --real DATA [--tasks test|validation|NAME,...] [--configs default,published,left,...]
+    python -m bench quality --real DATA [--tasks test|validation|NAME,...] [--configs default,llora,published,left,...]
                             [--config NAME:key=value,...] [--seeds 0,1,2] [--iter 250] [--budgets 100,500]
                             [--rival-seeds 0,1,2] [--config-seeds NAME:SEEDS] [--n 300] [--ref-max 1000] [--base emoji32]
                             [--runs runs/quality] [--out DIR] [--overwrite]
@@ -16,9 +16,9 @@ full set, or with --ref-max a fixed seeded subset of it):
            `default-noconv`: the default's tasks (first seed) sampled with their conv adapters switched off (what the conv
            LLoRA contributes).
 Every configuration trains with `colorgan train --method color` on the demo's recipe (batch 4, R1 γ 0.1, conv
-adapters up to 16 px) and differs only in its overrides (published and left adapt every resolution); a run learns
-all tasks one after another, so forgetting is measured too (the rows of RUN/samples/after_<task>.png after the
-last task against right after the task: max abs pixel difference).
+adapters up to 16 px) and differs only in its overrides (llora: CoLoR-GAN's LoRA on the linear layers; published
+and left adapt every resolution); a run learns all tasks one after another, so forgetting is measured too (the
+rows of RUN/samples/after_<task>.png after the last task against right after the task: max abs pixel difference).
 `--budgets` also scores each run after fewer iterations (runs stop and resume there; validation uses this).
 Finished runs in --runs are reused, so an interrupted benchmark resumes.
 """
