@@ -42,7 +42,7 @@ from bench import common
 from bench.quality_scores import Scorer, halves, scores
 from colorgan.checkpoint import read_checkpoint_config, resolve_checkpoint
 from colorgan.data.emoji import choose_shots, read_manifest
-from colorgan.data.folder import list_images
+from colorgan.data.folder import images_sha256, list_images
 from colorgan.demo import demo_train_config
 from colorgan.metrics.features import INCEPTION_HELP, default_inception
 from colorgan.train.continual import TrainConfig, train
@@ -62,7 +62,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 FIXED = ("ckpt", "tasks", "iter", "seed")  # set by the benchmark for every configuration
 # the training settings each configuration resolves to, recorded in the results (defaults change over time)
 SETTINGS = ("method", "kind", "rank", "alpha_conv", "alpha_linear", "act", "compat", "lr", "batch", "ema_decay",
-            "ema_warmup", "correspondence", "augment", "d_freeze", "mapping_lr_mul", "conv_max_res", "r1")
+            "ema_warmup", "correspondence", "augment", "d_freeze", "mapping_lr_mul", "style_lr_mul", "conv_max_res",
+            "r1")
 TASK_ORDER = ("openmoji-black", "flags", "symbols", "smileys", "twemoji", "openmoji")
 
 
@@ -191,8 +192,9 @@ def trained(cfg: TrainConfig, folder: Path, budgets: Sequence[int], progress: bo
     """Train the run in `folder`, stopping at every budget (single-task runs) to call on_budget(iterations), and
     at the end. A finished run is reused (its budgets' scores must then be cached); a stopped one continues.
     A run of another configuration, or one trained on another base (e.g. before a new base was shipped), is refused;
-    a finished run made with the same base under another path (a copy, or the shipped name) is reused (by checksum).
-    A stopped run continues from the base path it was started with, so that path must be the one given."""
+    a finished run made with the same base or the same shots under another path (a copy, the shipped name, a moved
+    runs or data folder) is reused (base by checksum, shots by content). A stopped run continues from the paths it
+    was started with, so they must be the ones given."""
     points = [*sorted(b for b in budgets if b < cfg.iter), cfg.iter]
     done = (folder / "summary.json").is_file() and read_summary(folder).get("finished")
     has_checkpoint = (folder / "checkpoint" / "config.json").is_file()
@@ -200,10 +202,14 @@ def trained(cfg: TrainConfig, folder: Path, budgets: Sequence[int], progress: bo
         # read as `colorgan train --resume` reads it: settings added since the run was saved take their defaults
         saved = _plain(asdict(TrainConfig.from_dict(load_json(folder / "config.json"))))
         wanted = _plain(asdict(cfg))
-        if done and has_checkpoint:  # trains no more: base checked by checksum below
+        if done and has_checkpoint:  # trains no more: base checked by checksum below, shots by content
             saved["ckpt"] = wanted["ckpt"]
-        if saved != wanted:
-            raise SystemExit(f"{folder} holds a run with another configuration; remove it or choose --runs")
+            if same_shots(saved["tasks"], wanted["tasks"]):
+                saved["tasks"] = wanted["tasks"]
+        differ = sorted(k for k in wanted if saved.get(k) != wanted[k])
+        if differ:
+            raise SystemExit(f"{folder} holds a run with another configuration (differs in {', '.join(differ)}); "
+                             f"remove it or choose --runs")
     if has_checkpoint:
         if base_checksum(folder / "checkpoint") != base_checksum(resolve_checkpoint(cfg.ckpt)):
             raise SystemExit(f"{folder} was trained on another base than {cfg.ckpt} (base checksum); remove it or "
@@ -216,6 +222,17 @@ def trained(cfg: TrainConfig, folder: Path, budgets: Sequence[int], progress: bo
             else:
                 train(cfg, folder, options=opts, overwrite=folder.exists())
         on_budget(b, done and b != cfg.iter)
+
+
+def same_shots(saved: list, wanted: list) -> bool:
+    """Whether two runs' task lists ([name, folder] pairs) name the same tasks with the same images, wherever the
+    folders are; a folder that is gone or unreadable counts as different."""
+    if [n for n, _ in saved] != [n for n, _ in wanted]:
+        return False
+    try:
+        return all(images_sha256(a) == images_sha256(b) for (_, a), (_, b) in zip(saved, wanted))
+    except (OSError, ValueError):
+        return False
 
 
 def _plain(d: dict) -> dict:

@@ -108,6 +108,23 @@ def test_quality_bench_end_to_end(setup, tiny_net_path):
                                      "--base", str(tmp_path / "base-copy"), "--out", str(tmp_path / "res5")))
     assert [t["scores"]["default"]["fid"] for t in copied["tasks"]] == \
         [t["scores"]["default"]["fid"] for t in again["tasks"]]
+    # a copied runs folder (its seed-1 runs name shots inside the original) and a moved data folder: the same shots
+    # by content, so the finished runs are reused; other shots under the saved path are refused
+    shutil.copytree(tmp_path / "runs", tmp_path / "runs-copy")
+    shutil.copytree(tmp_path / "data", tmp_path / "data-moved")
+    ckpt_times = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs-copy" / "left-seed1").rglob("*") if p.is_file()}
+    moved = quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "left", "--seeds", "1", "--ref-max", "6",
+                                    "--runs", str(tmp_path / "runs-copy"), "--real", str(tmp_path / "data-moved"),
+                                    "--out", str(tmp_path / "res7")))
+    assert [t["scores"]["left"]["fid"] for t in moved["tasks"]] == [t["scores"]["left"]["fid"] for t in report["tasks"]]
+    assert {p: p.stat().st_mtime_ns for p in ckpt_times} == ckpt_times  # reused, not trained again
+    shot = next((tmp_path / "data" / "flags" / "train").iterdir())
+    shot_bytes = shot.read_bytes()
+    shutil.copyfile(next(p for p in (tmp_path / "data" / "flags" / "full").iterdir() if p.name != shot.name), shot)
+    with pytest.raises(SystemExit, match=r"another configuration \(differs in tasks\)"):
+        quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default", "--seeds", "0", "--ref-max", "6",
+                                "--real", str(tmp_path / "data-moved"), "--out", str(tmp_path / "res8")))
+    shot.write_bytes(shot_bytes)
     # ... but a stopped run would continue from the path it was started with: refused under another path
     summary_file = tmp_path / "runs" / "default-seed0" / "summary.json"
     summary_text = summary_file.read_text()

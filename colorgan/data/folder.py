@@ -1,6 +1,7 @@
 """A plain image-folder dataset (no LMDB): sorted, recursive, RGB on white, square, [-1, 1]."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -26,6 +27,15 @@ def list_images(root: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXT
     if not files:
         raise ValueError(f"image folder {str(root)!r} holds no image (looked for {', '.join(exts)}, recursively)")
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def images_sha256(root: str | os.PathLike) -> str:
+    """One SHA-256 over an image folder's images (relative paths and bytes, in `list_images` order): two folders
+    with the same digest hold the same images under the same names, wherever they are."""
+    h = hashlib.sha256()
+    for p in list_images(root):
+        h.update(p.relative_to(root).as_posix().encode("utf-8") + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
 
 
 def _wide_grey_to_l(img: Image.Image) -> Image.Image:
