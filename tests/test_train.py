@@ -394,31 +394,35 @@ def test_ema_warmup(setup, tmp_path):
     assert TrainConfig.from_dict(saved).ema_warmup is False
 
 
-def test_mapping_lr_mul_speeds_up_the_mapping_adapters_only(setup, tmp_path):
-    # one iteration from the same start: Adam's first step is about ±lr per element, so the mapping adapters'
+@pytest.mark.parametrize("option, is_role", [
+    ("mapping_lr_mul", lambda k: k.startswith("style.")),  # the mapping network is G.style
+    ("style_lr_mul", lambda k: ".modulation." in k),  # the style affines
+])
+def test_lr_mul_speeds_up_its_role_adapters_only(setup, tmp_path, option, is_role):
+    # one iteration from the same start: Adam's first step is about ±lr per element, so the role's adapters'
     # steps scale with the multiplier and every other adapter takes exactly the same step
     def trained(mul: float) -> dict[str, torch.Tensor]:
         out = tmp_path / f"m{mul:g}"
-        cfg = small_cfg(setup, tasks=f"a={setup['a']}", iter=1, mapping_lr_mul=mul, path_regularize=0)
+        cfg = small_cfg(setup, tasks=f"a={setup['a']}", iter=1, path_regularize=0, **{option: mul})
         train(cfg, out, options=OPTS)  # one G step (no path-length step)
         return {k: v.double() for k, v in load_state(out / "state/state.pt")["adapters"].items()
                 if v.is_floating_point()}
 
     one, two, hundred = trained(1.0), trained(2.0), trained(100.0)
-    mapping = [k for k in one if k.startswith("style.")]
-    others = [k for k in one if k not in mapping]
-    assert mapping and others
-    step = sum((two[k] - one[k]).norm() ** 2 for k in mapping) ** 0.5
-    far = sum((hundred[k] - one[k]).norm() ** 2 for k in mapping) ** 0.5
+    role = [k for k in one if is_role(k)]
+    others = [k for k in one if k not in role]
+    assert role and others
+    step = sum((two[k] - one[k]).norm() ** 2 for k in role) ** 0.5
+    far = sum((hundred[k] - one[k]).norm() ** 2 for k in role) ** 0.5
     assert step > 0 and 90 < far / step < 100.5
     for k in others:
         torch.testing.assert_close(hundred[k], one[k], rtol=0, atol=1e-6, msg=lambda m: f"{k}: {m}")
-    with pytest.raises(ValueError, match="mapping_lr_mul must be positive"):
-        small_cfg(setup, mapping_lr_mul=0)
+    with pytest.raises(ValueError, match=f"{option} must be positive"):
+        small_cfg(setup, **{option: 0})
     saved = json.loads((tmp_path / "m100/config.json").read_text())
-    assert TrainConfig.from_dict(saved).mapping_lr_mul == 100
-    del saved["mapping_lr_mul"]  # runs saved before the option existed trained with 1
-    assert TrainConfig.from_dict(saved).mapping_lr_mul == 1
+    assert getattr(TrainConfig.from_dict(saved), option) == 100
+    del saved[option]  # runs saved before the option existed trained with 1
+    assert getattr(TrainConfig.from_dict(saved), option) == 1
 
 
 def test_d_freeze_keeps_the_first_discriminator_layers(setup, tmp_path):

@@ -94,6 +94,8 @@ class TrainConfig(RegConfig):
     mapping_lr_mul: float = option(1.0, "learning-rate multiplier for the mapping network's adapters (adapter "
                                    "methods): they inherit the mapping layers' 0.01 learning-rate scale and barely "
                                    "move in a short run; 100 lets them learn as fast as the other adapters")
+    style_lr_mul: float = option(1.0, "learning-rate multiplier for the style (modulation) affines' adapters "
+                                 "(adapter methods): below 1 the adapted styles stay nearer the base's")
     conv_max_res: int = option(0, "adapter methods: conv adapters train only in synthesis layers up to this "
                                "resolution (4, 8, ...); finer layers keep theirs at their initial values, the "
                                "identity (0: every resolution)")
@@ -127,8 +129,9 @@ class TrainConfig(RegConfig):
                      "n_sample", "ms_batch_mult", "fisher_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not self.mapping_lr_mul > 0:
-            raise ValueError(f"mapping_lr_mul must be positive, got {self.mapping_lr_mul}")
+        for name in ("mapping_lr_mul", "style_lr_mul"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.conv_max_res != 0 and (self.conv_max_res < 4 or self.conv_max_res & (self.conv_max_res - 1)):
             raise ValueError(f"conv_max_res must be 0 or a power of two >= 4, got {self.conv_max_res}")
         if self.d_freeze < 0:
@@ -143,9 +146,9 @@ class TrainConfig(RegConfig):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """The config saved in a run folder; runs saved before the EMA warm-up or the mapping multiplier existed keep
-        what they ran with (the fixed decay, multiplier 1)."""
-        return super().from_dict({"ema_warmup": False, "mapping_lr_mul": 1.0, **d})
+        """The config saved in a run folder; runs saved before the EMA warm-up or the learning-rate multipliers
+        existed keep what they ran with (the fixed decay, multipliers 1)."""
+        return super().from_dict({"ema_warmup": False, "mapping_lr_mul": 1.0, "style_lr_mul": 1.0, **d})
 
     def adapter_config(self) -> fastlora.AdapterConfig:
         return fastlora.AdapterConfig(kind=self.kind, rank=self.rank, alpha_conv=self.alpha_conv,
@@ -366,12 +369,16 @@ class Continual:
         return [p for p in fastlora.task_parameters(G, name) if id(p) not in fixed]
 
     def _g_groups(self, name: str, g_params: list[Tensor], g_lr: float) -> list[dict]:
-        """The G optimizer's parameter groups: the mapping adapters apart when --mapping-lr-mul is not 1."""
-        if not self.adapters or self.cfg.mapping_lr_mul == 1:
-            return [{"params": g_params}]
-        mapping = {id(p) for p in fastlora.task_parameters(self.G, name, roles=("mapping",))}
-        return [{"params": [p for p in g_params if id(p) not in mapping]},
-                {"params": [p for p in g_params if id(p) in mapping], "lr": g_lr * self.cfg.mapping_lr_mul}]
+        """The G optimizer's parameter groups: the mapping and style adapters apart when their learning-rate
+        multiplier (--mapping-lr-mul, --style-lr-mul) is not 1."""
+        muls = {"mapping": self.cfg.mapping_lr_mul, "style": self.cfg.style_lr_mul}
+        muls = {role: mul for role, mul in muls.items() if mul != 1} if self.adapters else {}
+        groups, apart = [], set()
+        for role, mul in muls.items():
+            ids = {id(p) for p in fastlora.task_parameters(self.G, name, roles=(role,))}
+            groups.append({"params": [p for p in g_params if id(p) in ids], "lr": g_lr * mul})
+            apart |= ids
+        return [{"params": [p for p in g_params if id(p) not in apart]}, *groups]
 
     def _task_context(self, t: int, previous: Generator) -> "TaskContext":
         cfg, info = self.cfg, self.info
