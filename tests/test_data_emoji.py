@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -35,6 +36,12 @@ SYMBOLS = [
 # rename two to animal "faces" so the animal-faces subset has members
 FACE_NAMES = {"2600-FE0F": "SUN FACE", "2601-FE0F": "CLOUD FACE"}
 SHOTS = 3
+# Fluent Emoji file stems in the fake tree -> the emoji they draw (names slugged; an emoji with skin tones has its
+# untoned image as "-default" and its toned ones with the tone's name)
+FLUENT = {"white-smiling-face-default": "263a-fe0f", "white-smiling-face-light": "263a-1f3fb",
+          "black-heart-suit": "2665-fe0f", "black-spade-suit": "2660-fe0f", "cloud-face": "2601-fe0f",
+          "umbrella": "2602-fe0f", "snowman": "2603-fe0f"}
+FLUENT_STEMS = list(FLUENT)
 DUPLICATE = "2663-FE0F"  # its Twemoji image repeats the one before it (2660, which sorts first)
 
 
@@ -103,6 +110,14 @@ def _make_tree(root: Path) -> Path:
     records[0]["skin_variations"] = {"1F3FB": {"unified": "263A-1F3FB", "image": "263a-1f3fb.png", "has_img_twitter": False}}
     (ds / "emoji.json").write_text(json.dumps(records))
     (om / "data" / "openmoji.json").write_text(json.dumps(om_records))
+    fl = nm / E.FLUENT_PKG
+    (fl / "icons" / "flat").mkdir(parents=True)
+    (fl / "package.json").write_text(json.dumps({"name": E.FLUENT_PKG, "version": "0.0.3-test"}))
+    for i, stem in enumerate(FLUENT_STEMS + ["not-an-emoji"]):
+        colour = "#%02x%02x%02x" % tuple(int(c) for c in rng.integers(0, 255, 3))
+        (fl / "icons" / "flat" / f"{stem}.svg").write_text(
+            f'<svg viewBox="0 0 32 32" xmlns="http://www.w3.org/2000/svg">'
+            f'<rect x="{4 + i % 5}" y="6" width="20" height="{12 + i}" fill="{colour}"/></svg>')
     return nm
 
 
@@ -112,7 +127,7 @@ def _tree_bytes(root: Path) -> dict[str, str]:
 
 
 def _tasks() -> list[str]:
-    return ["twemoji", "animal-faces", "flags"] + (["openmoji", "openmoji-black"] if _has_svg() else [])
+    return ["twemoji", "animal-faces", "flags"] + (["openmoji", "openmoji-black", "fluent"] if _has_svg() else [])
 
 
 @pytest.fixture
@@ -206,7 +221,8 @@ def test_missing_sources_say_what_to_install(tmp_path, tree):
     with pytest.raises(FileNotFoundError, match="apt-get install fonts-noto-color-emoji"):
         E.build_emoji_benchmark(tmp_path / "o", 32, npm_dir=tree, noto_font=tmp_path / "nope.ttf", progress=False)
     font = _font()
-    with pytest.raises(FileNotFoundError, match=r"npm install --prefix .* emoji-datasource-twitter openmoji"):
+    with pytest.raises(FileNotFoundError, match=r"npm install --prefix .* emoji-datasource-twitter openmoji "
+                                                r"fluentui-emoji"):
         E.build_emoji_benchmark(tmp_path / "o", 32, npm_dir=tmp_path / "empty", noto_font=font, progress=False)
     with pytest.raises(ValueError, match="size must be 32, 64 or 128"):
         E.build_emoji_benchmark(tmp_path / "o", 48, npm_dir=tree, noto_font=font)
@@ -293,3 +309,34 @@ def test_far_style_and_validation_tasks(tmp_path, tree):
     with pytest.raises(FileNotFoundError, match="apt-get install fonts-symbola"):
         E.build_emoji_benchmark(tmp_path / "c", 32, npm_dir=tree, noto_font=font, tasks=["symbola"],
                                 symbola_font=tmp_path / "none.ttf", progress=False)
+
+
+def test_fluent_matches_names_and_tones(tree):
+    """Fluent Emoji files are named by emoji name: the untoned emoji takes `<name>` or `<name>-default`, a toned
+    one `<name>-<tone>`; two different tones in one emoji, or no such file, give none."""
+    index = E.fluent_index(tree / E.FLUENT_PKG)
+    assert set(index) == set(FLUENT) | {"not-an-emoji"}
+    em = {e.id: e for e in E.load_emoji_metadata(tree / E.TWEMOJI_PKG)}
+    assert {i: E.fluent_svg(e, index).stem for i, e in em.items() if E.fluent_svg(e, index)} == \
+        {v: k for k, v in FLUENT.items()}
+    two_tones = dataclasses.replace(em["263a-fe0f"], unified="263A-1F3FB-200D-263A-1F3FF")
+    assert E.fluent_svg(two_tones, index) is None
+    with pytest.raises(FileNotFoundError, match="fluentui-emoji"):
+        E.fluent_index(tree / E.TWEMOJI_PKG)
+
+
+@pytest.mark.skipif(not _has_svg(), reason="no SVG rasteriser (pip install cairosvg, or apt-get install "
+                                           "librsvg2-bin)")
+def test_fluent_near_style_validation_task(tmp_path, tree):
+    m = E.build_emoji_benchmark(tmp_path / "b", 32, shots=SHOTS, npm_dir=tree, noto_font=_font(), tasks=["fluent"],
+                                progress=False)
+    info = m["tasks"]["fluent"]
+    assert info["kind"] == "near-style" and info["role"] == "validation" and info["licence"] == "MIT"
+    src = {p.stem for p in (tmp_path / "b" / "source").iterdir()}
+    full = sorted(p.stem for p in (tmp_path / "b" / "fluent" / "full").iterdir())
+    assert full == sorted(i for i in FLUENT.values() if i in src) and info["n_full"] == len(full)
+    for stem in full:
+        arr = np.asarray(Image.open(tmp_path / "b" / "fluent" / "full" / f"{stem}.png"))
+        assert arr.shape == (32, 32, 3) and (arr[0, 0] == 255).all() and arr.min() < 250
+    assert m["sources"]["fluent"]["version"] == "0.0.3-test"
+    assert "Fluent Emoji" in (tmp_path / "b" / "LICENSES.md").read_text()

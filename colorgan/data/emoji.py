@@ -6,7 +6,7 @@ The source domain is Noto Color Emoji; every task is a domain to adapt to from t
 |---|---|---|
 | far-style | the same content drawn in a very different style | openmoji-black (test), symbola (validation) |
 | subset | a narrow group of the source's own emoji | flags, symbols, smileys (test), objects (validation), animal-faces (extra, too small for FID) |
-| near-style | the same content drawn by other designers | twemoji, openmoji (test: "does no damage" checks) |
+| near-style | the same content drawn by other designers | twemoji, openmoji (test: "does no damage" checks), fluent (validation) |
 
 Validation tasks are for choosing the training recipe, so the test tasks are never looked at for that.
 Every set is deduplicated (identical renderings at the target size are kept once, the first by id).
@@ -32,18 +32,18 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from colorgan.data.emoji_sources import (INSTALL_NPM, LICENCES, MARGIN, NOTO_BITMAP_SIZE, OPENMOJI_PKG, SYMBOLA_SIZE,
-                                         TWEMOJI_PKG, Emoji, FontRenderer, SvgRasteriser, _debian_version,
-                                         _ttf_version_string, find_noto_font, find_npm_package, find_symbola_font,
-                                         finish_image, load_emoji_metadata, match_key, openmoji_index,
-                                         package_version)
-from colorgan.data.folder import list_images
+from colorgan.data.emoji_sources import (FLUENT_PKG, INSTALL_NPM, LICENCES, MARGIN, NOTO_BITMAP_SIZE, OPENMOJI_PKG,
+                                         SYMBOLA_SIZE, TWEMOJI_PKG, Emoji, FontRenderer, SvgRasteriser,
+                                         _debian_version, _ttf_version_string, find_noto_font, find_npm_package,
+                                         find_symbola_font, finish_image, fluent_index, fluent_svg,
+                                         load_emoji_metadata, match_key, openmoji_index, package_version)
+from colorgan.data.folder import images_sha256, list_images
 from colorgan.outputs import check_replaceable, check_writable, write_marker
 from fastlora.io import atomic_directory, sha256_file
 
 __all__ = ["TASKS", "TaskSpec", "build_emoji_benchmark", "choose_shots", "read_manifest", "task_folders",
            "Emoji", "FontRenderer", "SvgRasteriser", "finish_image", "load_emoji_metadata", "match_key",
-           "OPENMOJI_PKG", "TWEMOJI_PKG"]
+           "fluent_index", "fluent_svg", "FLUENT_PKG", "OPENMOJI_PKG", "TWEMOJI_PKG"]
 
 MANIFEST_VERSION = 2
 DEFAULT_SEED = 0
@@ -78,7 +78,7 @@ class TaskSpec:
     name: str
     kind: str  # one of KINDS
     description: str
-    style: str  # "noto" (a subset of the source) | "twemoji" | "openmoji" | "openmoji-black" | "symbola"
+    style: str  # "noto" (a subset of the source) | "twemoji" | "openmoji" | "openmoji-black" | "symbola" | "fluent"
     member: Callable[[Emoji], bool] | None = None  # subsets: which source emoji belong
     role: str = "test"  # one of ROLES
 
@@ -92,6 +92,8 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
     TaskSpec("openmoji", "near-style", "the source emoji in OpenMoji's colour style", "openmoji"),
     TaskSpec("symbola", "far-style", "the source emoji as Symbola's black glyphs", "symbola", role="validation"),
     TaskSpec("objects", "subset", "Noto objects: category Objects", "noto", in_category("Objects"), role="validation"),
+    TaskSpec("fluent", "near-style", "the source emoji in Microsoft's Fluent Emoji flat style", "fluent",
+             role="validation"),
     TaskSpec("animal-faces", "subset",
              "Noto animal faces: subcategory cat-face, or animal-* with a Unicode name ending in FACE",
              "noto", is_animal_face, role="extra"),
@@ -117,13 +119,6 @@ def choose_shots(ids: list[str], shots: int, seed: int, task: str) -> list[str]:
 def _save_png(img: Image.Image, path: Path) -> None:
     # no pnginfo/exif: Pillow then writes no time chunk, so bytes depend only on the pixels
     img.save(path, format="PNG", optimize=False, compress_level=9)
-
-
-def _tree_sha256(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.iterdir()):
-        h.update(p.name.encode("utf-8") + b"\0" + hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()
 
 
 def _progress(it: Iterable, desc: str, total: int, enabled: bool) -> Iterable:
@@ -166,6 +161,7 @@ class Sources:
     datasource: Path
     emoji: list
     openmoji: Optional[Path] = None
+    fluent: Optional[Path] = None
     rasteriser: Optional[SvgRasteriser] = None
     symbola: Optional[FontRenderer] = None
     symbola_path: Optional[Path] = None
@@ -179,6 +175,9 @@ def locate_sources(task_names: list[str], npm_dir, noto_font, symbola_font) -> S
                   emoji=load_emoji_metadata(ds_dir))
     if styles & {"openmoji", "openmoji-black"}:
         src.openmoji = find_npm_package(OPENMOJI_PKG, npm_dir)
+    if "fluent" in styles:
+        src.fluent = find_npm_package(FLUENT_PKG, npm_dir)
+    if styles & {"openmoji", "openmoji-black", "fluent"}:
         src.rasteriser = SvgRasteriser()
     if "symbola" in styles:
         src.symbola_path = find_symbola_font(symbola_font)
@@ -196,6 +195,7 @@ def _render_style(spec: TaskSpec, present: list[Emoji], src: Sources, size: int,
                     out.add(e.id, im.convert("RGB"))
         return
     items = _progress(present, spec.name, len(present), progress)
+    px = max(72, 2 * size)  # SVGs are rasterised at this size before cropping
     if spec.style == "twemoji":
         img_dir = src.datasource / "img" / "twitter" / "64"
         if not img_dir.is_dir():
@@ -206,9 +206,14 @@ def _render_style(spec: TaskSpec, present: list[Emoji], src: Sources, size: int,
                     out.add(e.id, finish_image(im.convert("RGBA"), size))
     elif spec.style in ("openmoji", "openmoji-black"):
         svgs = openmoji_index(src.openmoji, "black" if spec.style == "openmoji-black" else "color")
-        px = max(72, 2 * size)
         for e in items:
             svg = svgs.get(e.key)
+            if svg is not None:
+                out.add(e.id, finish_image(src.rasteriser.render(svg, px), size))
+    elif spec.style == "fluent":
+        index = fluent_index(src.fluent)
+        for e in items:
+            svg = fluent_svg(e, index)
             if svg is not None:
                 out.add(e.id, finish_image(src.rasteriser.render(svg, px), size))
     elif spec.style == "symbola":
@@ -239,6 +244,9 @@ def _sources_info(src: Sources) -> dict:
     if src.openmoji is not None:
         info["openmoji"] = {**LICENCES["openmoji"], "version": package_version(src.openmoji),
                             "svg_rasteriser": src.rasteriser.backend}
+    if src.fluent is not None:
+        info["fluent"] = {**LICENCES["fluent"], "version": package_version(src.fluent),
+                          "svg_rasteriser": src.rasteriser.backend}
     if src.symbola_path is not None:
         info["symbola"] = {**LICENCES["symbola"], "font_file": src.symbola_path.name,
                            "font_sha256": sha256_file(src.symbola_path),
@@ -317,8 +325,8 @@ def build_emoji_benchmark(
             task_info[t] = {
                 "kind": spec.kind, "role": spec.role, "style": spec.style, "description": spec.description,
                 "n_full": len(full.ids), "n_duplicates_removed": full.duplicates, "n_train": len(train),
-                "train_ids": train, "full_sha256": _tree_sha256(full.folder),
-                "train_sha256": _tree_sha256(tmp / t / "train"), "licence": LICENCES[_licence_key(spec.style)]["licence"],
+                "train_ids": train, "full_sha256": images_sha256(full.folder),
+                "train_sha256": images_sha256(tmp / t / "train"), "licence": LICENCES[_licence_key(spec.style)]["licence"],
             }
         manifest = {
             "format": "colorgan-emoji-benchmark", "manifest_version": MANIFEST_VERSION,
@@ -327,7 +335,7 @@ def build_emoji_benchmark(
             "deduplication": "identical renderings at the target size are kept once, the first by id",
             "n_metadata_emoji": len(src.emoji),
             "source": {"n": len(source.ids), "n_duplicates_removed": source.duplicates, "style": "noto",
-                       "sha256": _tree_sha256(source.folder), "licence": LICENCES["noto"]["licence"]},
+                       "sha256": images_sha256(source.folder), "licence": LICENCES["noto"]["licence"]},
             "tasks": task_info,
             "sources": _sources_info(src),
             "software": {"pillow": PIL.__version__},
@@ -342,7 +350,7 @@ def _licences_md(m: dict) -> str:
              "Generated by `colorgan data emoji`. Each folder keeps the licence of the artwork it was made from.", ""]
     names = {"noto": "Noto Color Emoji (folders source/ and the subset tasks)",
              "twemoji": "Twemoji (folder twemoji/)", "openmoji": "OpenMoji (folders openmoji/ and openmoji-black/)",
-             "symbola": "Symbola (folder symbola/)"}
+             "symbola": "Symbola (folder symbola/)", "fluent": "Fluent Emoji (folder fluent/)"}
     for key, info in m["sources"].items():
         lines += [f"## {names[key]}", "", f"- from: {info['package']}",
                   f"- version: {info.get('version') or info.get('debian_version') or info.get('font_version')}",

@@ -4,7 +4,8 @@ their metadata and licences, and rendering one emoji from each (nothing is downl
 - Noto Color Emoji, Debian `fonts-noto-color-emoji` (font OFL-1.1, artwork Apache-2.0), rendered with Pillow;
 - Symbola, Debian `fonts-symbola` (a monochrome outline font of the same emoji; free for any use), rendered black;
 - Twemoji 64x64 PNGs and the emoji metadata (codepoints, categories) from npm `emoji-datasource-twitter`;
-- OpenMoji colour and black line-art SVGs from npm `openmoji`, rasterised with CairoSVG (or `rsvg-convert`).
+- OpenMoji colour and black line-art SVGs from npm `openmoji`, rasterised with CairoSVG (or `rsvg-convert`);
+- Microsoft's Fluent Emoji flat SVGs from npm `fluentui-emoji` (files named by emoji name), rasterised the same way.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -31,10 +33,11 @@ SYMBOLA_SIZE = 109  # an outline font: any size; the same as Noto's
 NPM_PREFIX_HINT = "~/.cache/colorgan/npm"
 TWEMOJI_PKG = "emoji-datasource-twitter"
 OPENMOJI_PKG = "openmoji"
+FLUENT_PKG = "fluentui-emoji"
 MARGIN = 0.04  # empty border, as a fraction of the square canvas, around each cropped emoji
 
 INSTALL_NOTO = "apt-get install fonts-noto-color-emoji"
-INSTALL_NPM = f"npm install --prefix {NPM_PREFIX_HINT} {TWEMOJI_PKG} {OPENMOJI_PKG}"
+INSTALL_NPM = f"npm install --prefix {NPM_PREFIX_HINT} {TWEMOJI_PKG} {OPENMOJI_PKG} {FLUENT_PKG}"
 INSTALL_SVG = "pip install cairosvg  (needs the cairo library: apt-get install libcairo2), or apt-get install librsvg2-bin"
 INSTALL_SYMBOLA = "apt-get install fonts-symbola"
 
@@ -66,7 +69,17 @@ LICENCES = {
                        "SVGs were rasterised, cropped, padded, composited on white and resized; the derived images "
                        "are shared under the same licence.",
     },
+    "fluent": {
+        "package": f"npm {FLUENT_PKG}",
+        "licence": "MIT",
+        "attribution": "Fluent Emoji, Copyright (c) Microsoft Corporation, MIT licence "
+                       "(https://github.com/microsoft/fluentui-emoji), as packaged in npm fluentui-emoji (Copyright (c) "
+                       "2022 Mohammad Abu Mattar, MIT licence). The flat SVGs were rasterised, cropped, padded, "
+                       "composited on white and resized.",
+    },
 }
+# skin-tone modifier -> the suffix of Fluent Emoji's file names (the untoned variant of a toned emoji is "-default")
+FLUENT_TONES = {"1F3FB": "light", "1F3FC": "medium-light", "1F3FD": "medium", "1F3FE": "medium-dark", "1F3FF": "dark"}
 
 
 # --------------------------------------------------------------------------- metadata
@@ -320,3 +333,22 @@ def openmoji_index(om_dir: Path, variant: str = "color") -> dict[str, Path]:
             index.setdefault(match_key(hexcode), svg)
     return index
 
+
+def fluent_index(fluent_dir: Path) -> dict[str, Path]:
+    """File stem -> SVG path of Fluent Emoji's flat style (icons/flat/<name>.svg, e.g. grinning-face.svg)."""
+    svg_dir = fluent_dir / "icons" / "flat"
+    if not svg_dir.is_dir():
+        raise FileNotFoundError(f"expected Fluent Emoji SVGs in {str(svg_dir)!r}; reinstall with `{INSTALL_NPM}`")
+    return {p.stem: p for p in sorted(svg_dir.glob("*.svg")) if p.is_file()}
+
+
+def fluent_svg(e: Emoji, index: dict[str, Path]) -> Path | None:
+    """The Fluent Emoji SVG of one emoji, matched by its metadata name ("Grinning Face" -> grinning-face, a skin
+    tone as a suffix: thumbs-up-medium-dark; an untoned emoji that has tones: thumbs-up-default), or None."""
+    stem = re.sub(r"[^a-z0-9]+", "-", e.name.lower()).strip("-")
+    tones = {FLUENT_TONES[cp] for cp in e.unified.split("-") if cp in FLUENT_TONES}
+    if not stem or len(tones) > 1:
+        return None  # no name, or two people of different tones (Fluent draws one tone per emoji)
+    if tones:
+        return index.get(f"{stem}-{tones.pop()}")
+    return index.get(stem) or index.get(f"{stem}-default")
