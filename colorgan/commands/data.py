@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="dataset", metavar="DATASET", required=True)
     e = sub.add_parser(
         "emoji", help="emoji benchmark: Noto source; far-style, subset and near-style tasks",
-        description=(f"Needs `{INSTALL_NOTO}` and `{INSTALL_NPM}`; OpenMoji SVGs also need {INSTALL_SVG}; the "
+        description=(f"Needs `{INSTALL_NOTO}` and `{INSTALL_NPM}`; OpenMoji and Fluent Emoji SVGs also need "
+                     f"{INSTALL_SVG}; the "
                      f"symbola task needs `{INSTALL_SYMBOLA}`. Tasks: "
                      + "; ".join(f"{t.name} ({t.kind}, {t.role})" for t in emoji_data.TASKS.values()) + "."),
     )
