@@ -98,6 +98,7 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
              "Noto animal faces: subcategory cat-face, or animal-* with a Unicode name ending in FACE",
              "noto", is_animal_face, role="extra"),
 )}
+SVG_STYLES = ("openmoji", "openmoji-black", "fluent")  # styles rasterised from SVG files
 # what `colorgan data emoji` writes in its folder (--overwrite replaces a data folder holding nothing else)
 DATA_ENTRIES = ("source", "manifest.json", "LICENSES.md", *TASKS)
 
@@ -177,12 +178,21 @@ def locate_sources(task_names: list[str], npm_dir, noto_font, symbola_font) -> S
         src.openmoji = find_npm_package(OPENMOJI_PKG, npm_dir)
     if "fluent" in styles:
         src.fluent = find_npm_package(FLUENT_PKG, npm_dir)
-    if styles & {"openmoji", "openmoji-black", "fluent"}:
+    if styles & set(SVG_STYLES):
         src.rasteriser = SvgRasteriser()
     if "symbola" in styles:
         src.symbola_path = find_symbola_font(symbola_font)
         src.symbola = FontRenderer(src.symbola_path, SYMBOLA_SIZE)
     return src
+
+
+def _svg_lookup(style: str, src: Sources) -> Callable[[Emoji], Optional[Path]]:
+    """emoji -> its SVG in one of the SVG_STYLES (None when that style does not draw it)."""
+    if style == "fluent":
+        index = fluent_index(src.fluent)
+        return lambda e: fluent_svg(e, index)
+    svgs = openmoji_index(src.openmoji, "black" if style == "openmoji-black" else "color")
+    return lambda e: svgs.get(e.key)
 
 
 def _render_style(spec: TaskSpec, present: list[Emoji], src: Sources, size: int, out: DedupWriter,
@@ -195,7 +205,6 @@ def _render_style(spec: TaskSpec, present: list[Emoji], src: Sources, size: int,
                     out.add(e.id, im.convert("RGB"))
         return
     items = _progress(present, spec.name, len(present), progress)
-    px = max(72, 2 * size)  # SVGs are rasterised at this size before cropping
     if spec.style == "twemoji":
         img_dir = src.datasource / "img" / "twitter" / "64"
         if not img_dir.is_dir():
@@ -204,16 +213,11 @@ def _render_style(spec: TaskSpec, present: list[Emoji], src: Sources, size: int,
             if e.twemoji_image and (img_dir / e.twemoji_image).is_file():
                 with Image.open(img_dir / e.twemoji_image) as im:
                     out.add(e.id, finish_image(im.convert("RGBA"), size))
-    elif spec.style in ("openmoji", "openmoji-black"):
-        svgs = openmoji_index(src.openmoji, "black" if spec.style == "openmoji-black" else "color")
+    elif spec.style in SVG_STYLES:
+        svg_of = _svg_lookup(spec.style, src)
+        px = max(72, 2 * size)  # rasterised at this size before cropping
         for e in items:
-            svg = svgs.get(e.key)
-            if svg is not None:
-                out.add(e.id, finish_image(src.rasteriser.render(svg, px), size))
-    elif spec.style == "fluent":
-        index = fluent_index(src.fluent)
-        for e in items:
-            svg = fluent_svg(e, index)
+            svg = svg_of(e)
             if svg is not None:
                 out.add(e.id, finish_image(src.rasteriser.render(svg, px), size))
     elif spec.style == "symbola":
