@@ -401,9 +401,9 @@ def test_ema_warmup(setup, tmp_path):
 def test_lr_mul_speeds_up_its_role_adapters_only(setup, tmp_path, option, is_role):
     # one iteration from the same start: Adam's first step is about ±lr per element, so the role's adapters'
     # steps scale with the multiplier and every other adapter takes exactly the same step
-    def trained(mul: float) -> dict[str, torch.Tensor]:
-        out = tmp_path / f"m{mul:g}"
-        cfg = small_cfg(setup, tasks=f"a={setup['a']}", iter=1, path_regularize=0, **{option: mul})
+    def trained(mul: float, iters: int = 1) -> dict[str, torch.Tensor]:
+        out = tmp_path / f"m{mul:g}-{iters}"
+        cfg = small_cfg(setup, tasks=f"a={setup['a']}", iter=iters, path_regularize=0, **{option: mul})
         train(cfg, out, options=OPTS)  # one G step (no path-length step)
         return {k: v.double() for k, v in load_state(out / "state/state.pt")["adapters"].items()
                 if v.is_floating_point()}
@@ -417,9 +417,16 @@ def test_lr_mul_speeds_up_its_role_adapters_only(setup, tmp_path, option, is_rol
     assert step > 0 and 90 < far / step < 100.5
     for k in others:
         torch.testing.assert_close(hundred[k], one[k], rtol=0, atol=1e-6, msg=lambda m: f"{k}: {m}")
-    with pytest.raises(ValueError, match=f"{option} must be positive"):
-        small_cfg(setup, **{option: 0})
-    saved = json.loads((tmp_path / "m100/config.json").read_text())
+    # 0: the role's adapters stay at their initial values (the identity) while the others train as with 1
+    still, still2 = trained(0.0), trained(0.0, iters=2)
+    assert all(torch.equal(still[k], still2[k]) for k in role)
+    assert any(not torch.equal(still[k], one[k]) for k in role)
+    for k in others:
+        torch.testing.assert_close(still[k], one[k], rtol=0, atol=1e-6, msg=lambda m: f"{k}: {m}")
+    assert any(not torch.equal(still2[k], still[k]) for k in others)
+    with pytest.raises(ValueError, match=f"{option} must be >= 0"):
+        small_cfg(setup, **{option: -1})
+    saved = json.loads((tmp_path / "m100-1/config.json").read_text())
     assert getattr(TrainConfig.from_dict(saved), option) == 100
     del saved[option]  # runs saved before the option existed trained with 1
     assert getattr(TrainConfig.from_dict(saved), option) == 1

@@ -92,10 +92,10 @@ class TrainConfig(RegConfig):
     d_freeze: int = option(0, "FreezeD: the discriminator's first N layers from the image (the from-RGB layer, "
                               "then one block per resolution) keep the base's weights (0: D trains fully)")
     mapping_lr_mul: float = option(1.0, "learning-rate multiplier for the mapping network's adapters (adapter "
-                                   "methods): they inherit the mapping layers' 0.01 learning-rate scale and barely "
-                                   "move in a short run; 100 lets them learn as fast as the other adapters")
+                                   "methods; 0: they stay at the identity, the base's mapping)")
     style_lr_mul: float = option(1.0, "learning-rate multiplier for the style (modulation) affines' adapters "
-                                 "(adapter methods): below 1 the adapted styles stay nearer the base's")
+                                 "(adapter methods): below 1 the adapted styles stay nearer the base's (0: they "
+                                 "stay at the identity)")
     conv_max_res: int = option(0, "adapter methods: conv adapters train only in synthesis layers up to this "
                                "resolution (4, 8, ...); finer layers keep theirs at their initial values, the "
                                "identity (0: every resolution)")
@@ -130,8 +130,8 @@ class TrainConfig(RegConfig):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("mapping_lr_mul", "style_lr_mul"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.conv_max_res != 0 and (self.conv_max_res < 4 or self.conv_max_res & (self.conv_max_res - 1)):
             raise ValueError(f"conv_max_res must be 0 or a power of two >= 4, got {self.conv_max_res}")
         if self.d_freeze < 0:
@@ -350,29 +350,35 @@ class Continual:
             self._add_adapters(t, name)
             fastlora.set_task(self.G, name)
             fastlora.set_task(self.g_ema, name)
-            for p in self._fine_conv_adapters(self.G, name):
+            for p in self._fixed_adapters(self.G, name):
                 p.requires_grad_(False)
             return self.G, self.g_ema, self._trained_adapters(self.G, name)
         G, g_ema = self._full_generators(previous)
         return G, g_ema, list(G.parameters())
 
-    def _fine_conv_adapters(self, G: Generator, name: str) -> list[Tensor]:
-        """The task's conv adapter tensors in synthesis layers finer than --conv-max-res (they stay at their
-        initial values, the identity); none when it is 0."""
+    def _fixed_adapters(self, G: Generator, name: str) -> list[Tensor]:
+        """The task's adapter tensors that stay at their initial values, the identity: the conv adapters in
+        synthesis layers finer than --conv-max-res (none when it is 0) and the mapping or style adapters whose
+        learning-rate multiplier is 0."""
         limit = self.cfg.conv_max_res
-        return [p for layer, res in G.synthesis_resolutions() if limit and res > limit
+        fine = [p for layer, res in G.synthesis_resolutions() if limit and res > limit
                 for _, m in fastlora.adapted_layers(layer) if m.role == "conv" for p in m.adapters[name].parameters()]
+        still = tuple(role for role, mul in self._lr_muls().items() if mul == 0)
+        return fine + (list(fastlora.task_parameters(G, name, roles=still)) if still else [])
+
+    def _lr_muls(self) -> dict[str, float]:
+        """Learning-rate multiplier per adapter role (--mapping-lr-mul, --style-lr-mul)."""
+        return {"mapping": self.cfg.mapping_lr_mul, "style": self.cfg.style_lr_mul}
 
     def _trained_adapters(self, G: Generator, name: str) -> list[Tensor]:
         """The task's adapter tensors that train (and their EMA copies, in the same order)."""
-        fixed = {id(p) for p in self._fine_conv_adapters(G, name)}
+        fixed = {id(p) for p in self._fixed_adapters(G, name)}
         return [p for p in fastlora.task_parameters(G, name) if id(p) not in fixed]
 
     def _g_groups(self, name: str, g_params: list[Tensor], g_lr: float) -> list[dict]:
         """The G optimizer's parameter groups: the mapping and style adapters apart when their learning-rate
-        multiplier (--mapping-lr-mul, --style-lr-mul) is not 1."""
-        muls = {"mapping": self.cfg.mapping_lr_mul, "style": self.cfg.style_lr_mul}
-        muls = {role: mul for role, mul in muls.items() if mul != 1} if self.adapters else {}
+        multiplier (--mapping-lr-mul, --style-lr-mul) is not 1 (at 0 they do not train: not in g_params)."""
+        muls = {role: mul for role, mul in self._lr_muls().items() if mul not in (0, 1)} if self.adapters else {}
         groups, apart = [], set()
         for role, mul in muls.items():
             ids = {id(p) for p in fastlora.task_parameters(self.G, name, roles=(role,))}
