@@ -27,6 +27,7 @@ from fastlora.bank import (
     merged_weights,
     read_task_config,
     remove_task,
+    reset_task,
     save_task,
     set_task,
     task_config,
@@ -43,7 +44,7 @@ __all__ = [
     "LoRA", "LLoRA", "LeFT", "AdapterConfig", "KINDS", "BACKENDS", "functional", "resolve_backend",
     "AdaptedLayer", "AdaptedLinear", "ModulatedConv2d", "AdaptedConv2d",
     "adapted_layers", "add_task", "remove_task", "set_task", "active_task", "task_names", "task_config",
-    "task_parameters", "base_parameters", "freeze_base", "task_state_dict", "base_state_dict", "base_checksum",
+    "task_parameters", "reset_task", "base_parameters", "freeze_base", "task_state_dict", "base_state_dict", "base_checksum",
     "count_parameters", "check_task_name", "set_deterministic", "deterministic", "save_task", "load_task",
     "read_task_config", "merge_task", "unmerge", "merged_state_dict", "merged_weights", "capture", "CapturedForward",
 ]

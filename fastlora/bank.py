@@ -120,6 +120,15 @@ def task_parameters(model: nn.Module, task: str, roles: Optional[Collection[str]
             for p in m.adapters[task].parameters()]
 
 
+def reset_task(model: nn.Module, task: str, roles: Optional[Collection[str]] = None) -> None:
+    """Put one task's adapters (with `roles`, only those of layers of these roles) back to fresh initial values,
+    the identity; their random factors are drawn from the global RNG."""
+    _require_task(model, task)
+    for _, m in adapted_layers(model):
+        if roles is None or m.role in roles:
+            m.reset_adapter(task)
+
+
 def base_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Every parameter that is not an adapter tensor."""
     adapter_ids = {id(p) for _, m in adapted_layers(model) for p in m.adapters.parameters()}

@@ -143,6 +143,14 @@ class AdaptedLayer(nn.Module):
         params.config = config
         self.adapters[task] = params.to(device=self.weight.device, dtype=self.weight.dtype)
 
+    @torch.no_grad()
+    def reset_adapter(self, task: str) -> None:
+        """Put task's adapter back to fresh initial values (the identity: the adapted weight is the base's)."""
+        params = self._params(task)
+        fresh = make_adapter_params(params.config, self.weight.shape, self.role, self.bias is not None)
+        for p, q in zip(params.parameters(), fresh.parameters()):
+            p.copy_(q)
+
     def current_adapter(self, task_ids: Optional[Tensor] = None) -> FL.AdapterArg:
         """The adapter argument for the functional op under the current `active` setting."""
         active = self.active

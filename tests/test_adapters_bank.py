@@ -76,6 +76,35 @@ def test_default_config_is_identity_at_init_and_every_tensor_trains(name):
     assert all(not p.requires_grad for p in fl.base_parameters(model))
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_reset_task_returns_chosen_roles_to_the_identity(name):
+    torch.manual_seed(0)
+    model = Tiny()
+    x, z = _inputs()
+    base = model(x, z).detach()
+    fl.add_task(model, "t", CONFIGS[name])
+    fl.add_task(model, "u", CONFIGS[name])
+    with torch.no_grad():  # "trained" adapters: every tensor moved
+        for task in ("t", "u"):
+            for p in fl.task_parameters(model, task):
+                p.add_(0.3 * torch.randn_like(p))
+    before = {k: v.clone() for k, v in fl.task_state_dict(model, "t").items()}
+    other = {k: v.clone() for k, v in fl.task_state_dict(model, "u").items()}
+    fl.reset_task(model, "t", roles=("mapping",))
+    after = fl.task_state_dict(model, "t")
+    for k, v in after.items():
+        assert torch.equal(v, before[k]) != k.startswith("mapping."), k  # only the mapping's tensors changed
+    w, b = fl.merged_weights(model.mapping, "t")
+    assert rel_err(w, model.mapping.weight) < 1e-6 and rel_err(b, model.mapping.bias) < 1e-6
+    fl.reset_task(model, "t")
+    fl.set_task(model, "t")
+    err = rel_err(model(x, z), base)
+    assert err < 1e-6, f"not the identity after reset_task: {err}"
+    assert all(torch.equal(v, other[k]) for k, v in fl.task_state_dict(model, "u").items())  # other task untouched
+    with pytest.raises(KeyError, match="unknown task"):
+        fl.reset_task(model, "nope")
+
+
 def test_published_configuration_has_dead_llora_gradients():
     """Documents the published defect 1 (docs/design.md §3.2): act="both" with B_inst = 0 gives exactly zero LLoRA gradients."""
     torch.manual_seed(1)

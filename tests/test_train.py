@@ -432,6 +432,42 @@ def test_lr_mul_speeds_up_its_role_adapters_only(setup, tmp_path, option, is_rol
     assert getattr(TrainConfig.from_dict(saved), option) == 1
 
 
+def test_mapping_adapters_drop_trains_them_then_saves_the_identity(setup, tmp_path):
+    # drop: the run trains exactly as keep (same steps for every adapter), then the saved task (and its samples)
+    # have the base's mapping and the trained style and conv adapters
+    def run(mode: str):
+        out = tmp_path / mode
+        train(small_cfg(setup, tasks=f"a={setup['a']}", iter=3, mapping_adapters=mode), out, options=OPTS)
+        G = load_checkpoint(out / "checkpoint", tasks=["a"], load_d=False)[0]
+        return out, G
+
+    (_, keep), (out, drop) = run("keep"), run("drop")
+    base = load_checkpoint(setup["ckpt"], load_d=False)[0]
+    layers = dict(fastlora.adapted_layers(drop))
+    kept_layers = dict(fastlora.adapted_layers(keep))
+    roles = {name: m.role for name, m in layers.items()}
+    assert {"mapping", "style", "conv"} <= set(roles.values())
+    for name, m in layers.items():
+        w, b = fastlora.merged_weights(m, "a")
+        kw, kb = fastlora.merged_weights(kept_layers[name], "a")
+        if roles[name] == "mapping":
+            assert torch.equal(w, m.weight) and (b is None or torch.equal(b, m.bias)), name
+            assert not torch.equal(kw, m.weight), name  # with keep they trained and are kept
+        else:
+            assert torch.equal(w, kw) and (b is None or torch.equal(b, kb)), name
+    fastlora.set_task(drop, "a")
+    fastlora.set_task(base, None)
+    z = torch.randn(3, drop.style_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the mapping is the base's: same latents, same w
+        torch.testing.assert_close(drop.style(z), base.style(z), rtol=0, atol=0)
+    saved = json.loads((out / "config.json").read_text())
+    assert TrainConfig.from_dict(saved).mapping_adapters == "drop"
+    del saved["mapping_adapters"]  # runs saved before the option existed kept them
+    assert TrainConfig.from_dict(saved).mapping_adapters == "keep"
+    with pytest.raises(ValueError, match="mapping_adapters must be one of"):
+        small_cfg(setup, mapping_adapters="off")
+
+
 def test_d_freeze_keeps_the_first_discriminator_layers(setup, tmp_path):
     from dataclasses import replace
 

@@ -41,6 +41,7 @@ from colorgan.train.steps import ExtraLoss, GANSteps, RegConfig
 METHODS = ("color", "lfs", "ewc", "distill")
 ADAPTER_METHODS = ("color", "lfs")
 DEFAULT_KINDS = {"color": "left-linear", "lfs": "left"}  # color's: validation round 16 (docs/benchmarks.md)
+MAPPING_ADAPTERS = ("keep", "drop")  # --mapping-adapters
 
 
 def parse_tasks(text: str | Sequence[str]) -> list[list[str]]:
@@ -96,6 +97,10 @@ class TrainConfig(RegConfig):
     style_lr_mul: float = option(1.0, "learning-rate multiplier for the style (modulation) affines' adapters "
                                  "(adapter methods): below 1 the adapted styles stay nearer the base's (0: they "
                                  "stay at the identity)")
+    mapping_adapters: str = option("keep", "adapter methods: keep: the mapping network's adapters are part of the "
+                                   "task; drop: they train with the task (taking up the shots' content) and are "
+                                   "reset to the identity when it ends, so the task samples the base's latents "
+                                   "through its own style and conv adapters", choices=MAPPING_ADAPTERS)
     conv_max_res: int = option(0, "adapter methods: conv adapters train only in synthesis layers up to this "
                                "resolution (4, 8, ...); finer layers keep theirs at their initial values, the "
                                "identity (0: every resolution)")
@@ -132,6 +137,8 @@ class TrainConfig(RegConfig):
         for name in ("mapping_lr_mul", "style_lr_mul"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.mapping_adapters not in MAPPING_ADAPTERS:
+            raise ValueError(f"mapping_adapters must be one of {MAPPING_ADAPTERS}, got {self.mapping_adapters!r}")
         if self.conv_max_res != 0 and (self.conv_max_res < 4 or self.conv_max_res & (self.conv_max_res - 1)):
             raise ValueError(f"conv_max_res must be 0 or a power of two >= 4, got {self.conv_max_res}")
         if self.d_freeze < 0:
@@ -148,7 +155,8 @@ class TrainConfig(RegConfig):
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """The config saved in a run folder; runs saved before the EMA warm-up or the learning-rate multipliers
         existed keep what they ran with (the fixed decay, multipliers 1)."""
-        return super().from_dict({"ema_warmup": False, "mapping_lr_mul": 1.0, "style_lr_mul": 1.0, **d})
+        return super().from_dict({"ema_warmup": False, "mapping_lr_mul": 1.0, "style_lr_mul": 1.0,
+                                  "mapping_adapters": "keep", **d})
 
     def adapter_config(self) -> fastlora.AdapterConfig:
         return fastlora.AdapterConfig(kind=self.kind, rank=self.rank, alpha_conv=self.alpha_conv,
@@ -480,6 +488,8 @@ class Continual:
                 step += 1
                 bar.update(1)
                 bar.set_postfix_str(f"{ctx.name} " + format_losses(losses), refresh=False)
+                if step == cfg.iter and self.adapters and cfg.mapping_adapters == "drop":
+                    self._drop_mapping_adapters(ctx)
                 if every(step, cfg.log_every) or step == cfg.iter:
                     self.folder.log({"task": ctx.name, "task_index": t, "step": step,
                                      "global_step": t * cfg.iter + step, **now, "time": spent + timer.elapsed()})
@@ -495,6 +505,12 @@ class Continual:
             raise diverged(self.folder, f"task {ctx.name!r} iteration {step + 1}", exc, cfg.lr) from None
         self.folder.info(f"task {ctx.name!r} done in {self.task_seconds[ctx.name]:.1f}s")
         return False, previous
+
+    def _drop_mapping_adapters(self, ctx: "TaskContext") -> None:
+        """--mapping-adapters drop: the task's mapping adapters (trained and EMA) back to the identity."""
+        for model in (ctx.G, ctx.g_ema):
+            with self._task_rng(ctx.t):
+                fastlora.reset_task(model, ctx.name, roles=("mapping",))
 
     def _end_task(self, ctx: "TaskContext") -> Generator:
         """Close a finished task (the grid after it); returns the generator the next task starts from."""
