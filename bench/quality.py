@@ -348,16 +348,16 @@ def run_bench(args: argparse.Namespace) -> dict:
                 ck = folder / "checkpoint"
                 for t in tasks:
                     full = scorer.folder(real / t / "full", limit=args.ref_max)
-                    jobs = [(key, True)] + ([("default-noconv", False)] if name == "default" and b == args.iter
-                                           and s == seeds[0] and not args.no_ablation else [])
-                    for label, conv in jobs:
+                    jobs = [(key, ())] + ([("default-noconv", ("conv",))] if name == "default" and b == args.iter
+                                          and s == seeds[0] and not args.no_ablation else [])
+                    for label, off in jobs:
                         cache_key = f"{base_key}|{folder.name}|{b}|{t}|{args.n}|{args.ref_max}|{label}"
                         if cached_only and cache_key not in cache.data:
                             raise SystemExit(f"{folder} is finished but its {b}-iteration scores were not kept; "
                                              f"remove the run to redo it")
 
-                        def compute(ck=ck, t=t, conv=conv, full=full) -> dict:
-                            return scores(scorer.generated(ck, t, args.n, conv_adapters=conv), full)
+                        def compute(ck=ck, t=t, off=off, full=full) -> dict:
+                            return scores(scorer.generated(ck, t, args.n, off=off), full)
 
                         per[t].setdefault(label, []).append(cache.get(cache_key, compute))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,27 +39,14 @@ class Scorer:
         feats = extract_features([imgs], self.net, resolution=RESOLUTION, progress=False)
         return np.resize(feats, (repeat_to, feats.shape[1]))
 
-    def generated(self, ckpt: Path, task: Optional[str], n: int, *, conv_adapters: bool = True) -> np.ndarray:
-        """Features of seeds 0..n-1 under `task` (None: the base); conv_adapters=False samples the task with its
-        conv adapters switched off (the ablation: only the linear/style adapters act)."""
+    def generated(self, ckpt: Path, task: Optional[str], n: int, *, off: Sequence[str] = ()) -> np.ndarray:
+        """Features of seeds 0..n-1 under `task` (None: the base); `off`: adapter roles ("mapping", "style",
+        "conv") whose adapters are put back to the identity before sampling (a sampling-time ablation)."""
         G, _, _ = load_checkpoint(ckpt, self.device, tasks=[] if task is None else [task], load_d=False)
-        if task is not None and not conv_adapters:
-            drop_conv_adapters(G, task)
+        if task is not None and off:
+            fastlora.reset_task(G, task, roles=tuple(off))
         return extract_features(sample_batches(G, task, n, 50, 1.0), self.net, n=n, resolution=RESOLUTION,
                                 progress=self.progress, desc=f"features {task or 'base'}")
-
-
-def drop_conv_adapters(G: torch.nn.Module, task: str) -> None:
-    """Make `task`'s LoRA/LLoRA adapters on the convolutions the identity (A = 0, so ΔW = 0), leaving the
-    linear (mapping and style) adapters as trained."""
-    with torch.no_grad():
-        for _, layer in fastlora.adapted_layers(G):
-            if layer.role == "conv":
-                params = layer.adapters[task]
-                if not hasattr(params, "A"):
-                    raise ValueError(f"the conv ablation needs LoRA or LLoRA adapters, task {task!r} has "
-                                     f"{type(params).__name__}")
-                params.A.zero_()
 
 
 def scores(fake: np.ndarray, real: np.ndarray, seed: int = 0) -> dict[str, float]:

@@ -198,3 +198,32 @@ def test_score_cache_shared_by_two_processes_keeps_both(tmp_path):
     assert b.get("y", lambda: {"fid": 2.0}) == {"fid": 2.0}
     assert json.loads(path.read_text()) == {"x": {"fid": 1.0}, "y": {"fid": 2.0}}
     assert quality.ScoreCache(path).get("x", lambda: pytest.fail("recomputed a cached score")) == {"fid": 1.0}
+
+
+def test_roles_switches_each_adapter_role_off_at_sampling_time(setup, tiny_net_path):
+    from bench import roles
+
+    tmp_path = setup
+    report = quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default", "--seeds", "0", "--ref-max", "6",
+                                     "--out", str(tmp_path / "res")))
+    flags = next(t for t in report["tasks"] if t["task"] == "flags")
+    argv = ["--ckpt", str(tmp_path / "runs" / "default-seed0" / "checkpoint"), "--task", "flags",
+            "--real", str(tmp_path / "data" / "flags" / "full"), "--n", "6", "--ref-max", "6",
+            "--inception", str(tiny_net_path), "--out", str(tmp_path / "roles"), "--no-progress"]
+    assert roles.main(argv) == 0
+    saved = json.loads(next((tmp_path / "roles").glob("*-roles-flags.json")).read_text())
+    rows = saved["rows"]
+    assert list(rows) == ["task", "without mapping", "without style", "without conv", "base"]
+    # the same samples as the quality bench: the whole task, its conv ablation, the unadapted base
+    assert rows["task"]["fid"] == pytest.approx(flags["scores"]["default"]["fid"], rel=1e-9)
+    assert rows["without conv"]["fid"] == pytest.approx(flags["scores"]["default-noconv"]["fid"], rel=1e-9)
+    assert rows["base"]["fid"] == pytest.approx(flags["scores"]["base"]["fid"], rel=1e-9)
+    assert rows["without mapping"]["fid"] != rows["task"]["fid"]  # the mapping adapters trained
+    assert saved["command"].startswith("python -m bench roles --ckpt")
+    assert "| without style |" in next((tmp_path / "roles").glob("*-roles-flags.md")).read_text()
+    with pytest.raises(SystemExit, match="refusing to overwrite"):
+        roles.main(argv)
+    with pytest.raises(SystemExit, match="--roles takes some of"):
+        roles.main([*argv, "--roles", "disc", "--overwrite"])
+    with pytest.raises(SystemExit, match="cannot sample task 'nope'"):
+        roles.main([*argv[:3], "nope", *argv[4:], "--overwrite"])

@@ -1,0 +1,86 @@
+"""python -m bench roles: what each adapter role of a trained task contributes at sampling time.
+
+    python -m bench roles --ckpt RUN/checkpoint --task NAME --real REFERENCE_DIR [--roles mapping,style,conv]
+                          [--n 300] [--ref-max 1000] [--name NAME] [--out DIR] [--overwrite]
+
+Samples the task (seeds 0..n-1, as `bench quality` does) with everything on, then with one role's adapters put
+back to the identity at a time ("mapping": the mapping network, "style": the style affines, "conv": the
+convolutions), then with all of them (the base), and scores each against the reference images by FID/KID.
+Writes bench/results/<device>-<date>-<name>.{json,md} (name default roles-<task>).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from bench import common
+from bench.quality_scores import Scorer, scores
+from colorgan.metrics.features import INCEPTION_HELP, default_inception
+
+ROLES = ("mapping", "style", "conv")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench roles", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="checkpoint folder holding the task (e.g. RUN/checkpoint)")
+    p.add_argument("--task", required=True, help="the task to sample")
+    p.add_argument("--real", required=True, help="the task's reference images (a folder)")
+    p.add_argument("--roles", default=",".join(ROLES), help=f"roles switched off one at a time (of {ROLES})")
+    p.add_argument("--n", type=int, default=300, help="samples per row (default 300)")
+    p.add_argument("--ref-max", type=int, default=1000,
+                   help="at most this many reference images, a fixed seeded subset (0: all; default 1000)")
+    p.add_argument("--inception", default=None, help="Inception network file (default: found automatically)")
+    p.add_argument("--name", default=None, help="result name (default roles-<task>)")
+    p.add_argument("--out", default=None, help="result folder (default bench/results)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing result files of the same name")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run_roles(args: argparse.Namespace) -> dict:
+    roles = common.parse_list(args.roles) or []
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown or not roles:
+        raise SystemExit(f"--roles takes some of {', '.join(ROLES)}, got {args.roles!r}")
+    ckpt, real = Path(args.ckpt), Path(args.real)
+    if not real.is_dir():
+        raise SystemExit(f"--real: no folder {real}")
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    stem = common.result_stem(args.out, dev, args.name or f"roles-{args.task}")
+    common.check_writable(stem, (".json", ".md"), args.overwrite)
+    inception = args.inception or default_inception()
+    if not inception:
+        raise SystemExit(f"no Inception network: {INCEPTION_HELP}")
+    scorer = Scorer(inception, str(dev), progress=not args.no_progress)
+    ref = scorer.folder(real, limit=args.ref_max or None)
+    rows: dict[str, dict] = {}
+    for label, off in [("task", ()), *((f"without {r}", (r,)) for r in roles), ("base", tuple(ROLES))]:
+        try:
+            rows[label] = scores(scorer.generated(ckpt, args.task, args.n, off=off), ref)
+        except (KeyError, ValueError, OSError) as exc:
+            raise SystemExit(f"{ckpt}: cannot sample task {args.task!r}: {exc}") from None
+    command = "python -m bench roles " + shlex.join(args.argv)
+    report = {"environment": common.environment(dev, command), "command": command, "ckpt": str(ckpt), "task": args.task, "real": str(real), "n": args.n, "n_ref": int(ref.shape[0]),
+              "rows": rows}
+    lines = [f"FID / KID×10³ of task `{args.task}` ({ckpt}) against {real} ({ref.shape[0]} images), n = {args.n}; "
+             f"each row puts the named role's adapters back to the identity. `{command}`", "",
+             "| sampled | FID | KID×10³ (std) |", "|---|---|---|"]
+    lines += [f"| {k} | {v['fid']:.1f} | {1e3 * v['kid']:.1f} ({1e3 * v['kid_std']:.1f}) |" for k, v in rows.items()]
+    paths = common.write_outputs(stem, report, "\n".join(lines) + "\n")
+    print("\n".join(lines[2:]))
+    print("wrote " + ", ".join(map(str, paths)))
+    return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    run_roles(args)
+    return 0
