@@ -39,12 +39,11 @@ import numpy as np
 import torch
 
 from bench import common
-from bench.quality_scores import Scorer, halves, scores
+from bench.quality_scores import Scorer, halves, inception_path, scores
 from colorgan.checkpoint import read_checkpoint_config, resolve_checkpoint
 from colorgan.data.emoji import choose_shots, read_manifest
 from colorgan.data.folder import images_sha256, list_images
 from colorgan.demo import demo_train_config
-from colorgan.metrics.features import INCEPTION_HELP, default_inception
 from colorgan.train.continual import TrainConfig, train
 from colorgan.train.loop import RunOptions
 from fastlora.io import atomic_write_bytes, atomic_write_json, load_json
@@ -313,9 +312,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     rival_seeds = common.parse_list(args.rival_seeds, int) or seeds
     budgets = common.parse_list(args.budgets, int) or []
     configs = parse_configs(common.parse_list(args.configs) or [], args.config)
-    inception = args.inception or default_inception()
-    if not inception:
-        raise SystemExit(f"no Inception network: {INCEPTION_HELP}")
+    inception = inception_path(args.inception)
     if budgets and len(tasks) > 1:
         raise SystemExit("--budgets needs one task per run: give one task with --tasks, or none")
     scorer = Scorer(inception, str(dev), progress=not args.no_progress)

@@ -14,9 +14,18 @@ from colorgan.checkpoint import load_checkpoint
 from colorgan.data.folder import list_images, load_image, uint8_to_tensor
 from colorgan.evaluate import sample_batches
 from colorgan.metrics import FeatureNetwork, extract_features, fid_from_features, folder_features, kid
+from colorgan.metrics.features import INCEPTION_HELP, default_inception
 
 RESOLUTION = 32  # the emoji benchmark's size; fakes and reals reach the network alike (resized to 299 inside)
 KID_SUBSETS = 100
+
+
+def inception_path(given: Optional[str]) -> str:
+    """The Inception network file: `given`, else the one found automatically; exits saying how to get one."""
+    found = given or default_inception()
+    if not found:
+        raise SystemExit(f"no Inception network: {INCEPTION_HELP}")
+    return found
 
 
 class Scorer:

@@ -19,8 +19,7 @@ from typing import Optional, Sequence
 import torch
 
 from bench import common
-from bench.quality_scores import Scorer, scores
-from colorgan.metrics.features import INCEPTION_HELP, default_inception
+from bench.quality_scores import Scorer, inception_path, scores
 
 ROLES = ("mapping", "style", "conv")
 
@@ -54,10 +53,7 @@ def run_roles(args: argparse.Namespace) -> dict:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     stem = common.result_stem(args.out, dev, args.name or f"roles-{args.task}")
     common.check_writable(stem, (".json", ".md"), args.overwrite)
-    inception = args.inception or default_inception()
-    if not inception:
-        raise SystemExit(f"no Inception network: {INCEPTION_HELP}")
-    scorer = Scorer(inception, str(dev), progress=not args.no_progress)
+    scorer = Scorer(inception_path(args.inception), str(dev), progress=not args.no_progress)
     ref = scorer.folder(real, limit=args.ref_max or None)
     rows: dict[str, dict] = {}
     for label, off in [("task", ()), *((f"without {r}", (r,)) for r in roles), ("base", tuple(ROLES))]:
@@ -66,8 +62,8 @@ def run_roles(args: argparse.Namespace) -> dict:
         except (KeyError, ValueError, OSError) as exc:
             raise SystemExit(f"{ckpt}: cannot sample task {args.task!r}: {exc}") from None
     command = "python -m bench roles " + shlex.join(args.argv)
-    report = {"environment": common.environment(dev, command), "command": command, "ckpt": str(ckpt), "task": args.task, "real": str(real), "n": args.n, "n_ref": int(ref.shape[0]),
-              "rows": rows}
+    report = {"environment": common.environment(dev, command), "command": command, "ckpt": str(ckpt),
+              "task": args.task, "real": str(real), "n": args.n, "n_ref": int(ref.shape[0]), "rows": rows}
     lines = [f"FID / KID×10³ of task `{args.task}` ({ckpt}) against {real} ({ref.shape[0]} images), n = {args.n}; "
              f"each row puts the named role's adapters back to the identity. `{command}`", "",
              "| sampled | FID | KID×10³ (std) |", "|---|---|---|"]

@@ -49,13 +49,20 @@ def _inputs(seed=0, n=3):
     return torch.randn(n, 4, 4, 4, generator=g), torch.randn(n, 8, generator=g)
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_default_config_is_identity_at_init_and_every_tensor_trains(name):
+def _tiny_with_tasks(config, *tasks):
+    """A seeded Tiny, its inputs and its base output (before any task), then fresh adapters for `tasks`."""
     torch.manual_seed(0)
     model = Tiny()
     x, z = _inputs()
     base = model(x, z).detach()
-    fl.add_task(model, "t", CONFIGS[name])
+    for task in tasks:
+        fl.add_task(model, task, config)
+    return model, x, z, base
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_default_config_is_identity_at_init_and_every_tensor_trains(name):
+    model, x, z, base = _tiny_with_tasks(CONFIGS[name], "t")
     fl.set_task(model, "t")
     # LeFT's product U·T·V of r^(-2/3) values equals 1 up to one rounding; the others are exact.
     err = rel_err(model(x, z), base)
@@ -78,12 +85,7 @@ def test_default_config_is_identity_at_init_and_every_tensor_trains(name):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_reset_task_returns_chosen_roles_to_the_identity(name):
-    torch.manual_seed(0)
-    model = Tiny()
-    x, z = _inputs()
-    base = model(x, z).detach()
-    fl.add_task(model, "t", CONFIGS[name])
-    fl.add_task(model, "u", CONFIGS[name])
+    model, x, z, base = _tiny_with_tasks(CONFIGS[name], "t", "u")
     with torch.no_grad():  # "trained" adapters: every tensor moved
         for task in ("t", "u"):
             for p in fl.task_parameters(model, task):
