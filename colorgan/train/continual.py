@@ -100,7 +100,9 @@ class TrainConfig(RegConfig):
     mapping_adapters: str = option("keep", "adapter methods: keep: the mapping network's adapters are part of the "
                                    "task; drop: they train with the task (taking up the shots' content) and are "
                                    "reset to the identity when it ends, so the task samples the base's latents "
-                                   "through its own style and conv adapters", choices=MAPPING_ADAPTERS)
+                                   "through its own style and conv adapters (keep suits a category the shots "
+                                   "show, such as flags; drop a new style of the source's content)",
+                                   choices=MAPPING_ADAPTERS)
     conv_max_res: int = option(0, "adapter methods: conv adapters train only in synthesis layers up to this "
                                "resolution (4, 8, ...); finer layers keep theirs at their initial values, the "
                                "identity (0: every resolution)")
