@@ -253,6 +253,18 @@ def test_metadata_and_match_key(tree):
     assert sorted(e.id for e in em if E.is_flag(e)) == sorted(u.lower() for u, _, c, _ in SYMBOLS if c == "Flags")
 
 
+def test_hands_task_members():
+    """`hands` takes the People & Body subcategories hand-* and hands, and nothing else of that category."""
+    def emoji(category: str, subcategory: str) -> E.Emoji:
+        return E.Emoji("1f44d", "1F44D", "X", "x", category, subcategory, None)
+
+    member = E.TASKS["hands"].member
+    assert member(emoji("People & Body", "hand-fingers-open")) and member(emoji("People & Body", "hands"))
+    assert not member(emoji("People & Body", "person-role")) and not member(emoji("People & Body", "body-parts"))
+    assert not member(emoji("Objects", "hand-tool"))  # a hand- subcategory of another category
+    assert E.TASKS["hands"].kind == "subset" and E.TASKS["hands"].role == "validation"
+
+
 def test_finish_image_centres_on_white():
     rgba = Image.new("RGBA", (120, 70), (0, 0, 0, 0))
     rgba.paste((255, 0, 0, 255), (60, 10, 100, 30))  # 40 x 20 content, off-centre

@@ -5,7 +5,7 @@ The source domain is Noto Color Emoji; every task is a domain to adapt to from t
 | kind | what a task is | tasks (role) |
 |---|---|---|
 | far-style | the same content drawn in a very different style | openmoji-black (test), symbola (validation) |
-| subset | a narrow group of the source's own emoji | flags, symbols, smileys (test), objects and travel (validation), animal-faces (extra, too small for FID) |
+| subset | a narrow group of the source's own emoji | flags, symbols, smileys (test), objects, travel and hands (validation), animal-faces (extra, too small for FID) |
 | near-style | the same content drawn by other designers | twemoji, openmoji (test: "does no damage" checks), fluent (validation) |
 
 Validation tasks are for choosing the training recipe, so the test tasks are never looked at for that.
@@ -65,6 +65,11 @@ def is_flag(e: Emoji) -> bool:
     return e.category == "Flags"
 
 
+def is_hand(e: Emoji) -> bool:
+    """Hands: the People & Body subcategories hand-* and hands (one kind of content, as flags are)."""
+    return e.category == "People & Body" and (e.subcategory == "hands" or e.subcategory.startswith("hand-"))
+
+
 def in_category(category: str) -> Callable[[Emoji], bool]:
     def member(e: Emoji) -> bool:
         return e.category == category
@@ -93,6 +98,8 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
     TaskSpec("symbola", "far-style", "the source emoji as Symbola's black glyphs", "symbola", role="validation"),
     TaskSpec("objects", "subset", "Noto objects: category Objects", "noto", in_category("Objects"), role="validation"),
     TaskSpec("travel", "subset", "Noto travel: category Travel & Places", "noto", in_category("Travel & Places"),
+             role="validation"),
+    TaskSpec("hands", "subset", "Noto hands: People & Body subcategories hand-* and hands", "noto", is_hand,
              role="validation"),
     TaskSpec("fluent", "near-style", "the source emoji in Microsoft's Fluent Emoji flat style", "fluent",
              role="validation"),
