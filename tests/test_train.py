@@ -464,8 +464,41 @@ def test_mapping_adapters_drop_trains_them_then_saves_the_identity(setup, tmp_pa
     assert TrainConfig.from_dict(saved).mapping_adapters == "drop"
     del saved["mapping_adapters"]  # runs saved before the option existed kept them
     assert TrainConfig.from_dict(saved).mapping_adapters == "keep"
-    with pytest.raises(ValueError, match="mapping_adapters must be one of"):
+    with pytest.raises(ValueError, match="mapping_adapters: expected keep, drop"):
         small_cfg(setup, mapping_adapters="off")
+
+
+def test_mapping_adapters_per_task(setup, tmp_path):
+    # one setting per task: a dropped, b kept; b's adapters are those of a run that keeps every task's (a task's
+    # training does not depend on what the tasks before it chose)
+    def run(spec: str):
+        out = tmp_path / spec.replace("=", "-").replace(",", "_")
+        train(small_cfg(setup, iter=3, mapping_adapters=spec), out, options=OPTS)
+        return load_checkpoint(out / "checkpoint", tasks=["a", "b"], load_d=False)[0]
+
+    mixed, kept = run("a=drop"), run("keep")
+    mapping = [(n, m) for n, m in fastlora.adapted_layers(mixed) if m.role == "mapping"]
+    assert mapping
+    for name, m in mapping:
+        assert torch.equal(fastlora.merged_weights(m, "a")[0], m.weight), name  # a: dropped
+        assert not torch.equal(fastlora.merged_weights(m, "b")[0], m.weight), name  # b: kept
+    for k, v in adapter_tensors(kept, "b").items():
+        assert torch.equal(adapter_tensors(mixed, "b")[k], v), k
+
+
+def test_parse_mapping_adapters():
+    from colorgan.train.continual import parse_mapping_adapters as parse
+
+    tasks = ["a", "b", "c"]
+    assert parse("keep", tasks) == {"a": "keep", "b": "keep", "c": "keep"}
+    assert parse("drop", tasks) == {"a": "drop", "b": "drop", "c": "drop"}
+    assert parse("b=drop", tasks) == {"a": "keep", "b": "drop", "c": "keep"}
+    assert parse("drop, a=keep", tasks) == {"a": "keep", "b": "drop", "c": "drop"}
+    for bad, msg in [("off", "expected keep, drop"), ("=drop", "expected keep, drop"), ("a=of", "expected keep"),
+                     ("d=drop", "'d', which is not one of this run's tasks"), ("a=drop,a=keep", "'a' appears twice"),
+                     ("keep,drop", "more than one setting")]:
+        with pytest.raises(ValueError, match=msg):
+            parse(bad, tasks)
 
 
 def test_d_freeze_keeps_the_first_discriminator_layers(setup, tmp_path):

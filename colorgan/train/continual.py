@@ -62,6 +62,28 @@ def parse_tasks(text: str | Sequence[str]) -> list[list[str]]:
     return out
 
 
+def parse_mapping_adapters(spec: str, tasks: Sequence[str]) -> dict[str, str]:
+    """--mapping-adapters: `keep`, `drop`, or per task `[MODE,]TASK=MODE,...` (MODE keep or drop; a bare MODE sets
+    the tasks not named, keep if none is given) -> {task: mode} for every task of the run."""
+    default, named = None, {}
+    for item in (p.strip() for p in spec.split(",")):
+        task, sep, mode = item.rpartition("=")
+        if mode not in MAPPING_ADAPTERS or (sep and not task):
+            raise ValueError(f"mapping_adapters: expected keep, drop or TASK=keep|drop items, got {item!r} in {spec!r}")
+        if not sep:
+            if default is not None:
+                raise ValueError(f"mapping_adapters: more than one setting for the tasks not named in {spec!r}")
+            default = mode
+        elif task not in tasks:
+            raise ValueError(f"mapping_adapters names task {task!r}, which is not one of this run's tasks "
+                             f"({', '.join(tasks)})")
+        elif task in named:
+            raise ValueError(f"mapping_adapters: task {task!r} appears twice in {spec!r}")
+        else:
+            named[task] = mode
+    return {t: named.get(t, default or "keep") for t in tasks}
+
+
 @dataclass(kw_only=True)
 class TrainConfig(RegConfig):
     """Everything that defines a continual run (saved as RUN/config.json)."""
@@ -101,8 +123,9 @@ class TrainConfig(RegConfig):
                                    "task; drop: they train with the task (taking up the shots' content) and are "
                                    "reset to the identity when it ends, so the task samples the base's latents "
                                    "through its own style and conv adapters (keep suits a category the shots "
-                                   "show, such as flags; drop a new style of the source's content)",
-                                   choices=MAPPING_ADAPTERS)
+                                   "show, such as flags; drop a new style of the source's content); per task: "
+                                   "e.g. flags=keep,openmoji=drop (tasks not named: keep, or a bare keep/drop "
+                                   "in the list)")
     conv_max_res: int = option(0, "adapter methods: conv adapters train only in synthesis layers up to this "
                                "resolution (4, 8, ...); finer layers keep theirs at their initial values, the "
                                "identity (0: every resolution)")
@@ -139,8 +162,7 @@ class TrainConfig(RegConfig):
         for name in ("mapping_lr_mul", "style_lr_mul"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.mapping_adapters not in MAPPING_ADAPTERS:
-            raise ValueError(f"mapping_adapters must be one of {MAPPING_ADAPTERS}, got {self.mapping_adapters!r}")
+        self.mapping_adapters_of()  # validate the per-task settings now
         if self.conv_max_res != 0 and (self.conv_max_res < 4 or self.conv_max_res & (self.conv_max_res - 1)):
             raise ValueError(f"conv_max_res must be 0 or a power of two >= 4, got {self.conv_max_res}")
         if self.d_freeze < 0:
@@ -159,6 +181,10 @@ class TrainConfig(RegConfig):
         existed keep what they ran with (the fixed decay, multipliers 1)."""
         return super().from_dict({"ema_warmup": False, "mapping_lr_mul": 1.0, "style_lr_mul": 1.0,
                                   "mapping_adapters": "keep", **d})
+
+    def mapping_adapters_of(self) -> dict[str, str]:
+        """--mapping-adapters resolved for every task: {task: "keep" | "drop"}."""
+        return parse_mapping_adapters(self.mapping_adapters, [name for name, _ in self.tasks])
 
     def adapter_config(self) -> fastlora.AdapterConfig:
         return fastlora.AdapterConfig(kind=self.kind, rank=self.rank, alpha_conv=self.alpha_conv,
@@ -490,7 +516,7 @@ class Continual:
                 step += 1
                 bar.update(1)
                 bar.set_postfix_str(f"{ctx.name} " + format_losses(losses), refresh=False)
-                if step == cfg.iter and self.adapters and cfg.mapping_adapters == "drop":
+                if step == cfg.iter and self.adapters and cfg.mapping_adapters_of()[ctx.name] == "drop":
                     self._drop_mapping_adapters(ctx)
                 if every(step, cfg.log_every) or step == cfg.iter:
                     self.folder.log({"task": ctx.name, "task_index": t, "step": step,
