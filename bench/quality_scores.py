@@ -48,14 +48,31 @@ class Scorer:
         feats = extract_features([imgs], self.net, resolution=RESOLUTION, progress=False)
         return np.resize(feats, (repeat_to, feats.shape[1]))
 
-    def generated(self, ckpt: Path, task: Optional[str], n: int, *, off: Sequence[str] = ()) -> np.ndarray:
+    def generated(self, ckpt: Path, task: Optional[str], n: int, *, off: Sequence[str] = (),
+                  scale: float = 0.0) -> np.ndarray:
         """Features of seeds 0..n-1 under `task` (None: the base); `off`: adapter roles ("mapping", "style",
-        "conv") whose adapters are put back to the identity before sampling (a sampling-time ablation)."""
+        "conv") whose adapters are put back to the identity before sampling (a sampling-time ablation), or with
+        `scale` kept at that fraction of their effect (`scale_roles`)."""
         G, _, _ = load_checkpoint(ckpt, self.device, tasks=[] if task is None else [task], load_d=False)
         if task is not None and off:
-            fastlora.reset_task(G, task, roles=tuple(off))
+            scale_roles(G, task, off, scale)
         return extract_features(sample_batches(G, task, n, 50, 1.0), self.net, n=n, resolution=RESOLUTION,
                                 progress=self.progress, desc=f"features {task or 'base'}")
+
+
+@torch.no_grad()
+def scale_roles(G: torch.nn.Module, task: str, roles: Sequence[str], scale: float) -> None:
+    """Keep `scale` of the effect of `task`'s adapters on layers of `roles`: each such layer's base weight and bias
+    become W + scale·(Ŵ − W) (Ŵ: the task merged in) and its adapters the identity; scale 0 puts them back to the
+    identity (`fastlora.reset_task`), 1 leaves the task as it is. It edits the base: for a model loaded to sample."""
+    if scale:
+        for _, m in fastlora.adapted_layers(G):
+            if m.role in roles:
+                w, b = fastlora.merged_weights(m, task)
+                m.weight.lerp_(w, scale)
+                if b is not None:
+                    m.bias.lerp_(b, scale)
+    fastlora.reset_task(G, task, roles=tuple(roles))
 
 
 def scores(fake: np.ndarray, real: np.ndarray, seed: int = 0) -> dict[str, float]:

@@ -1,11 +1,13 @@
 """python -m bench roles: what each adapter role of a trained task contributes at sampling time.
 
     python -m bench roles --ckpt RUN/checkpoint --task NAME --real REFERENCE_DIR [--roles mapping,style,conv]
-                          [--n 300] [--ref-max 1000] [--name NAME] [--out DIR] [--overwrite]
+                          [--scales 0.75,0.5] [--n 300] [--ref-max 1000] [--name NAME] [--out DIR] [--overwrite]
 
 Samples the task (seeds 0..n-1, as `bench quality` does) with everything on, then with one role's adapters put
 back to the identity at a time ("mapping": the mapping network, "style": the style affines, "conv": the
-convolutions), then with all of them (the base), and scores each against the reference images by FID/KID.
+convolutions), then with all of them (the base), and scores each against the reference images by FID/KID. With --scales, each
+role is also sampled with that fraction of its adapters' effect kept ("mapping ×0.5": every mapping layer's weight
+halfway between the base's and the task's), between the role switched off (0) and the task as trained (1).
 Writes bench/results/<device>-<date>-<name>.{json,md} (name default roles-<task>).
 """
 from __future__ import annotations
@@ -31,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help="the task to sample")
     p.add_argument("--real", required=True, help="the task's reference images (a folder)")
     p.add_argument("--roles", default=",".join(ROLES), help=f"roles switched off one at a time (of {ROLES})")
+    p.add_argument("--scales", default="",
+                   help="also sample each role with these fractions of its adapters' effect kept (e.g. 0.75,0.5)")
     p.add_argument("--n", type=int, default=300, help="samples per row (default 300)")
     p.add_argument("--ref-max", type=int, default=1000,
                    help="at most this many reference images, a fixed seeded subset (0: all; default 1000)")
@@ -47,6 +51,12 @@ def run_roles(args: argparse.Namespace) -> dict:
     unknown = [r for r in roles if r not in ROLES]
     if unknown or not roles:
         raise SystemExit(f"--roles takes some of {', '.join(ROLES)}, got {args.roles!r}")
+    try:
+        fractions = [float(s) for s in common.parse_list(args.scales) or []]
+    except ValueError:
+        fractions = [-1.0]
+    if any(not 0.0 <= s <= 1.0 for s in fractions):
+        raise SystemExit(f"--scales takes fractions between 0 and 1 (e.g. 0.75,0.5), got {args.scales!r}")
     ckpt, real = Path(args.ckpt), Path(args.real)
     if not real.is_dir():
         raise SystemExit(f"--real: no folder {real}")
@@ -56,16 +66,19 @@ def run_roles(args: argparse.Namespace) -> dict:
     scorer = Scorer(inception_path(args.inception), str(dev), progress=not args.no_progress)
     ref = scorer.folder(real, limit=args.ref_max or None)
     rows: dict[str, dict] = {}
-    for label, off in [("task", ()), *((f"without {r}", (r,)) for r in roles), ("base", tuple(ROLES))]:
+    plan = [("task", (), 0.0), *((f"without {r}", (r,), 0.0) for r in roles),
+            *((f"{r} ×{s:g}", (r,), s) for r in roles for s in fractions), ("base", tuple(ROLES), 0.0)]
+    for label, off, scale in plan:
         try:
-            rows[label] = scores(scorer.generated(ckpt, args.task, args.n, off=off), ref)
+            rows[label] = scores(scorer.generated(ckpt, args.task, args.n, off=off, scale=scale), ref)
         except (KeyError, ValueError, OSError) as exc:
             raise SystemExit(f"{ckpt}: cannot sample task {args.task!r}: {exc}") from None
     command = "python -m bench roles " + shlex.join(args.argv)
     report = {"environment": common.environment(dev, command), "command": command, "ckpt": str(ckpt),
               "task": args.task, "real": str(real), "n": args.n, "n_ref": int(ref.shape[0]), "rows": rows}
     lines = [f"FID / KID×10³ of task `{args.task}` ({ckpt}) against {real} ({ref.shape[0]} images), n = {args.n}; "
-             f"each row puts the named role's adapters back to the identity. `{command}`", "",
+             f"each row puts the named role's adapters back to the identity (×s: keeps that fraction of their effect). "
+             f"`{command}`", "",
              "| sampled | FID | KID×10³ (std) |", "|---|---|---|"]
     lines += [f"| {k} | {v['fid']:.1f} | {1e3 * v['kid']:.1f} ({1e3 * v['kid_std']:.1f}) |" for k, v in rows.items()]
     paths = common.write_outputs(stem, report, "\n".join(lines) + "\n")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import fastlora
 from bench import quality
 from colorgan import Discriminator, Generator, save_checkpoint
 from colorgan.demo import DEMO_CONV_MAX_RES, DEMO_R1
@@ -210,10 +211,14 @@ def test_roles_switches_each_adapter_role_off_at_sampling_time(setup, tiny_net_p
     argv = ["--ckpt", str(tmp_path / "runs" / "default-seed0" / "checkpoint"), "--task", "flags",
             "--real", str(tmp_path / "data" / "flags" / "full"), "--n", "6", "--ref-max", "6",
             "--inception", str(tiny_net_path), "--out", str(tmp_path / "roles"), "--no-progress"]
-    assert roles.main(argv) == 0
+    assert roles.main([*argv, "--scales", "1,0.5"]) == 0
     saved = json.loads(next((tmp_path / "roles").glob("*-roles-flags.json")).read_text())
     rows = saved["rows"]
-    assert list(rows) == ["task", "without mapping", "without style", "without conv", "base"]
+    assert list(rows) == ["task", "without mapping", "without style", "without conv", "mapping ×1", "mapping ×0.5",
+                          "style ×1", "style ×0.5", "conv ×1", "conv ×0.5", "base"]
+    for r in ("mapping", "style", "conv"):  # x1 is the task through merged weights; x0.5 lies between
+        assert rows[f"{r} ×1"]["fid"] == pytest.approx(rows["task"]["fid"], rel=1e-4)
+    assert rows["mapping ×0.5"]["fid"] not in (rows["task"]["fid"], rows["without mapping"]["fid"])
     # the same samples as the quality bench: the whole task, its conv ablation, the unadapted base
     assert rows["task"]["fid"] == pytest.approx(flags["scores"]["default"]["fid"], rel=1e-9)
     assert rows["without conv"]["fid"] == pytest.approx(flags["scores"]["default-noconv"]["fid"], rel=1e-9)
@@ -225,5 +230,44 @@ def test_roles_switches_each_adapter_role_off_at_sampling_time(setup, tiny_net_p
         roles.main(argv)
     with pytest.raises(SystemExit, match="--roles takes some of"):
         roles.main([*argv, "--roles", "disc", "--overwrite"])
+    for bad in ("1.5", "half", "-0.5"):
+        with pytest.raises(SystemExit, match="--scales takes fractions between 0 and 1"):
+            roles.main([*argv, "--scales", bad, "--overwrite"])
     with pytest.raises(SystemExit, match="cannot sample task 'nope'"):
         roles.main([*argv[:3], "nope", *argv[4:], "--overwrite"])
+
+
+def test_scale_roles_keeps_that_fraction_of_a_roles_effect():
+    from bench.quality_scores import scale_roles
+
+    def model():
+        torch.manual_seed(0)
+        G = Generator(8, style_dim=8, n_mlp=2, channels={4: 8, 8: 8})
+        fastlora.add_task(G, "t", fastlora.AdapterConfig(kind="left-linear"))
+        with torch.no_grad():
+            for p in fastlora.task_parameters(G, "t"):
+                p.add_(0.3 * torch.randn_like(p))  # a trained-looking task
+        fastlora.set_task(G, "t")
+        return G
+
+    G = model()
+    mapping = [m for _, m in fastlora.adapted_layers(G) if m.role == "mapping"]
+    base_w = [m.weight.detach().clone() for m in mapping]
+    task_w = [fastlora.merged_weights(m, "t")[0] for m in mapping]
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        task_out, task_style = G(z, noise_mode="const"), G.style(z)
+    scale_roles(G, "t", ["mapping"], 0.5)
+    for m, w0, w1 in zip(mapping, base_w, task_w):
+        assert torch.allclose(fastlora.merged_weights(m, "t")[0], 0.5 * (w0 + w1), atol=1e-6)
+    G1 = model()
+    scale_roles(G1, "t", ["mapping"], 1.0)
+    with torch.no_grad():
+        assert torch.allclose(G1.style(z), task_style, atol=1e-5)  # x1: the task, through merged weights
+        assert torch.allclose(G1(z, noise_mode="const"), task_out, atol=1e-4)
+    G0, Gr = model(), model()
+    scale_roles(G0, "t", ["mapping"], 0.0)
+    fastlora.reset_task(Gr, "t", roles=("mapping",))
+    with torch.no_grad():
+        assert torch.equal(G0.style(z), Gr.style(z))  # x0: the role switched off
+        assert not torch.allclose(G0.style(z), task_style, atol=1e-3)
