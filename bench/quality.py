@@ -44,7 +44,7 @@ from colorgan.checkpoint import read_checkpoint_config, resolve_checkpoint
 from colorgan.data.emoji import choose_shots, read_manifest
 from colorgan.data.folder import images_sha256, list_images
 from colorgan.demo import demo_train_config
-from colorgan.train.continual import TrainConfig, train
+from colorgan.train.continual import TrainConfig, parse_mapping_adapters, train
 from colorgan.train.loop import RunOptions
 from fastlora.io import atomic_write_bytes, atomic_write_json, load_json
 
@@ -112,12 +112,16 @@ def parse_configs(names: Sequence[str], extra: Sequence[str]) -> dict[str, dict[
     for spec in extra:
         name, _, body = spec.partition(":")
         overrides: dict[str, Any] = {}
+        last = None
         for item in filter(None, body.split(",")):
             key, _, value = item.partition("=")
+            if last == "mapping_adapters" and key not in fields:  # its per-task form: mapping_adapters=flags=keep,b=drop
+                overrides[last] += "," + item
+                continue
             if key not in fields or key in FIXED:
                 raise SystemExit(f"--config {spec!r}: {key!r} is not a `colorgan train` setting a configuration "
                                  f"may change ({', '.join(FIXED)} are the benchmark's own)")
-            overrides[key] = _value(value)
+            overrides[key], last = _value(value), key
         if not name or not overrides:
             raise SystemExit(f"--config must look like NAME:key=value,..., got {spec!r}")
         out[name] = overrides
@@ -312,6 +316,11 @@ def run_bench(args: argparse.Namespace) -> dict:
     rival_seeds = common.parse_list(args.rival_seeds, int) or seeds
     budgets = common.parse_list(args.budgets, int) or []
     configs = parse_configs(common.parse_list(args.configs) or [], args.config)
+    for name, c in configs.items():
+        try:
+            parse_mapping_adapters(str(c.get("mapping_adapters", "keep")), tasks)
+        except ValueError as exc:
+            raise SystemExit(f"--config {name}: {exc}") from None
     inception = inception_path(args.inception)
     if budgets and len(tasks) > 1:
         raise SystemExit("--budgets needs one task per run: give one task with --tasks, or none")
