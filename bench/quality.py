@@ -116,7 +116,7 @@ def parse_configs(names: Sequence[str], extra: Sequence[str]) -> dict[str, dict[
         for item in filter(None, body.split(",")):
             key, _, value = item.partition("=")
             if last == "mapping_adapters" and key not in fields:  # its per-task form: mapping_adapters=flags=keep,b=drop
-                overrides[last] += "," + item
+                overrides[last] = f"{overrides[last]},{item}"
                 continue
             if key not in fields or key in FIXED:
                 raise SystemExit(f"--config {spec!r}: {key!r} is not a `colorgan train` setting a configuration "
@@ -318,7 +318,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     configs = parse_configs(common.parse_list(args.configs) or [], args.config)
     for name, c in configs.items():
         try:
-            parse_mapping_adapters(str(c.get("mapping_adapters", "keep")), tasks)
+            parse_mapping_adapters(str(c.get("mapping_adapters", TrainConfig.mapping_adapters)), tasks)
         except ValueError as exc:
             raise SystemExit(f"--config {name}: {exc}") from None
     inception = inception_path(args.inception)

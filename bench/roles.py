@@ -5,9 +5,10 @@
 
 Samples the task (seeds 0..n-1, as `bench quality` does) with everything on, then with one role's adapters put
 back to the identity at a time ("mapping": the mapping network, "style": the style affines, "conv": the
-convolutions), then with all of them (the base), and scores each against the reference images by FID/KID. With --scales, each
-role is also sampled with that fraction of its adapters' effect kept ("mapping ×0.5": every mapping layer's weight
-halfway between the base's and the task's), between the role switched off (0) and the task as trained (1).
+convolutions), then with all of them (the base), and scores each against the reference images by FID/KID.
+With --scales, each role is also sampled with that fraction of its adapters' effect kept ("mapping ×0.5": every
+mapping layer's weight halfway between the base's and the task's), between the role switched off (0) and the task
+as trained (1).
 Writes bench/results/<device>-<date>-<name>.{json,md} (name default roles-<task>).
 """
 from __future__ import annotations
@@ -52,10 +53,10 @@ def run_roles(args: argparse.Namespace) -> dict:
     if unknown or not roles:
         raise SystemExit(f"--roles takes some of {', '.join(ROLES)}, got {args.roles!r}")
     try:
-        fractions = [float(s) for s in common.parse_list(args.scales) or []]
+        fractions = common.parse_list(args.scales, float) or []
     except ValueError:
-        fractions = [-1.0]
-    if any(not 0.0 <= s <= 1.0 for s in fractions):
+        fractions = None
+    if fractions is None or any(not 0.0 <= s <= 1.0 for s in fractions):
         raise SystemExit(f"--scales takes fractions between 0 and 1 (e.g. 0.75,0.5), got {args.scales!r}")
     ckpt, real = Path(args.ckpt), Path(args.real)
     if not real.is_dir():
@@ -77,8 +78,8 @@ def run_roles(args: argparse.Namespace) -> dict:
     report = {"environment": common.environment(dev, command), "command": command, "ckpt": str(ckpt),
               "task": args.task, "real": str(real), "n": args.n, "n_ref": int(ref.shape[0]), "rows": rows}
     lines = [f"FID / KID×10³ of task `{args.task}` ({ckpt}) against {real} ({ref.shape[0]} images), n = {args.n}; "
-             f"each row puts the named role's adapters back to the identity (×s: keeps that fraction of their effect). "
-             f"`{command}`", "",
+             f"each row puts the named role's adapters back to the identity (×s: keeps that fraction of their "
+             f"effect). `{command}`", "",
              "| sampled | FID | KID×10³ (std) |", "|---|---|---|"]
     lines += [f"| {k} | {v['fid']:.1f} | {1e3 * v['kid']:.1f} ({1e3 * v['kid_std']:.1f}) |" for k, v in rows.items()]
     paths = common.write_outputs(stem, report, "\n".join(lines) + "\n")

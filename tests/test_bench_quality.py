@@ -174,9 +174,15 @@ def test_validation_budgets_and_custom_configs(setup, tiny_net_path):
         "mapping_adapters": "flags=keep,openmoji=drop", "alpha_linear": 1}
     assert quality.parse_configs([], ["m:alpha_linear=1,mapping_adapters=drop,flags=keep"])["m"] == {
         "alpha_linear": 1, "mapping_adapters": "drop,flags=keep"}
+    assert quality.parse_configs([], ["m:mapping_adapters=1,flags=keep"])["m"] == {"mapping_adapters": "1,flags=keep"}
     for bad in ("x:nope=1", "x:iter=5"):
         with pytest.raises(SystemExit, match="not a `colorgan train` setting"):
             quality.parse_configs([], [bad])
+    # a per-task --mapping-adapters naming a task that is not in the run is refused before anything trains
+    with pytest.raises(SystemExit, match="--config mix: mapping_adapters names task 'nope', which is not one of"):
+        quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default", "--seeds", "0",
+                                "--config", "mix:mapping_adapters=flags=keep,nope=drop", "--out", str(tmp_path / "r2")))
+    assert not (tmp_path / "runs" / "mix-seed0").exists()
     with pytest.raises(SystemExit, match="unknown configuration"):
         quality.parse_configs(["nope"], [])
     assert quality.config_seeds(["default", "left"], [0, 1], [2], ["default:3"]) == {"default": [3], "left": [2]}
@@ -240,11 +246,6 @@ def test_roles_switches_each_adapter_role_off_at_sampling_time(setup, tiny_net_p
             roles.main([*argv, "--scales", bad, "--overwrite"])
     with pytest.raises(SystemExit, match="cannot sample task 'nope'"):
         roles.main([*argv[:3], "nope", *argv[4:], "--overwrite"])
-    # a per-task --mapping-adapters naming a task that is not in the run is refused before anything trains
-    with pytest.raises(SystemExit, match="--config mix: mapping_adapters names task 'nope', which is not one of"):
-        quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default", "--seeds", "0",
-                                "--config", "mix:mapping_adapters=flags=keep,nope=drop", "--out", str(tmp_path / "r2")))
-    assert not (tmp_path / "runs" / "mix-seed0").exists()
 
 
 def test_scale_roles_keeps_that_fraction_of_a_roles_effect():
