@@ -42,6 +42,8 @@ FLUENT = {"white-smiling-face-default": "263a-fe0f", "white-smiling-face-light":
           "black-heart-suit": "2665-fe0f", "black-spade-suit": "2660-fe0f", "cloud-face": "2601-fe0f",
           "umbrella": "2602-fe0f", "snowman": "2603-fe0f"}
 FLUENT_STEMS = list(FLUENT)
+# High Contrast has no skin tones: one black line drawing per emoji, toned or not ("-default" where Fluent tones it)
+FLUENT_CONTRAST = {"white-smiling-face-default": "263a-fe0f", "black-heart-suit": "2665-fe0f", "umbrella": "2602-fe0f"}
 DUPLICATE = "2663-FE0F"  # its Twemoji image repeats the one before it (2660, which sorts first)
 
 
@@ -118,6 +120,11 @@ def _make_tree(root: Path) -> Path:
         (fl / "icons" / "flat" / f"{stem}.svg").write_text(
             f'<svg viewBox="0 0 32 32" xmlns="http://www.w3.org/2000/svg">'
             f'<rect x="{4 + i % 5}" y="6" width="20" height="{12 + i}" fill="{colour}"/></svg>')
+    (fl / "icons" / "high-contrast").mkdir()
+    for i, stem in enumerate(FLUENT_CONTRAST):
+        (fl / "icons" / "high-contrast" / f"{stem}.svg").write_text(
+            f'<svg viewBox="0 0 32 32" xmlns="http://www.w3.org/2000/svg">'
+            f'<circle cx="16" cy="16" r="{6 + 3 * i}" fill="none" stroke="#212121" stroke-width="2"/></svg>')
     return nm
 
 
@@ -127,7 +134,8 @@ def _tree_bytes(root: Path) -> dict[str, str]:
 
 
 def _tasks() -> list[str]:
-    return ["twemoji", "animal-faces", "flags"] + (["openmoji", "openmoji-black", "fluent"] if _has_svg() else [])
+    return ["twemoji", "animal-faces", "flags"] + (["openmoji", "openmoji-black", "fluent", "fluent-contrast"] if _has_svg()
+                                                       else [])
 
 
 @pytest.fixture
@@ -335,6 +343,10 @@ def test_fluent_matches_names_and_tones(tree):
     assert E.fluent_svg(two_tones, index) is None
     with pytest.raises(FileNotFoundError, match="fluentui-emoji"):
         E.fluent_index(tree / E.TWEMOJI_PKG)
+    contrast = E.fluent_index(tree / E.FLUENT_PKG, "high-contrast")
+    assert {i: E.fluent_svg(e, contrast).stem for i, e in em.items() if E.fluent_svg(e, contrast)} == \
+        {v: k for k, v in FLUENT_CONTRAST.items()}
+    assert E.fluent_svg(em["263a-1f3fb"], contrast) is None  # toned: High Contrast draws no tones
 
 
 @pytest.mark.skipif(not _has_svg(), reason="no SVG rasteriser (pip install cairosvg, or apt-get install "
@@ -352,3 +364,22 @@ def test_fluent_near_style_validation_task(tmp_path, tree):
         assert arr.shape == (32, 32, 3) and (arr[0, 0] == 255).all() and arr.min() < 250
     assert m["sources"]["fluent"]["version"] == "0.0.3-test"
     assert "Fluent Emoji" in (tmp_path / "b" / "LICENSES.md").read_text()
+
+
+@pytest.mark.skipif(not _has_svg(), reason="no SVG rasteriser (pip install cairosvg, or apt-get install "
+                                           "librsvg2-bin)")
+def test_fluent_contrast_far_style_validation_task(tmp_path, tree):
+    """fluent-contrast renders Fluent Emoji's High Contrast SVGs (black line art), not the flat colour ones."""
+    m = E.build_emoji_benchmark(tmp_path / "b", 32, shots=2, npm_dir=tree, noto_font=_font(),
+                                tasks=["fluent-contrast"], progress=False)
+    info = m["tasks"]["fluent-contrast"]
+    assert info["kind"] == "far-style" and info["role"] == "validation" and info["licence"] == "MIT"
+    src = {p.stem for p in (tmp_path / "b" / "source").iterdir()}
+    full = sorted(p.stem for p in (tmp_path / "b" / "fluent-contrast" / "full").iterdir())
+    assert full == sorted(i for i in FLUENT_CONTRAST.values() if i in src) and info["n_full"] == len(full) >= 2
+    for stem in full:
+        arr = np.asarray(Image.open(tmp_path / "b" / "fluent-contrast" / "full" / f"{stem}.png")).astype(int)
+        assert arr.shape == (32, 32, 3) and (arr[0, 0] == 255).all() and arr.min() < 100
+        assert (np.ptp(arr, axis=2) < 8).all()  # grey: black strokes on white, none of the flat set's colours
+    assert m["sources"]["fluent"]["version"] == "0.0.3-test"
+    assert "fluent-contrast/" in (tmp_path / "b" / "LICENSES.md").read_text()

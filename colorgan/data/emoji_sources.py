@@ -5,7 +5,8 @@ their metadata and licences, and rendering one emoji from each (nothing is downl
 - Symbola, Debian `fonts-symbola` (a monochrome outline font of the same emoji; free for any use), rendered black;
 - Twemoji 64x64 PNGs and the emoji metadata (codepoints, categories) from npm `emoji-datasource-twitter`;
 - OpenMoji colour and black line-art SVGs from npm `openmoji`, rasterised with CairoSVG (or `rsvg-convert`);
-- Microsoft's Fluent Emoji flat SVGs from npm `fluentui-emoji` (files named by emoji name), rasterised the same way.
+- Microsoft's Fluent Emoji SVGs from npm `fluentui-emoji` (files named by emoji name), flat colour and High Contrast
+  black line art, rasterised the same way.
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ LICENCES = {
         "licence": "MIT",
         "attribution": "Fluent Emoji, Copyright (c) Microsoft Corporation, MIT licence "
                        "(https://github.com/microsoft/fluentui-emoji), as packaged in npm fluentui-emoji (Copyright (c) "
-                       "2022 Mohammad Abu Mattar, MIT licence). The flat SVGs were rasterised, cropped, padded, "
+                       "2022 Mohammad Abu Mattar, MIT licence). The flat and High Contrast SVGs were rasterised, cropped, padded, "
                        "composited on white and resized.",
     },
 }
@@ -334,9 +335,12 @@ def openmoji_index(om_dir: Path, variant: str = "color") -> dict[str, Path]:
     return index
 
 
-def fluent_index(fluent_dir: Path) -> dict[str, Path]:
-    """File stem -> SVG path of Fluent Emoji's flat style (icons/flat/<name>.svg, e.g. grinning-face.svg)."""
-    svg_dir = fluent_dir / "icons" / "flat"
+FLUENT_VARIANTS = {"fluent": "flat", "fluent-contrast": "high-contrast"}  # task style -> folder under icons/
+
+
+def fluent_index(fluent_dir: Path, variant: str = "flat") -> dict[str, Path]:
+    """File stem -> SVG path of one Fluent Emoji style (icons/<variant>/<name>.svg, e.g. grinning-face.svg)."""
+    svg_dir = fluent_dir / "icons" / variant
     if not svg_dir.is_dir():
         raise FileNotFoundError(f"expected Fluent Emoji SVGs in {str(svg_dir)!r}; reinstall with `{INSTALL_NPM}`")
     return {p.stem: p for p in sorted(svg_dir.glob("*.svg")) if p.is_file()}
