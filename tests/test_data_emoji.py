@@ -43,7 +43,8 @@ FLUENT = {"white-smiling-face-default": "263a-fe0f", "white-smiling-face-light":
           "umbrella": "2602-fe0f", "snowman": "2603-fe0f"}
 FLUENT_STEMS = list(FLUENT)
 # High Contrast has no skin tones: one black line drawing per emoji, toned or not ("-default" where Fluent tones it)
-FLUENT_CONTRAST = {"white-smiling-face-default": "263a-fe0f", "black-heart-suit": "2665-fe0f", "umbrella": "2602-fe0f"}
+FLUENT_CONTRAST = {"white-smiling-face-default": "263a-fe0f", "black-heart-suit": "2665-fe0f",
+                   "umbrella": "2602-fe0f"}
 DUPLICATE = "2663-FE0F"  # its Twemoji image repeats the one before it (2660, which sorts first)
 
 
@@ -134,8 +135,8 @@ def _tree_bytes(root: Path) -> dict[str, str]:
 
 
 def _tasks() -> list[str]:
-    return ["twemoji", "animal-faces", "flags"] + (["openmoji", "openmoji-black", "fluent", "fluent-contrast"] if _has_svg()
-                                                       else [])
+    svg = ["openmoji", "openmoji-black", "fluent", "fluent-contrast"] if _has_svg() else []
+    return ["twemoji", "animal-faces", "flags"] + svg
 
 
 @pytest.fixture
@@ -349,20 +350,29 @@ def test_fluent_matches_names_and_tones(tree):
     assert E.fluent_svg(em["263a-1f3fb"], contrast) is None  # toned: High Contrast draws no tones
 
 
+def _build_fluent(tmp_path: Path, tree: Path, task: str, kind: str, stems: dict, shots: int) -> list:
+    """Build one Fluent Emoji task from the fake tree, check what both share (kind, role, licence, exactly the
+    drawn emoji the source has, white corners) and return its full set as int arrays."""
+    m = E.build_emoji_benchmark(tmp_path / "b", 32, shots=shots, npm_dir=tree, noto_font=_font(), tasks=[task],
+                                progress=False)
+    info = m["tasks"][task]
+    assert info["kind"] == kind and info["role"] == "validation" and info["licence"] == "MIT"
+    src = {p.stem for p in (tmp_path / "b" / "source").iterdir()}
+    full = sorted(p.stem for p in (tmp_path / "b" / task / "full").iterdir())
+    assert full == sorted(i for i in stems.values() if i in src) and info["n_full"] == len(full) >= 2
+    arrs = [np.asarray(Image.open(tmp_path / "b" / task / "full" / f"{stem}.png")).astype(int) for stem in full]
+    for arr in arrs:
+        assert arr.shape == (32, 32, 3) and (arr[0, 0] == 255).all()
+    assert m["sources"]["fluent"]["version"] == "0.0.3-test"
+    assert f"{task}/" in (tmp_path / "b" / "LICENSES.md").read_text()
+    return arrs
+
+
 @pytest.mark.skipif(not _has_svg(), reason="no SVG rasteriser (pip install cairosvg, or apt-get install "
                                            "librsvg2-bin)")
 def test_fluent_near_style_validation_task(tmp_path, tree):
-    m = E.build_emoji_benchmark(tmp_path / "b", 32, shots=SHOTS, npm_dir=tree, noto_font=_font(), tasks=["fluent"],
-                                progress=False)
-    info = m["tasks"]["fluent"]
-    assert info["kind"] == "near-style" and info["role"] == "validation" and info["licence"] == "MIT"
-    src = {p.stem for p in (tmp_path / "b" / "source").iterdir()}
-    full = sorted(p.stem for p in (tmp_path / "b" / "fluent" / "full").iterdir())
-    assert full == sorted(i for i in FLUENT.values() if i in src) and info["n_full"] == len(full)
-    for stem in full:
-        arr = np.asarray(Image.open(tmp_path / "b" / "fluent" / "full" / f"{stem}.png"))
-        assert arr.shape == (32, 32, 3) and (arr[0, 0] == 255).all() and arr.min() < 250
-    assert m["sources"]["fluent"]["version"] == "0.0.3-test"
+    arrs = _build_fluent(tmp_path, tree, "fluent", "near-style", FLUENT, SHOTS)
+    assert all(arr.min() < 250 for arr in arrs)
     assert "Fluent Emoji" in (tmp_path / "b" / "LICENSES.md").read_text()
 
 
@@ -370,16 +380,6 @@ def test_fluent_near_style_validation_task(tmp_path, tree):
                                            "librsvg2-bin)")
 def test_fluent_contrast_far_style_validation_task(tmp_path, tree):
     """fluent-contrast renders Fluent Emoji's High Contrast SVGs (black line art), not the flat colour ones."""
-    m = E.build_emoji_benchmark(tmp_path / "b", 32, shots=2, npm_dir=tree, noto_font=_font(),
-                                tasks=["fluent-contrast"], progress=False)
-    info = m["tasks"]["fluent-contrast"]
-    assert info["kind"] == "far-style" and info["role"] == "validation" and info["licence"] == "MIT"
-    src = {p.stem for p in (tmp_path / "b" / "source").iterdir()}
-    full = sorted(p.stem for p in (tmp_path / "b" / "fluent-contrast" / "full").iterdir())
-    assert full == sorted(i for i in FLUENT_CONTRAST.values() if i in src) and info["n_full"] == len(full) >= 2
-    for stem in full:
-        arr = np.asarray(Image.open(tmp_path / "b" / "fluent-contrast" / "full" / f"{stem}.png")).astype(int)
-        assert arr.shape == (32, 32, 3) and (arr[0, 0] == 255).all() and arr.min() < 100
+    for arr in _build_fluent(tmp_path, tree, "fluent-contrast", "far-style", FLUENT_CONTRAST, 2):
+        assert arr.min() < 100
         assert (np.ptp(arr, axis=2) < 8).all()  # grey: black strokes on white, none of the flat set's colours
-    assert m["sources"]["fluent"]["version"] == "0.0.3-test"
-    assert "fluent-contrast/" in (tmp_path / "b" / "LICENSES.md").read_text()

@@ -4,7 +4,7 @@ The source domain is Noto Color Emoji; every task is a domain to adapt to from t
 
 | kind | what a task is | tasks (role) |
 |---|---|---|
-| far-style | the same content drawn in a very different style | openmoji-black (test), symbola and fluent-contrast (validation) |
+| far-style | the same content drawn in a very different style | openmoji-black (test), symbola, fluent-contrast (validation) |
 | subset | a narrow group of the source's own emoji | flags, symbols, smileys (test), objects, travel and hands (validation), animal-faces (extra, too small for FID) |
 | near-style | the same content drawn by other designers | twemoji, openmoji (test: "does no damage" checks), fluent (validation) |
 
@@ -33,7 +33,8 @@ import PIL
 from PIL import Image
 
 from colorgan.data.emoji_sources import (FLUENT_PKG, FLUENT_VARIANTS, INSTALL_NPM, LICENCES, MARGIN,
-                                         NOTO_BITMAP_SIZE, OPENMOJI_PKG, SYMBOLA_SIZE, TWEMOJI_PKG, Emoji, FontRenderer, SvgRasteriser,
+                                         NOTO_BITMAP_SIZE, OPENMOJI_PKG, SYMBOLA_SIZE, TWEMOJI_PKG, Emoji, FontRenderer,
+                                         SvgRasteriser,
                                          _debian_version, _ttf_version_string, find_noto_font, find_npm_package,
                                          find_symbola_font, finish_image, fluent_index, fluent_svg,
                                          load_emoji_metadata, match_key, openmoji_index, package_version)
@@ -110,6 +111,8 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
              "noto", is_animal_face, role="extra"),
 )}
 SVG_STYLES = ("openmoji", "openmoji-black", *FLUENT_VARIANTS)  # styles rasterised from SVG files
+# a style drawn from another style's package (key of LICENCES and Sources); every other style is its own
+_STYLE_SOURCE = {"openmoji-black": "openmoji", **dict.fromkeys(FLUENT_VARIANTS, "fluent")}
 # what `colorgan data emoji` writes in its folder (--overwrite replaces a data folder holding nothing else)
 DATA_ENTRIES = ("source", "manifest.json", "LICENSES.md", *TASKS)
 
@@ -185,9 +188,10 @@ def locate_sources(task_names: list[str], npm_dir, noto_font, symbola_font) -> S
     ds_dir = find_npm_package(TWEMOJI_PKG, npm_dir)
     src = Sources(noto=FontRenderer(noto_path), noto_path=noto_path, datasource=ds_dir,
                   emoji=load_emoji_metadata(ds_dir))
-    if styles & {"openmoji", "openmoji-black"}:
+    sources = {_source_of(s) for s in styles}
+    if "openmoji" in sources:
         src.openmoji = find_npm_package(OPENMOJI_PKG, npm_dir)
-    if styles & set(FLUENT_VARIANTS):
+    if "fluent" in sources:
         src.fluent = find_npm_package(FLUENT_PKG, npm_dir)
     if styles & set(SVG_STYLES):
         src.rasteriser = SvgRasteriser()
@@ -270,11 +274,9 @@ def _sources_info(src: Sources) -> dict:
     return info
 
 
-def _licence_key(style: str) -> str:
-    """The LICENCES entry (one per package or font) that a task style's images come from."""
-    if style == "openmoji-black":
-        return "openmoji"
-    return "fluent" if style in FLUENT_VARIANTS else style
+def _source_of(style: str) -> str:
+    """The package or font (a key of LICENCES) that a task style's images come from."""
+    return _STYLE_SOURCE.get(style, style)
 
 
 # --------------------------------------------------------------------------- builder
@@ -344,7 +346,7 @@ def build_emoji_benchmark(
                 "kind": spec.kind, "role": spec.role, "style": spec.style, "description": spec.description,
                 "n_full": len(full.ids), "n_duplicates_removed": full.duplicates, "n_train": len(train),
                 "train_ids": train, "full_sha256": images_sha256(full.folder),
-                "train_sha256": images_sha256(tmp / t / "train"), "licence": LICENCES[_licence_key(spec.style)]["licence"],
+                "train_sha256": images_sha256(tmp / t / "train"), "licence": LICENCES[_source_of(spec.style)]["licence"],
             }
         manifest = {
             "format": "colorgan-emoji-benchmark", "manifest_version": MANIFEST_VERSION,

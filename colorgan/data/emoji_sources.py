@@ -75,8 +75,8 @@ LICENCES = {
         "licence": "MIT",
         "attribution": "Fluent Emoji, Copyright (c) Microsoft Corporation, MIT licence "
                        "(https://github.com/microsoft/fluentui-emoji), as packaged in npm fluentui-emoji (Copyright (c) "
-                       "2022 Mohammad Abu Mattar, MIT licence). The flat and High Contrast SVGs were rasterised, cropped, padded, "
-                       "composited on white and resized.",
+                       "2022 Mohammad Abu Mattar, MIT licence). The flat and High Contrast SVGs were rasterised, "
+                       "cropped, padded, composited on white and resized.",
     },
 }
 # skin-tone modifier -> the suffix of Fluent Emoji's file names (the untoned variant of a toned emoji is "-default")
