@@ -2,8 +2,8 @@
 reference backend and fused Triton kernels, plus per-task adapter banks.
 
 Public API: the adapter kinds `LoRA`, `LLoRA`, `LeFT`; `AdapterConfig`; the ops in
-`fastlora.functional`; the layers `AdaptedLinear`, `ModulatedConv2d`, `AdaptedConv2d`;
-and the bank operations (`add_task`, `set_task`, `save_task`, `load_task`,
+`fastlora.functional` (their PyTorch reference: `fastlora.reference`); the layers `AdaptedLinear`,
+`ModulatedConv2d`, `AdaptedConv2d`; and the bank operations (`add_task`, `set_task`, `save_task`, `load_task`,
 `merge_task`, `unmerge`, ...); `capture` records a whole forward as a CUDA graph. Triton is imported only
 when a Triton backend is used.
 """

@@ -15,10 +15,12 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from fastlora import functional
 from fastlora._operands import conv_operands, linear_biases, linear_operands
 from fastlora._triton_autograd import LinearFn, ModConvFn, OpSpec
 from fastlora.adapters import LeFT, LLoRA, LoRA
+from fastlora.reference import check_task_ids
+from fastlora.reference import linear as reference_linear
+from fastlora.reference import modulated_conv2d as reference_modconv
 from kernels import linear as klinear
 from kernels import modconv
 
@@ -36,7 +38,7 @@ def _adapter_list(adapter, task_ids: Optional[Tensor], n: int, device: torch.dev
         return [adapter]
     if not isinstance(adapter, (list, tuple)) or len(adapter) == 0:
         raise ValueError("task_ids needs adapter to be a non-empty sequence (one entry per task, None for the base)")
-    functional.check_task_ids(task_ids, n, len(adapter), device, bounds=False)
+    check_task_ids(task_ids, n, len(adapter), device, bounds=False)
     return list(adapter)
 
 
@@ -105,9 +107,9 @@ def modulated_conv2d(x: Tensor, weight: Tensor, style: Tensor, *, adapter=None, 
     def reference(ts):
         x_, w_, s_, b_, n_, k_ = ts[:6]
         ads = rebuild(ts[6:])
-        return functional.modulated_conv2d(x_, w_, s_, adapter=ads[0] if task_ids is None else ads,
-                                           task_ids=task_ids, scale=scale, demodulate=demodulate, up=up, down=down,
-                                           bias=b_, noise=n_, activation=activation, skip=k_, backend="torch")
+        return reference_modconv(x_, w_, s_, adapter=ads[0] if task_ids is None else ads, task_ids=task_ids,
+                                 scale=scale, demodulate=demodulate, up=up, down=down, bias=b_, noise=n_,
+                                 activation=activation, skip=k_)
 
     tensors = head + flat
     if not _needs_grad(tensors):
@@ -140,9 +142,8 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, adapter=
 
     def reference(ts):
         ads = rebuild(ts[3:])
-        return functional.linear(ts[0], ts[1], ts[2], adapter=ads[0] if task_ids is None else ads,
-                                 task_ids=task_ids, scale=scale, bias_scale=bias_scale, activation=activation,
-                                 backend="torch")
+        return reference_linear(ts[0], ts[1], ts[2], adapter=ads[0] if task_ids is None else ads,
+                                task_ids=task_ids, scale=scale, bias_scale=bias_scale, activation=activation)
 
     tensors = head + flat
     if not _needs_grad(tensors):

@@ -45,17 +45,17 @@ def test_published_form_reaches_every_modulated_conv(monkeypatch):
     """The published-style method runs the grouped per-sample-weight path in every modulated conv."""
     from bench.e2e import build_models, modconv_form
     from fastlora import ModulatedConv2d
-    from fastlora import functional as FL
+    from fastlora import reference
 
     G, _ = build_models(16, True, 1, "inner", torch.device("cpu"), 0)
     calls = {"grouped": 0}
-    real = FL._modconv_grouped
+    real = reference._modconv_grouped
 
     def counting(*a, **k):
         calls["grouped"] += 1
         return real(*a, **k)
 
-    monkeypatch.setattr(FL, "_modconv_grouped", counting)
+    monkeypatch.setattr(reference, "_modconv_grouped", counting)
     n_convs = sum(isinstance(m, ModulatedConv2d) for m in G.modules())
     z = torch.randn(2, G.style_dim)
     with torch.no_grad():
