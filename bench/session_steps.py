@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from bench import common
-from bench.session import FILES, PLOT, Session, log
+from bench.session_runner import FILES, PLOT, Session, log
 
 
 @dataclass

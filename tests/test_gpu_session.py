@@ -200,7 +200,7 @@ def test_steps_without_time_left_are_recorded_as_skipped(tmp_path):
 
 def test_layer_step_stops_at_its_deadline_and_says_so(tmp_path):
     from bench import session_steps
-    from bench.session import Session
+    from bench.session_runner import Session
 
     session = Session(tmp_path, 10.0, ["layers"], session_plan.DRY, torch.device("cpu"), True, "test")
     session.env = session_steps.environment(session)
@@ -287,7 +287,7 @@ def test_warmup_groups_stay_in_one_worker():
 
 
 def test_session_folder_never_mixes_two_sessions(tmp_path):
-    from bench.session import session_folder
+    from bench.session_runner import session_folder
 
     a = session_folder(tmp_path, "nvidia-h200", False)
     a.mkdir()
@@ -303,7 +303,7 @@ def test_fused_calls_that_failed_their_warmup_are_left_out(tmp_path):
     import dataclasses
 
     from bench import session_steps
-    from bench.session import Session
+    from bench.session_runner import Session
 
     plan = dataclasses.replace(session_plan.DRY, layers=("torgb16@8",), layer_order=((2, "inner"),))
     session = Session(tmp_path, 60.0, ["layers"], plan, torch.device("cpu"), True, "test")
