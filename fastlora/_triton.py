@@ -18,7 +18,7 @@ from torch import Tensor
 from fastlora._operands import conv_operands, linear_biases, linear_operands
 from fastlora._triton_autograd import LinearFn, ModConvFn, OpSpec
 from fastlora.adapters import LeFT, LLoRA, LoRA
-from fastlora.reference import check_task_ids
+from fastlora.reference import adapter_list
 from fastlora.reference import linear as reference_linear
 from fastlora.reference import modulated_conv2d as reference_modconv
 from kernels import linear as klinear
@@ -28,19 +28,6 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------- argument handling
-
-def _adapter_list(adapter, task_ids: Optional[Tensor], n: int, device: torch.device) -> List:
-    """One adapter per task (None = base weight), validated like the reference (no bounds check:
-    it would synchronise with the device)."""
-    if task_ids is None:
-        if isinstance(adapter, (list, tuple)):
-            raise ValueError("a sequence of adapters needs task_ids [N] choosing one per sample")
-        return [adapter]
-    if not isinstance(adapter, (list, tuple)) or len(adapter) == 0:
-        raise ValueError("task_ids needs adapter to be a non-empty sequence (one entry per task, None for the base)")
-    check_task_ids(task_ids, n, len(adapter), device, bounds=False)
-    return list(adapter)
-
 
 def _check_dtype(op: str, x: Tensor) -> None:
     if x.dtype not in SUPPORTED_DTYPES:
@@ -89,7 +76,7 @@ def modulated_conv2d(x: Tensor, weight: Tensor, style: Tensor, *, adapter=None, 
                      activation: Optional[str] = None, skip: Optional[Tensor] = None) -> Tensor:
     """Fused modulated conv (see `fastlora.functional.modulated_conv2d`)."""
     _check_dtype("modulated_conv2d", x)
-    adapters = _adapter_list(adapter, task_ids, x.shape[0], x.device)
+    adapters = adapter_list(adapter, task_ids, x.shape[0], x.device, bounds=False)
     for a in adapters:
         if a is not None:
             a.check(weight)
@@ -125,7 +112,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, adapter=
            activation: Optional[str] = None) -> Tensor:
     """Fused linear + low-rank adapter (see `fastlora.functional.linear`)."""
     _check_dtype("linear", x)
-    adapters = _adapter_list(adapter, task_ids, x.shape[0], x.device)
+    adapters = adapter_list(adapter, task_ids, x.shape[0], x.device, bounds=False)
     for a in adapters:
         if a is not None:
             if isinstance(a, LLoRA) or (isinstance(a, LeFT) and a.is_conv):

@@ -41,16 +41,26 @@ def _cast_adapter(adapter: Adapter, dtype: torch.dtype) -> Adapter:
     return dataclasses.replace(adapter, **changes)
 
 
-def _stacked_weights(weight: Tensor, adapter: AdapterArg, task_ids: Optional[Tensor], n: int) -> tuple[Tensor, Optional[Tensor]]:
-    """One adapted weight, or [T, ...] stacked adapted weights when task_ids picks one per sample."""
+def adapter_list(adapter: AdapterArg, task_ids: Optional[Tensor], n: int, device: torch.device,
+                 bounds: bool = True) -> list:
+    """One adapter per task (None = the base weight): [adapter] without task_ids, else the sequence that
+    task_ids [N] indexes, validated (`bounds=False` skips the value check, which syncs with the device)."""
     if task_ids is None:
         if isinstance(adapter, (list, tuple)):
             raise ValueError("a sequence of adapters needs task_ids [N] choosing one per sample")
-        return adapted_weight(weight, adapter), None
+        return [adapter]
     if not isinstance(adapter, (list, tuple)) or len(adapter) == 0:
         raise ValueError("task_ids needs adapter to be a non-empty sequence (one entry per task, None for the base)")
-    check_task_ids(task_ids, n, len(adapter), weight.device)
-    return torch.stack([adapted_weight(weight, a) for a in adapter]), task_ids
+    check_task_ids(task_ids, n, len(adapter), device, bounds=bounds)
+    return list(adapter)
+
+
+def _stacked_weights(weight: Tensor, adapter: AdapterArg, task_ids: Optional[Tensor], n: int) -> tuple[Tensor, Optional[Tensor]]:
+    """One adapted weight, or [T, ...] stacked adapted weights when task_ids picks one per sample."""
+    adapters = adapter_list(adapter, task_ids, n, weight.device)
+    if task_ids is None:
+        return adapted_weight(weight, adapters[0]), None
+    return torch.stack([adapted_weight(weight, a) for a in adapters]), task_ids
 
 
 def check_task_ids(task_ids: Tensor, n: int, n_tasks: int, device: torch.device, bounds: bool = True) -> None:
