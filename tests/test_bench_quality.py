@@ -142,7 +142,11 @@ def test_quality_bench_end_to_end(setup, tiny_net_path):
     old_base = quality.base_checksum(tmp_path / "runs" / "default-seed0" / "checkpoint")
     assert old_base and quality.base_checksum(tmp_path / "base") != old_base
     cached = json.loads((tmp_path / "runs" / "scores.json").read_text())
-    assert cached and all(k.split("|")[0] == old_base[:16] for k in cached)
+    runs = [k for k in cached if not k.startswith("floor|")]
+    assert runs and all(k.split("|")[0] == old_base[:16] for k in runs)
+    # the base's own score is kept per base: the old one and the new one (scored before the old runs were refused)
+    assert {k.split("|")[2] for k in cached if k.startswith("floor|base|")} == \
+        {old_base[:16], quality.base_checksum(tmp_path / "base")[:16]}
 
 
 def test_validation_budgets_and_custom_configs(setup, tiny_net_path):
@@ -210,6 +214,33 @@ def test_score_cache_shared_by_two_processes_keeps_both(tmp_path):
     assert b.get("y", lambda: {"fid": 2.0}) == {"fid": 2.0}
     assert json.loads(path.read_text()) == {"x": {"fid": 1.0}, "y": {"fid": 2.0}}
     assert quality.ScoreCache(path).get("x", lambda: pytest.fail("recomputed a cached score")) == {"fid": 1.0}
+
+
+def test_floors_are_cached_by_content(setup, tiny_net_path):
+    """The floors and the base's score are computed once per content: a later invocation extracts no features, a
+    changed reference set, other shots or another base are scored again."""
+    tmp_path, real, tasks = setup, setup / "data", ["flags", "black"]
+    cache = quality.ScoreCache(tmp_path / "runs" / "scores.json")
+    shots = {s: quality.shot_folders(real, tmp_path / "runs", tasks, s, 3) for s in (0, 1)}
+    scorer = quality.Scorer(str(tiny_net_path), progress=False)
+    first = quality.floors(scorer, real, tmp_path / "base", tasks, 6, [0, 1], shots, 6, cache)
+    assert first == quality.floors(scorer, real, tmp_path / "base", tasks, 6, [0, 1], shots, 6)  # uncached: same
+
+    def fail(*a, **k):
+        pytest.fail("features extracted for a cached score")
+
+    for name in ("folder", "images", "generated"):
+        setattr(scorer, name, fail)
+    again = quality.floors(scorer, real, tmp_path / "base", tasks, 6, [0, 1], shots,
+                           6, quality.ScoreCache(tmp_path / "runs" / "scores.json"))
+    assert again == first
+    scorer = quality.Scorer(str(tiny_net_path), progress=False)
+    write_random_images(real / "flags" / "full", 8, 99)  # a rebuilt reference set
+    _save_base(tmp_path / "base", 1, overwrite=True)
+    new = quality.floors(scorer, real, tmp_path / "base", tasks, 6, [0, 1], shots, 6, cache)
+    assert new["flags"]["noise"] != first["flags"]["noise"] and new["black"]["noise"] == first["black"]["noise"]
+    assert new["black"]["base"] != first["black"]["base"]
+    assert new["black"]["memorisation"] == first["black"]["memorisation"]
 
 
 def test_roles_switches_each_adapter_role_off_at_sampling_time(setup, tiny_net_path):
