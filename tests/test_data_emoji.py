@@ -45,6 +45,8 @@ FLUENT_STEMS = list(FLUENT)
 # High Contrast has no skin tones: one black line drawing per emoji, toned or not ("-default" where Fluent tones it)
 FLUENT_CONTRAST = {"white-smiling-face-default": "263a-fe0f", "black-heart-suit": "2665-fe0f",
                    "umbrella": "2602-fe0f"}
+# EmojiOne 2 PNG file stems (lower-case codepoints without FE0F) in the fake tree; "0023" is no emoji in the metadata
+EMOJIONE = ["263a", "263a-1f3fb", "2665", "2660", "2601", "2614", "0023"]
 DUPLICATE = "2663-FE0F"  # its Twemoji image repeats the one before it (2660, which sorts first)
 
 
@@ -126,6 +128,14 @@ def _make_tree(root: Path) -> Path:
         (fl / "icons" / "high-contrast" / f"{stem}.svg").write_text(
             f'<svg viewBox="0 0 32 32" xmlns="http://www.w3.org/2000/svg">'
             f'<circle cx="16" cy="16" r="{6 + 3 * i}" fill="none" stroke="#212121" stroke-width="2"/></svg>')
+    eo = nm / E.EMOJIONE_PKG
+    (eo / "assets" / "png_128x128").mkdir(parents=True)
+    (eo / "package.json").write_text(json.dumps({"name": E.EMOJIONE_PKG, "version": "2.2.7"}))
+    for i, stem in enumerate(EMOJIONE):
+        arr = np.zeros((128, 128, 4), np.uint8)
+        arr[20 + i: 100, 16:110, :3] = rng.integers(0, 255, 3)
+        arr[20 + i: 100, 16:110, 3] = 255
+        Image.fromarray(arr, "RGBA").save(eo / "assets" / "png_128x128" / f"{stem}.png")
     return nm
 
 
@@ -136,7 +146,7 @@ def _tree_bytes(root: Path) -> dict[str, str]:
 
 def _tasks() -> list[str]:
     svg = ["openmoji", "openmoji-black", "fluent", "fluent-contrast"] if _has_svg() else []
-    return ["twemoji", "animal-faces", "flags"] + svg
+    return ["twemoji", "emojione", "animal-faces", "flags"] + svg
 
 
 @pytest.fixture
@@ -231,7 +241,7 @@ def test_missing_sources_say_what_to_install(tmp_path, tree):
         E.build_emoji_benchmark(tmp_path / "o", 32, npm_dir=tree, noto_font=tmp_path / "nope.ttf", progress=False)
     font = _font()
     with pytest.raises(FileNotFoundError, match=r"npm install --prefix .* emoji-datasource-twitter openmoji "
-                                                r"fluentui-emoji"):
+                                                r"fluentui-emoji emojione@2\.2\.7"):
         E.build_emoji_benchmark(tmp_path / "o", 32, npm_dir=tmp_path / "empty", noto_font=font, progress=False)
     with pytest.raises(ValueError, match="size must be 32, 64 or 128"):
         E.build_emoji_benchmark(tmp_path / "o", 48, npm_dir=tree, noto_font=font)
@@ -383,3 +393,27 @@ def test_fluent_contrast_far_style_validation_task(tmp_path, tree):
     for arr in _build_fluent(tmp_path, tree, "fluent-contrast", "far-style", FLUENT_CONTRAST, 2):
         assert arr.min() < 100
         assert (np.ptp(arr, axis=2) < 8).all()  # grey: black strokes on white, none of the flat set's colours
+
+
+def test_emojione_near_style_validation_task(tmp_path, tree):
+    """emojione: EmojiOne 2's PNGs matched by codepoints (without FE0F, skin tones included), a near-style
+    validation task under its own licence; another major version of the package is refused before anything is
+    written."""
+    m = E.build_emoji_benchmark(tmp_path / "b", 32, shots=SHOTS, npm_dir=tree, noto_font=_font(), tasks=["emojione"],
+                                progress=False)
+    info = m["tasks"]["emojione"]
+    assert (info["kind"], info["role"]) == ("near-style", "validation") and "CC-BY" in info["licence"]
+    src = {p.stem for p in (tmp_path / "b" / "source").iterdir()}
+    full = sorted(p.stem for p in (tmp_path / "b" / "emojione" / "full").iterdir())
+    drawn = {"263a-fe0f", "263a-1f3fb", "2665-fe0f", "2660-fe0f", "2601-fe0f", "2614"}
+    assert full == sorted(drawn & src) and info["n_full"] == len(full) >= SHOTS
+    for stem in full:
+        arr = np.asarray(Image.open(tmp_path / "b" / "emojione" / "full" / f"{stem}.png")).astype(int)
+        assert arr.shape == (32, 32, 3) and (arr[0, 0] == 255).all() and arr.min() < 250
+    assert m["sources"]["emojione"]["version"] == "2.2.7"
+    assert "EmojiOne" in (tmp_path / "b" / "LICENSES.md").read_text()
+    (tree / E.EMOJIONE_PKG / "package.json").write_text(json.dumps({"name": E.EMOJIONE_PKG, "version": "4.5.0"}))
+    with pytest.raises(FileNotFoundError, match=r"found version '4\.5\.0'.*emojione@2\.2\.7"):
+        E.build_emoji_benchmark(tmp_path / "c", 32, shots=SHOTS, npm_dir=tree, noto_font=_font(),
+                                tasks=["emojione"], progress=False)
+    assert not (tmp_path / "c").exists()

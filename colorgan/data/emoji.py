@@ -6,7 +6,7 @@ The source domain is Noto Color Emoji; every task is a domain to adapt to from t
 |---|---|---|
 | far-style | the same content drawn in a very different style | openmoji-black (test), symbola, fluent-contrast (validation) |
 | subset | a narrow group of the source's own emoji | flags, symbols, smileys (test), objects, travel and hands (validation), animal-faces (extra, too small for FID) |
-| near-style | the same content drawn by other designers | twemoji, openmoji (test: "does no damage" checks), fluent (validation) |
+| near-style | the same content drawn by other designers | twemoji, openmoji (test: "does no damage" checks), fluent, emojione (validation) |
 
 Validation tasks are for choosing the training recipe, so the test tasks are never looked at for that.
 Every set is deduplicated (identical renderings at the target size are kept once, the first by id).
@@ -32,10 +32,11 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from colorgan.data.emoji_sources import (FLUENT_PKG, FLUENT_VARIANTS, INSTALL_NPM, LICENCES, MARGIN,
+from colorgan.data.emoji_sources import (EMOJIONE_PKG, FLUENT_PKG, FLUENT_VARIANTS, INSTALL_NPM, LICENCES, MARGIN,
                                          NOTO_BITMAP_SIZE, OPENMOJI_PKG, SYMBOLA_SIZE, TWEMOJI_PKG, Emoji, FontRenderer,
                                          SvgRasteriser,
-                                         _debian_version, _ttf_version_string, find_noto_font, find_npm_package,
+                                         _debian_version, _ttf_version_string, emojione_index, find_noto_font,
+                                         find_npm_package,
                                          find_symbola_font, finish_image, fluent_index, fluent_svg,
                                          load_emoji_metadata, match_key, openmoji_index, package_version)
 from colorgan.data.folder import images_sha256, list_images
@@ -44,7 +45,8 @@ from fastlora.io import atomic_directory, sha256_file
 
 __all__ = ["TASKS", "TaskSpec", "build_emoji_benchmark", "choose_shots", "read_manifest", "task_folders",
            "Emoji", "FontRenderer", "SvgRasteriser", "finish_image", "load_emoji_metadata", "match_key",
-           "fluent_index", "fluent_svg", "FLUENT_PKG", "OPENMOJI_PKG", "TWEMOJI_PKG"]
+           "emojione_index", "fluent_index", "fluent_svg", "EMOJIONE_PKG", "FLUENT_PKG", "OPENMOJI_PKG",
+           "TWEMOJI_PKG"]
 
 MANIFEST_VERSION = 2
 DEFAULT_SEED = 0
@@ -84,7 +86,7 @@ class TaskSpec:
     name: str
     kind: str  # one of KINDS
     description: str
-    style: str  # "noto" (a subset of the source), "twemoji", "symbola" or one of SVG_STYLES
+    style: str  # "noto" (a subset of the source), "twemoji", "emojione", "symbola" or one of SVG_STYLES
     member: Callable[[Emoji], bool] | None = None  # subsets: which source emoji belong
     role: str = "test"  # one of ROLES
 
@@ -106,6 +108,7 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
              role="validation"),
     TaskSpec("fluent-contrast", "far-style", "the source emoji as Fluent Emoji's High Contrast black line art",
              "fluent-contrast", role="validation"),
+    TaskSpec("emojione", "near-style", "the source emoji in EmojiOne 2's style", "emojione", role="validation"),
     TaskSpec("animal-faces", "subset",
              "Noto animal faces: subcategory cat-face, or animal-* with a Unicode name ending in FACE",
              "noto", is_animal_face, role="extra"),
@@ -177,6 +180,8 @@ class Sources:
     emoji: list
     openmoji: Optional[Path] = None
     fluent: Optional[Path] = None
+    emojione: Optional[dict[str, Path]] = None  # match_key -> PNG
+    emojione_dir: Optional[Path] = None
     rasteriser: Optional[SvgRasteriser] = None
     symbola: Optional[FontRenderer] = None
     symbola_path: Optional[Path] = None
@@ -193,6 +198,9 @@ def locate_sources(task_names: list[str], npm_dir, noto_font, symbola_font) -> S
         src.openmoji = find_npm_package(OPENMOJI_PKG, npm_dir)
     if "fluent" in sources:
         src.fluent = find_npm_package(FLUENT_PKG, npm_dir)
+    if "emojione" in sources:
+        src.emojione_dir = find_npm_package(EMOJIONE_PKG, npm_dir)
+        src.emojione = emojione_index(src.emojione_dir)
     if styles & set(SVG_STYLES):
         src.rasteriser = SvgRasteriser()
     if "symbola" in styles:
@@ -224,10 +232,9 @@ def _render_style(spec: TaskSpec, present: list[Emoji], src: Sources, size: int,
         img_dir = src.datasource / "img" / "twitter" / "64"
         if not img_dir.is_dir():
             raise FileNotFoundError(f"expected Twemoji PNGs in {str(img_dir)!r}; reinstall with `{INSTALL_NPM}`")
-        for e in items:
-            if e.twemoji_image and (img_dir / e.twemoji_image).is_file():
-                with Image.open(img_dir / e.twemoji_image) as im:
-                    out.add(e.id, finish_image(im.convert("RGBA"), size))
+        _add_pngs(items, lambda e: img_dir / e.twemoji_image if e.twemoji_image else None, size, out)
+    elif spec.style == "emojione":
+        _add_pngs(items, lambda e: src.emojione.get(e.key), size, out)
     elif spec.style in SVG_STYLES:
         svg_of = _svg_lookup(spec.style, src)
         px = max(72, 2 * size)  # rasterised at this size before cropping
@@ -241,6 +248,16 @@ def _render_style(spec: TaskSpec, present: list[Emoji], src: Sources, size: int,
             out.add(e.id, finish_image(rgba, size) if rgba is not None else None)
     else:
         raise ValueError(f"task {spec.name!r}: unknown style {spec.style!r}")
+
+
+def _add_pngs(items: Iterable[Emoji], png_of: Callable[[Emoji], Optional[Path]], size: int,
+              out: DedupWriter) -> None:
+    """Add every emoji whose PNG exists (`png_of`: its path or None), finished like every other image."""
+    for e in items:
+        png = png_of(e)
+        if png is not None and png.is_file():
+            with Image.open(png) as im:
+                out.add(e.id, finish_image(im.convert("RGBA"), size))
 
 
 def _write_split(task_dir: Path, ids: list[str], shots: int, seed: int, task: str) -> list[str]:
@@ -266,6 +283,8 @@ def _sources_info(src: Sources) -> dict:
     if src.fluent is not None:
         info["fluent"] = {**LICENCES["fluent"], "version": package_version(src.fluent),
                           "svg_rasteriser": src.rasteriser.backend}
+    if src.emojione_dir is not None:
+        info["emojione"] = {**LICENCES["emojione"], "version": package_version(src.emojione_dir)}
     if src.symbola_path is not None:
         info["symbola"] = {**LICENCES["symbola"], "font_file": src.symbola_path.name,
                            "font_sha256": sha256_file(src.symbola_path),
@@ -370,7 +389,8 @@ def _licences_md(m: dict) -> str:
              "Generated by `colorgan data emoji`. Each folder keeps the licence of the artwork it was made from.", ""]
     names = {"noto": "Noto Color Emoji (folders source/ and the subset tasks)",
              "twemoji": "Twemoji (folder twemoji/)", "openmoji": "OpenMoji (folders openmoji/ and openmoji-black/)",
-             "symbola": "Symbola (folder symbola/)", "fluent": "Fluent Emoji (folders fluent/ and fluent-contrast/)"}
+             "symbola": "Symbola (folder symbola/)", "fluent": "Fluent Emoji (folders fluent/ and fluent-contrast/)",
+             "emojione": "EmojiOne 2 (folder emojione/)"}
     for key, info in m["sources"].items():
         lines += [f"## {names[key]}", "", f"- from: {info['package']}",
                   f"- version: {info.get('version') or info.get('debian_version') or info.get('font_version')}",

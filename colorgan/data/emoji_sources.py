@@ -6,7 +6,9 @@ their metadata and licences, and rendering one emoji from each (nothing is downl
 - Twemoji 64x64 PNGs and the emoji metadata (codepoints, categories) from npm `emoji-datasource-twitter`;
 - OpenMoji colour and black line-art SVGs from npm `openmoji`, rasterised with CairoSVG (or `rsvg-convert`);
 - Microsoft's Fluent Emoji SVGs from npm `fluentui-emoji` (files named by emoji name), flat colour and High Contrast
-  black line art, rasterised the same way.
+  black line art, rasterised the same way;
+- EmojiOne 2's 128x128 PNGs from npm `emojione@2.2.7` (later releases are under a licence that is not Creative
+  Commons, so other major versions are refused).
 """
 from __future__ import annotations
 
@@ -35,10 +37,13 @@ NPM_PREFIX_HINT = "~/.cache/colorgan/npm"
 TWEMOJI_PKG = "emoji-datasource-twitter"
 OPENMOJI_PKG = "openmoji"
 FLUENT_PKG = "fluentui-emoji"
+EMOJIONE_PKG = "emojione"
+EMOJIONE_VERSION = "2.2.7"  # the last release with Creative Commons artwork (3.x and later: the JoyPixels licences)
 MARGIN = 0.04  # empty border, as a fraction of the square canvas, around each cropped emoji
 
 INSTALL_NOTO = "apt-get install fonts-noto-color-emoji"
-INSTALL_NPM = f"npm install --prefix {NPM_PREFIX_HINT} {TWEMOJI_PKG} {OPENMOJI_PKG} {FLUENT_PKG}"
+INSTALL_NPM = (f"npm install --prefix {NPM_PREFIX_HINT} {TWEMOJI_PKG} {OPENMOJI_PKG} {FLUENT_PKG} "
+               f"{EMOJIONE_PKG}@{EMOJIONE_VERSION}")
 INSTALL_SVG = "pip install cairosvg  (needs the cairo library: apt-get install libcairo2), or apt-get install librsvg2-bin"
 INSTALL_SYMBOLA = "apt-get install fonts-symbola"
 
@@ -77,6 +82,15 @@ LICENCES = {
                        "(https://github.com/microsoft/fluentui-emoji), as packaged in npm fluentui-emoji (Copyright (c) "
                        "2022 Mohammad Abu Mattar, MIT licence). The flat and High Contrast SVGs were rasterised, "
                        "cropped, padded, composited on white and resized.",
+    },
+    "emojione": {
+        "package": f"npm {EMOJIONE_PKG}@{EMOJIONE_VERSION}",
+        "licence": "CC-BY-4.0 artwork per the package's LICENSE.md (its package.json says CC-BY-SA-4.0): derived "
+                   "images shared as CC-BY-SA-4.0",
+        "attribution": "Emoji artwork provided by EmojiOne (https://www.emojione.com), version 2.2.7, licensed under "
+                       "CC-BY 4.0 (https://creativecommons.org/licenses/by/4.0/) as its package's LICENSE.md states "
+                       "(its package.json names CC-BY-SA 4.0, so the derived images are shared under CC BY-SA 4.0, "
+                       "which meets both). The 128x128 PNGs were cropped, padded, composited on white and resized.",
     },
 }
 # skin-tone modifier -> the suffix of Fluent Emoji's file names (the untoned variant of a toned emoji is "-default")
@@ -356,3 +370,20 @@ def fluent_svg(e: Emoji, index: dict[str, Path]) -> Path | None:
     if tones:
         return index.get(f"{stem}-{tones.pop()}")
     return index.get(stem) or index.get(f"{stem}-default")
+
+
+def emojione_index(pkg_dir: Path) -> dict[str, Path]:
+    """match_key -> EmojiOne 2 PNG (assets/png_128x128/<codepoints>.png, e.g. 1f600.png, 0023-20e3.png).
+
+    Raises FileNotFoundError for another major version than 2 (its artwork is not under a Creative Commons licence)
+    or a package without the PNG folder, saying what to install."""
+    install = f"npm install --prefix {NPM_PREFIX_HINT} {EMOJIONE_PKG}@{EMOJIONE_VERSION}"
+    version = package_version(pkg_dir)
+    if version.split(".")[0] != EMOJIONE_VERSION.split(".")[0]:
+        raise FileNotFoundError(f"expected npm {EMOJIONE_PKG} {EMOJIONE_VERSION} in {str(pkg_dir)!r} (later releases' "
+                                f"artwork is not Creative Commons), found version {version!r}; install it with "
+                                f"`{install}`")
+    png_dir = pkg_dir / "assets" / "png_128x128"
+    if not png_dir.is_dir():
+        raise FileNotFoundError(f"expected EmojiOne PNGs in {str(png_dir)!r}; reinstall with `{install}`")
+    return {match_key(p.stem): p for p in sorted(png_dir.glob("*.png")) if p.is_file()}
