@@ -26,6 +26,7 @@ from fastlora.bank import (
     merged_state_dict,
     merged_weights,
     read_task_config,
+    relative_shift,
     remove_task,
     reset_task,
     save_task,
@@ -46,5 +47,5 @@ __all__ = [
     "adapted_layers", "add_task", "remove_task", "set_task", "active_task", "task_names", "task_config",
     "task_parameters", "reset_task", "base_parameters", "freeze_base", "task_state_dict", "base_state_dict", "base_checksum",
     "count_parameters", "check_task_name", "set_deterministic", "deterministic", "save_task", "load_task",
-    "read_task_config", "merge_task", "unmerge", "merged_state_dict", "merged_weights", "capture", "CapturedForward",
+    "read_task_config", "merge_task", "unmerge", "merged_state_dict", "merged_weights", "relative_shift", "capture", "CapturedForward",
 ]

@@ -328,6 +328,28 @@ def merged_weights(layer: AdaptedLayer, task: Optional[str]) -> tuple[torch.Tens
     return adapted_weight(layer.weight, a).detach().clone(), bias
 
 
+def relative_shift(model: nn.Module, task: str, roles: Collection[str]) -> torch.Tensor:
+    """How far `task`'s adapters move its layers of `roles` ("mapping", "style", "conv"), differentiably: the
+    mean over those layers of ||Ŵ − W||² / ||W||² (+ the same for the bias), W the base's weight and Ŵ the
+    task's merged one. 0 at the identity; a penalty on it keeps the task near the base where the loss does not
+    keep pushing away."""
+    _require_task(model, task)
+    terms = []
+    for _, m in adapted_layers(model):
+        if m.role not in roles:
+            continue
+        a = m.adapters[task].adapter()
+        w = m.weight.detach().float()
+        shift = (adapted_weight(w, a) - w).pow(2).sum() / w.pow(2).sum().clamp_min(1e-12)
+        if m.bias is not None:
+            b = m.bias.detach().float()
+            shift = shift + (adapted_bias(b, a) - b).pow(2).sum() / b.pow(2).sum().clamp_min(1e-12)
+        terms.append(shift)
+    if not terms:
+        raise ValueError(f"task {task!r} has no adapted layers of roles {sorted(roles)}")
+    return torch.stack(terms).mean()
+
+
 def merged_state_dict(model: nn.Module, task: Optional[str]) -> dict[str, torch.Tensor]:
     """The base state with `task` merged (fp32 merge, cast back), without touching the model."""
     state = {k: v.detach().clone() for k, v in base_state_dict(model).items()}

@@ -107,6 +107,37 @@ def test_reset_task_returns_chosen_roles_to_the_identity(name):
         fl.reset_task(model, "nope")
 
 
+@pytest.mark.parametrize("name", ["lora", "left-linear", "llora"])
+def test_relative_shift_measures_how_far_a_role_moved(name):
+    """relative_shift: 0 at the identity; once adapters move, the mean over the role's layers of the relative
+    squared change of weight and bias (checked against merged_weights), with gradient to that role's adapters
+    only."""
+    model, *_ = _tiny_with_tasks(CONFIGS[name], "t")
+    assert fl.relative_shift(model, "t", ("style",)).item() == pytest.approx(0.0, abs=1e-12)  # (round-off)
+    with torch.no_grad():
+        for p in fl.task_parameters(model, "t"):
+            p.add_(0.3 * torch.randn_like(p))
+    style = [m for _, m in fl.adapted_layers(model) if m.role == "style"]
+    assert len(style) == 2  # the conv's and the ToRGB's modulation affines
+
+    def rel(new, old):
+        new, old = new.detach().double(), old.detach().double()
+        return float((new - old).pow(2).sum() / old.pow(2).sum())
+
+    want = sum(rel(w, m.weight) + rel(b, m.bias) for m in style for w, b in [fl.merged_weights(m, "t")]) / 2
+    shift = fl.relative_shift(model, "t", ("style",))
+    assert shift.item() > 0 and shift.item() == pytest.approx(want, rel=1e-5)
+    shift.backward()
+    moved = {k for k, p in zip(fl.task_state_dict(model, "t"), fl.task_parameters(model, "t"))
+             if p.grad is not None and p.grad.abs().sum() > 0}
+    assert moved and all(".modulation." in k for k in moved), moved
+    assert all(p.grad is None for p in fl.base_parameters(model))
+    with pytest.raises(ValueError, match="no adapted layers"):
+        fl.relative_shift(model, "t", ("nothing",))
+    with pytest.raises(KeyError, match="unknown task"):
+        fl.relative_shift(model, "nope", ("style",))
+
+
 def test_published_configuration_has_dead_llora_gradients():
     """Documents the published defect 1 (docs/design.md §3.2): act="both" with B_inst = 0 gives exactly zero LLoRA gradients."""
     torch.manual_seed(1)
