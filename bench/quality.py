@@ -25,6 +25,7 @@ Finished runs in --runs are reused, so an interrupted benchmark resumes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import shlex
@@ -33,7 +34,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -169,21 +170,32 @@ def select_tasks(manifest: dict, spec: str) -> list[str]:
 
 
 def shot_folders(real: Path, runs: Path, tasks: Sequence[str], seed: int, shots: int) -> dict[str, Path]:
-    """Each task's shots for `seed`: the data's own train split for seed 0, else drawn from the full set."""
+    """Each task's shots for `seed`: the data's own train split for seed 0, else drawn from the full set (copied
+    under RUNS/shots, under the runs folder's lock: processes sharing it may draw the same seed at once)."""
     if seed == 0:
         return {t: real / t / "train" for t in tasks}
     out = {}
-    for t in tasks:
-        folder = runs / "shots" / f"seed{seed}" / t
-        ids = [p.stem for p in list_images(real / t / "full")]
-        chosen = choose_shots(ids, shots, seed, t)
-        if not folder.is_dir() or sorted(p.stem for p in folder.iterdir()) != chosen:
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-            for i in chosen:
-                shutil.copyfile(real / t / "full" / f"{i}.png", folder / f"{i}.png")
-        out[t] = folder
+    with locked(runs / "shots.lock"):
+        for t in tasks:
+            folder = runs / "shots" / f"seed{seed}" / t
+            ids = [p.stem for p in list_images(real / t / "full")]
+            chosen = choose_shots(ids, shots, seed, t)
+            if not folder.is_dir() or sorted(p.stem for p in folder.iterdir()) != chosen:
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
+                for i in chosen:
+                    shutil.copyfile(real / t / "full" / f"{i}.png", folder / f"{i}.png")
+            out[t] = folder
     return out
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on the file `path` (created if missing) for the block: one process at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def base_checksum(ckpt: Path) -> str:
@@ -260,9 +272,7 @@ class ScoreCache:
     def get(self, key: str, compute) -> dict:
         if key not in self.data:
             value = compute()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            with locked(self.path.with_name(self.path.name + ".lock")):
                 self.data = {**self._read(), **self.data, key: value}
                 atomic_write_json(self.path, self.data)
         return self.data[key]

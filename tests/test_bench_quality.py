@@ -216,6 +216,25 @@ def test_score_cache_shared_by_two_processes_keeps_both(tmp_path):
     assert quality.ScoreCache(path).get("x", lambda: pytest.fail("recomputed a cached score")) == {"fid": 1.0}
 
 
+def test_shot_folders_wait_for_the_runs_folder_lock(setup):
+    """Processes sharing a runs folder may draw the same shot seed at once: the copy waits for the lock."""
+    import fcntl
+    import threading
+
+    real, runs = setup / "data", setup / "runs"
+    runs.mkdir()
+    result = {}
+    with open(runs / "shots.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process holds it
+        worker = threading.Thread(target=lambda: result.update(quality.shot_folders(real, runs, ["flags"], 3, 3)))
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive() and not (runs / "shots").exists()
+    worker.join(10)
+    assert not worker.is_alive() and len(list(result["flags"].iterdir())) == 3
+    assert quality.shot_folders(real, runs, ["flags"], 3, 3) == result  # already there: kept
+
+
 def test_floors_are_cached_by_content(setup, tiny_net_path):
     """The floors and the base's score are computed once per content: a later invocation extracts no features, a
     changed reference set, other shots or another base are scored again."""
