@@ -45,7 +45,9 @@ __all__ = [
     "LoRA", "LLoRA", "LeFT", "AdapterConfig", "KINDS", "BACKENDS", "functional", "resolve_backend",
     "AdaptedLayer", "AdaptedLinear", "ModulatedConv2d", "AdaptedConv2d",
     "adapted_layers", "add_task", "remove_task", "set_task", "active_task", "task_names", "task_config",
-    "task_parameters", "reset_task", "base_parameters", "freeze_base", "task_state_dict", "base_state_dict", "base_checksum",
+    "task_parameters", "reset_task", "base_parameters", "freeze_base", "task_state_dict", "base_state_dict",
+    "base_checksum",
     "count_parameters", "check_task_name", "set_deterministic", "deterministic", "save_task", "load_task",
-    "read_task_config", "merge_task", "unmerge", "merged_state_dict", "merged_weights", "relative_shift", "capture", "CapturedForward",
+    "read_task_config", "merge_task", "unmerge", "merged_state_dict", "merged_weights", "relative_shift", "capture",
+    "CapturedForward",
 ]
