@@ -365,28 +365,33 @@ def test_correspondence_loss_and_training(setup, tmp_path):
     assert summary["finished"] and all(rec["correspondence"] >= 0 for rec in logged if "g" in rec)
 
 
-def test_style_anchor_keeps_the_style_adapters_near_the_base(setup, tmp_path):
-    """--style-anchor: the penalty is logged, and a heavy one leaves the style affines' adapters much nearer the
-    base after a few iterations than no penalty does (Adam's steps are about ±lr whatever the loss's scale, so
-    without it the styles keep moving, with it they turn back)."""
-    with pytest.raises(ValueError, match="style_anchor must be >= 0"):
-        small_cfg(setup, style_anchor=-1.0)
+@pytest.mark.parametrize("role", ["style", "mapping"])
+def test_anchor_keeps_the_role_adapters_near_the_base(setup, tmp_path, role):
+    """--style-anchor / --mapping-anchor: the penalty is logged, and a heavy one leaves that role's adapters much
+    nearer the base after a few iterations than no penalty does (Adam's steps are about ±lr whatever the loss's
+    scale, so without it the role keeps moving, with it it turns back); the other role is left free."""
+    key = f"{role}_anchor"
+    other = "mapping" if role == "style" else "style"
+    with pytest.raises(ValueError, match=f"{key} must be >= 0"):
+        small_cfg(setup, **{key: -1.0})
 
-    def shift(anchor: float) -> float:
+    def shifts(anchor: float) -> dict[str, float]:
         out = tmp_path / f"a{anchor:g}"
-        summary = train(small_cfg(setup, tasks=f"a={setup['a']}", iter=8, style_anchor=anchor), out, options=OPTS)
+        summary = train(small_cfg(setup, tasks=f"a={setup['a']}", iter=8, **{key: anchor}), out, options=OPTS)
         assert summary["finished"]
         logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-        assert all((rec.get("style_anchor", 0.0) > 0) == (anchor > 0) for rec in logged if "g" in rec and
-                   rec["step"] > 1), logged
+        assert all((rec.get(key, 0.0) > 0) == (anchor > 0) and f"{other}_anchor" not in rec
+                   for rec in logged if "g" in rec and rec["step"] > 1), logged
         G = load_checkpoint(out / "checkpoint", tasks=["a"], load_d=False)[0]
-        return float(fastlora.relative_shift(G, "a", ("style",)).detach())
+        return {r: float(fastlora.relative_shift(G, "a", (r,)).detach()) for r in (role, other)}
 
-    free, anchored = shift(0.0), shift(1e6)
-    assert free > 0 and anchored < 0.5 * free, (free, anchored)
+    free, anchored = shifts(0.0), shifts(1e6)
+    assert free[role] > 0 and anchored[role] < 0.5 * free[role], (free, anchored)
+    assert anchored[other] > 0.5 * free[other], (free, anchored)
+    flag = f"--{role}-anchor"
     rc = main(["train", "--ckpt", setup["ckpt"], "--tasks", f"a={setup['a']}", "--out", str(tmp_path / "cli"),
-               "--iter", "1", "--batch", "2", "--style-anchor", "3", "--no-progress", "--device", "cpu"])
-    assert rc == 0 and json.loads((tmp_path / "cli/config.json").read_text())["style_anchor"] == 3.0
+               "--iter", "1", "--batch", "2", flag, "3", "--no-progress", "--device", "cpu"])
+    assert rc == 0 and json.loads((tmp_path / "cli/config.json").read_text())[key] == 3.0
 
 
 def test_ema_warmup(setup, tmp_path):

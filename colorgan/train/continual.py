@@ -122,6 +122,8 @@ class TrainConfig(RegConfig):
     style_anchor: float = option(0.0, "weight of a penalty on how far the style affines' adapters move their "
                                  "layers (mean relative squared change of weight and bias, adapter methods): "
                                  "the styles move only where the adversarial loss keeps pushing (0: off)")
+    mapping_anchor: float = option(0.0, "the same penalty on the mapping network's adapters (adapter methods): the "
+                                   "latents move only where the adversarial loss keeps pushing (0: off)")
     mapping_adapters: str = option("keep", "adapter methods: keep: the mapping network's adapters are part of the "
                                    "task; drop: they train with the task (taking up the shots' content) and are "
                                    "reset to the identity when it ends, so the task samples the base's latents "
@@ -162,7 +164,7 @@ class TrainConfig(RegConfig):
                      "n_sample", "ms_batch_mult", "fisher_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("mapping_lr_mul", "style_lr_mul"):
+        for name in ("mapping_lr_mul", "style_lr_mul", "style_anchor", "mapping_anchor"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         self.mapping_adapters_of()  # validate the per-task settings now
@@ -170,8 +172,6 @@ class TrainConfig(RegConfig):
             raise ValueError(f"conv_max_res must be 0 or a power of two >= 4, got {self.conv_max_res}")
         if self.d_freeze < 0:
             raise ValueError(f"d_freeze must be >= 0, got {self.d_freeze}")
-        if not self.style_anchor >= 0:
-            raise ValueError(f"style_anchor must be >= 0, got {self.style_anchor}")
         if self.correspondence < 0 or (self.correspondence > 0 and self.batch < 2):
             raise ValueError(f"correspondence must be >= 0 (and needs batch >= 2), got {self.correspondence} with "
                              f"batch {self.batch}")
@@ -469,8 +469,10 @@ class Continual:
                 out["distill"] = cfg.distill_weight * bl.distill_loss(fake, ctx.previous, zs, kw, cfg.backend)
             if cfg.correspondence > 0 and self.adapters:
                 out["correspondence"] = cfg.correspondence * self._correspondence(ctx)
-            if cfg.style_anchor > 0 and self.adapters:
-                out["style_anchor"] = cfg.style_anchor * fastlora.relative_shift(ctx.G, ctx.name, ("style",))
+            for role in ("style", "mapping"):
+                weight = getattr(cfg, f"{role}_anchor")
+                if weight > 0 and self.adapters:
+                    out[f"{role}_anchor"] = weight * fastlora.relative_shift(ctx.G, ctx.name, (role,))
             return out
 
         return extra
