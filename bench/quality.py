@@ -62,8 +62,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 FIXED = ("ckpt", "tasks", "iter", "seed")  # set by the benchmark for every configuration
 # the training settings each configuration resolves to, recorded in the results (defaults change over time)
 SETTINGS = ("method", "kind", "rank", "alpha_conv", "alpha_linear", "act", "compat", "lr", "batch", "ema_decay",
-            "ema_warmup", "correspondence", "augment", "d_freeze", "mapping_lr_mul", "style_lr_mul", "mapping_adapters",
-            "conv_max_res", "r1")
+            "ema_warmup", "correspondence", "augment", "d_freeze", "mapping_lr_mul", "style_lr_mul", "style_anchor",
+            "mapping_anchor", "mapping_adapters", "conv_max_res", "r1")
 TASK_ORDER = ("openmoji-black", "flags", "symbols", "smileys", "twemoji", "openmoji")
 
 
