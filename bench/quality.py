@@ -45,8 +45,9 @@ from colorgan.checkpoint import read_checkpoint_config, resolve_checkpoint
 from colorgan.data.emoji import choose_shots, read_manifest
 from colorgan.data.folder import images_sha256, list_images
 from colorgan.demo import demo_train_config
-from colorgan.train.continual import TrainConfig, parse_mapping_adapters, train
+from colorgan.train.continual import TrainConfig, per_task_settings, train
 from colorgan.train.loop import RunOptions
+from colorgan.train.per_task import PER_TASK
 from fastlora.io import atomic_write_bytes, atomic_write_json, load_json
 
 # named configurations: overrides of the demo's `colorgan train` settings (the rivals adapt every resolution, as
@@ -116,7 +117,7 @@ def parse_configs(names: Sequence[str], extra: Sequence[str]) -> dict[str, dict[
         last = None
         for item in filter(None, body.split(",")):
             key, _, value = item.partition("=")
-            if last == "mapping_adapters" and key not in fields:  # its per-task form: mapping_adapters=flags=keep,b=drop
+            if last in PER_TASK and key not in fields:  # a per-task form: mapping_adapters=flags=keep,b=drop
                 overrides[last] = f"{overrides[last]},{item}"
                 continue
             if key not in fields or key in FIXED:
@@ -358,7 +359,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     configs = parse_configs(common.parse_list(args.configs) or [], args.config)
     for name, c in configs.items():
         try:
-            parse_mapping_adapters(str(c.get("mapping_adapters", TrainConfig.mapping_adapters)), tasks)
+            per_task_settings(c, tasks)
         except ValueError as exc:
             raise SystemExit(f"--config {name}: {exc}") from None
     inception = inception_path(args.inception)

@@ -176,6 +176,8 @@ def test_validation_budgets_and_custom_configs(setup, tiny_net_path):
         (TrainConfig.style_anchor, TrainConfig.mapping_anchor)
     assert quality.parse_configs([], ["a:style_anchor=30,mapping_anchor=30"])["a"] == {
         "style_anchor": 30, "mapping_anchor": 30}
+    assert quality.parse_configs([], ["p:style_anchor=twemoji=30,openmoji=30,mapping_anchor=b=5"])["p"] == {
+        "style_anchor": "twemoji=30,openmoji=30", "mapping_anchor": "b=5"}
     assert quality.parse_configs([], ["w:ema_warmup=false"])["w"] == {"ema_warmup": False}
     # the per-task --mapping-adapters keeps its commas; what follows it that is a setting starts a new one
     assert quality.parse_configs([], ["m:mapping_adapters=flags=keep,openmoji=drop,alpha_linear=1"])["m"] == {

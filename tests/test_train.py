@@ -372,7 +372,7 @@ def test_anchor_keeps_the_role_adapters_near_the_base(setup, tmp_path, role):
     scale, so without it the role keeps moving, with it it turns back); the other role is left free."""
     key = f"{role}_anchor"
     other = "mapping" if role == "style" else "style"
-    with pytest.raises(ValueError, match=f"{key} must be >= 0"):
+    with pytest.raises(ValueError, match=f"{key}: expected a finite number >= 0"):
         small_cfg(setup, **{key: -1.0})
 
     def shifts(anchor: float) -> dict[str, float]:
@@ -515,19 +515,48 @@ def test_mapping_adapters_per_task(setup, tmp_path):
         assert torch.equal(adapter_tensors(mixed, "b")[k], v), k
 
 
-def test_parse_mapping_adapters():
-    from colorgan.train.continual import parse_mapping_adapters as parse
+def test_per_task_settings():
+    from colorgan.train.per_task import parse_per_task, weight_or_spec
 
     tasks = ["a", "b", "c"]
-    assert parse("keep", tasks) == {"a": "keep", "b": "keep", "c": "keep"}
-    assert parse("drop", tasks) == {"a": "drop", "b": "drop", "c": "drop"}
-    assert parse("b=drop", tasks) == {"a": "keep", "b": "drop", "c": "keep"}
-    assert parse("drop, a=keep", tasks) == {"a": "keep", "b": "drop", "c": "drop"}
-    for bad, msg in [("off", "expected keep, drop"), ("=drop", "expected keep, drop"), ("a=of", "expected keep"),
-                     ("d=drop", "'d', which is not one of this run's tasks"), ("a=drop,a=keep", "'a' appears twice"),
-                     ("keep,drop", "more than one setting")]:
+
+    def parse(spec, name="mapping_adapters"):
+        return parse_per_task(name, spec, tasks, getattr(TrainConfig, name))
+
+    assert parse("keep") == {"a": "keep", "b": "keep", "c": "keep"}
+    assert parse("drop") == {"a": "drop", "b": "drop", "c": "drop"}
+    assert parse("b=drop") == {"a": "keep", "b": "drop", "c": "keep"}
+    assert parse("drop, a=keep") == {"a": "keep", "b": "drop", "c": "drop"}
+    assert parse(30.0, "style_anchor") == {"a": 30.0, "b": 30.0, "c": 30.0}
+    assert parse("b=30,c=1e1", "mapping_anchor") == {"a": 0.0, "b": 30.0, "c": 10.0}
+    assert parse("5, a=0", "style_anchor") == {"a": 0.0, "b": 5.0, "c": 5.0}
+    assert (weight_or_spec("3"), weight_or_spec(" a=3 ")) == (3.0, "a=3")
+    for bad, name, msg in [("off", "mapping_adapters", "expected keep, drop, or TASK=VALUE"),
+                           ("=drop", "mapping_adapters", "names no task"),
+                           ("a=of", "mapping_adapters", "expected keep"),
+                           ("d=drop", "mapping_adapters", "'d', which is not one of this run's tasks"),
+                           ("a=drop,a=keep", "mapping_adapters", "'a' appears twice"),
+                           ("keep,drop", "mapping_adapters", "more than one setting"),
+                           ("a=-1", "style_anchor", "finite number >= 0"), ("nan", "mapping_anchor", ">= 0"),
+                           ("a=x", "style_anchor", "expected a number"), ("d=3", "style_anchor", "'d', which is not")]:
         with pytest.raises(ValueError, match=msg):
-            parse(bad, tasks)
+            parse(bad, name)
+
+
+def test_per_task_anchor_applies_to_its_task_only(setup, tmp_path):
+    """--style-anchor TASK=W: the penalty is on while that task trains and off for the others."""
+    with pytest.raises(ValueError, match="style_anchor names task 'zz'"):
+        small_cfg(setup, style_anchor="zz=3")
+    out = tmp_path / "r"
+    summary = train(small_cfg(setup, iter=3, style_anchor="b=1e3"), out, options=OPTS)
+    assert summary["finished"]
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    g_recs = [rec for rec in logged if "g" in rec and rec["step"] > 1]
+    assert {rec["task"] for rec in g_recs} == {"a", "b"}, g_recs
+    assert all(("style_anchor" in rec) == (rec["task"] == "b") for rec in g_recs), g_recs
+    rc = main(["train", "--ckpt", setup["ckpt"], "--tasks", f"a={setup['a']}", "--out", str(tmp_path / "cli"),
+               "--iter", "1", "--batch", "2", "--mapping-anchor", "a=3", "--no-progress", "--device", "cpu"])
+    assert rc == 0 and json.loads((tmp_path / "cli/config.json").read_text())["mapping_anchor"] == "a=3"
 
 
 def test_d_freeze_keeps_the_first_discriminator_layers(setup, tmp_path):

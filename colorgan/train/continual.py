@@ -36,12 +36,12 @@ from colorgan.train.ema import copy_tensors, ema_update, warmup_decay
 from colorgan.train.loop import (CHECKPOINT_DIR, PER_TASK_DIR, NonFiniteLoss, RunFolder, RunOptions, Timer, diverged,
                                  ensure_finite, every, format_losses, make_z, progress, resolve_amp, start_run)
 from colorgan.train.losses import lazy_adam_params
+from colorgan.train.per_task import PER_TASK, parse_per_task, weight_or_spec
 from colorgan.train.steps import ExtraLoss, GANSteps, RegConfig
 
 METHODS = ("color", "lfs", "ewc", "distill")
 ADAPTER_METHODS = ("color", "lfs")
 DEFAULT_KINDS = {"color": "left-linear", "lfs": "left"}  # color's: validation round 16 (docs/benchmarks.md)
-MAPPING_ADAPTERS = ("keep", "drop")  # --mapping-adapters
 
 
 def parse_tasks(text: str | Sequence[str]) -> list[list[str]]:
@@ -60,28 +60,6 @@ def parse_tasks(text: str | Sequence[str]) -> list[list[str]]:
         seen.add(name)
         out.append([name, folder])
     return out
-
-
-def parse_mapping_adapters(spec: str, tasks: Sequence[str]) -> dict[str, str]:
-    """--mapping-adapters: `keep`, `drop`, or per task `[MODE,]TASK=MODE,...` (MODE keep or drop; a bare MODE sets
-    the tasks not named, keep if none is given) -> {task: mode} for every task of the run."""
-    default, named = None, {}
-    for item in (p.strip() for p in spec.split(",")):
-        task, sep, mode = item.rpartition("=")
-        if mode not in MAPPING_ADAPTERS or (sep and not task):
-            raise ValueError(f"mapping_adapters: expected keep, drop or TASK=keep|drop items, got {item!r} in {spec!r}")
-        if not sep:
-            if default is not None:
-                raise ValueError(f"mapping_adapters: more than one setting for the tasks not named in {spec!r}")
-            default = mode
-        elif task not in tasks:
-            raise ValueError(f"mapping_adapters names task {task!r}, which is not one of this run's tasks "
-                             f"({', '.join(tasks)})")
-        elif task in named:
-            raise ValueError(f"mapping_adapters: task {task!r} appears twice in {spec!r}")
-        else:
-            named[task] = mode
-    return {t: named.get(t, default or "keep") for t in tasks}
 
 
 @dataclass(kw_only=True)
@@ -119,11 +97,14 @@ class TrainConfig(RegConfig):
     style_lr_mul: float = option(1.0, "learning-rate multiplier for the style (modulation) affines' adapters "
                                  "(adapter methods): below 1 the adapted styles stay nearer the base's (0: they "
                                  "stay at the identity)")
-    style_anchor: float = option(0.0, "weight of a penalty on how far the style affines' adapters move their "
-                                 "layers (mean relative squared change of weight and bias, adapter methods): "
-                                 "the styles move only where the adversarial loss keeps pushing (0: off)")
-    mapping_anchor: float = option(0.0, "the same penalty on the mapping network's adapters (adapter methods): the "
-                                   "latents move only where the adversarial loss keeps pushing (0: off)")
+    style_anchor: float | str = option(0.0, "weight of a penalty on how far the style affines' adapters move their "
+                                       "layers (mean relative squared change of weight and bias, adapter methods): "
+                                       "the styles move only where the adversarial loss keeps pushing (0: off); "
+                                       "per task: e.g. twemoji=30,openmoji=30 (tasks not named: 0, or a bare "
+                                       "weight in the list)", parse=weight_or_spec)
+    mapping_anchor: float | str = option(0.0, "the same penalty on the mapping network's adapters (adapter "
+                                         "methods): the latents move only where the adversarial loss keeps "
+                                         "pushing (0: off); per task as --style-anchor", parse=weight_or_spec)
     mapping_adapters: str = option("keep", "adapter methods: keep: the mapping network's adapters are part of the "
                                    "task; drop: they train with the task (taking up the shots' content) and are "
                                    "reset to the identity when it ends, so the task samples the base's latents "
@@ -164,10 +145,10 @@ class TrainConfig(RegConfig):
                      "n_sample", "ms_batch_mult", "fisher_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("mapping_lr_mul", "style_lr_mul", "style_anchor", "mapping_anchor"):
+        for name in ("mapping_lr_mul", "style_lr_mul"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        self.mapping_adapters_of()  # validate the per-task settings now
+        per_task_settings(asdict(self), [task for task, _ in self.tasks])  # validate the per-task settings now
         if self.conv_max_res != 0 and (self.conv_max_res < 4 or self.conv_max_res & (self.conv_max_res - 1)):
             raise ValueError(f"conv_max_res must be 0 or a power of two >= 4, got {self.conv_max_res}")
         if self.d_freeze < 0:
@@ -187,14 +168,23 @@ class TrainConfig(RegConfig):
         return super().from_dict({"ema_warmup": False, "mapping_lr_mul": 1.0, "style_lr_mul": 1.0,
                                   "mapping_adapters": "keep", **d})
 
-    def mapping_adapters_of(self) -> dict[str, str]:
-        """--mapping-adapters resolved for every task: {task: "keep" | "drop"}."""
-        return parse_mapping_adapters(self.mapping_adapters, [name for name, _ in self.tasks])
+    def per_task(self, name: str) -> dict[str, Any]:
+        """A per-task setting (--mapping-adapters, --style-anchor, --mapping-anchor) resolved: {task: value}."""
+        return parse_per_task(name, getattr(self, name), [task for task, _ in self.tasks],
+                              TrainConfig.__dataclass_fields__[name].default)
 
     def adapter_config(self) -> fastlora.AdapterConfig:
         return fastlora.AdapterConfig(kind=self.kind, rank=self.rank, alpha_conv=self.alpha_conv,
                                       alpha_linear=self.alpha_linear, act=self.act, compat=self.compat)
 
+
+
+def per_task_settings(settings: dict[str, Any], tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Every per-task setting in `settings` (a TrainConfig's, or overrides of it) resolved for `tasks`:
+    {name: {task: value}}; ValueError names the first that does not fit."""
+    fields = TrainConfig.__dataclass_fields__
+    return {name: parse_per_task(name, settings.get(name, fields[name].default), tasks, fields[name].default)
+            for name in PER_TASK}
 
 
 def train(cfg: Optional[TrainConfig], out: str | Path, *, options: Optional[RunOptions] = None,
@@ -470,7 +460,7 @@ class Continual:
             if cfg.correspondence > 0 and self.adapters:
                 out["correspondence"] = cfg.correspondence * self._correspondence(ctx)
             for role in ("style", "mapping"):
-                weight = getattr(cfg, f"{role}_anchor")
+                weight = cfg.per_task(f"{role}_anchor")[ctx.name]
                 if weight > 0 and self.adapters:
                     out[f"{role}_anchor"] = weight * fastlora.relative_shift(ctx.G, ctx.name, (role,))
             return out
@@ -525,7 +515,7 @@ class Continual:
                 step += 1
                 bar.update(1)
                 bar.set_postfix_str(f"{ctx.name} " + format_losses(losses), refresh=False)
-                if step == cfg.iter and self.adapters and cfg.mapping_adapters_of()[ctx.name] == "drop":
+                if step == cfg.iter and self.adapters and cfg.per_task("mapping_adapters")[ctx.name] == "drop":
                     self._drop_mapping_adapters(ctx)
                 if every(step, cfg.log_every) or step == cfg.iter:
                     self.folder.log({"task": ctx.name, "task_index": t, "step": step,
