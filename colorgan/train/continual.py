@@ -178,7 +178,6 @@ class TrainConfig(RegConfig):
                                       alpha_linear=self.alpha_linear, act=self.act, compat=self.compat)
 
 
-
 def per_task_settings(settings: dict[str, Any], tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Every per-task setting in `settings` (a TrainConfig's, or overrides of it) resolved for `tasks`:
     {name: {task: value}}; ValueError names the first that does not fit."""
