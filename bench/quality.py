@@ -384,6 +384,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     params: dict[str, dict[str, int]] = {}
     forget: dict[str, dict[str, float]] = {}
     report["settings"] = settings = {}
+    threads: dict[str, set] = {}  # the CPU thread counts each configuration's runs trained with
     for name, overrides in configs.items():
         for s in seeds_of[name]:
             folder = runs / f"{name}-seed{s}"
@@ -409,6 +410,7 @@ def run_bench(args: argparse.Namespace) -> dict:
                         per[t].setdefault(label, []).append(cache.get(cache_key, compute))
 
             trained(cfg, folder, budgets, not args.no_progress, score)
+            threads.setdefault(name, set()).update(read_summary(folder).get("torch_threads", []))
             entries = read_checkpoint_config(folder / "checkpoint")["tasks"]
             params[name] = {e["name"]: e["stored_params"] for e in entries}
             forget[f"{name}-seed{s}"] = forgetting(folder, tasks) if len(tasks) > 1 else {tasks[0]: 0.0}
@@ -424,6 +426,8 @@ def run_bench(args: argparse.Namespace) -> dict:
     for rec in report["tasks"]:
         rec["bar"] = verdict(rec)
     report["forgetting"] = forget
+    # results move with the thread count (summation order): compare configurations trained with the same one
+    report["train_threads"] = {name: sorted(v) for name, v in threads.items()}
     report["seconds"] = time.perf_counter() - t0
     report["grids"] = copy_grids(runs, {c: s[0] for c, s in seeds_of.items()}, tasks, stem)
     report["files"] = [str(p) for p in common.write_outputs(stem, report, markdown(report))] + report["grids"]
@@ -483,12 +487,14 @@ def markdown(r: dict) -> str:
         lines.append(f"| {t['task']} ({t.get('n_ref', t['n_full'])}/{t['n_full']}) | {t['kind']} | {cell(f['noise'])} | {cell(f['source_gap'])} | "
                      f"{cell(f['memorisation'])} | {cell(t['scores']['base'])} | " + " | ".join(cells)
                      + f" | {t['bar']} |")
-    lines += ["", "| configuration | stored parameters per task | forgetting (max abs pixel difference) |", "|---|---|---|"]
+    lines += ["", "| configuration | stored parameters per task | forgetting (max abs pixel difference) | trained with "
+              "CPU threads |", "|---|---|---|---|"]
     for name in r["configs"]:
         ps = {t["scores"].get(name, {}).get("params") for t in r["tasks"]} - {None}
         fg = max((v for k, f in r["forgetting"].items() if k.startswith(f"{name}-seed") for v in f.values()),
                  default=float("nan"))
-        lines.append(f"| {name} | {', '.join(f'{p:,}' for p in sorted(ps))} | {fg:g} |")
+        threads = ", ".join(map(str, r.get("train_threads", {}).get(name, []))) or "not recorded"
+        lines.append(f"| {name} | {', '.join(f'{p:,}' for p in sorted(ps))} | {fg:g} | {threads} |")
     lines.append(f"\nTotal time: {r['seconds'] / 60:.0f} min.")
     return "\n".join(lines) + "\n"
 

@@ -77,6 +77,9 @@ def test_quality_bench_end_to_end(setup, tiny_net_path):
     assert (report["settings"]["default"]["conv_max_res"], report["settings"]["left"]["conv_max_res"]) == \
         (DEMO_CONV_MAX_RES, 0) and report["settings"]["default"]["r1"] == DEMO_R1
     assert quality.CONFIGS["published"]["conv_max_res"] == 0
+    # the thread counts the runs trained with are reported (results move with them)
+    assert report["train_threads"]["default"] == [torch.get_num_threads()]
+    assert f"| {torch.get_num_threads()} |" in quality.markdown(report)
     # seed 1 trains on other shots than seed 0's train split
     assert (tmp_path / "runs" / "left-seed1").is_dir() and not (tmp_path / "runs" / "left-seed0").exists()
     shots1 = sorted(p.name for p in (tmp_path / "runs" / "shots" / "seed1" / "flags").iterdir())

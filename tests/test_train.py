@@ -394,6 +394,27 @@ def test_anchor_keeps_the_role_adapters_near_the_base(setup, tmp_path, role):
     assert rc == 0 and json.loads((tmp_path / "cli/config.json").read_text())[key] == 3.0
 
 
+def test_summary_records_the_thread_counts(setup, tmp_path):
+    """summary.json lists the CPU thread counts a run trained with, across resumes (results depend on them);
+    a malformed list left by an earlier process is ignored."""
+    out, n = tmp_path / "r", torch.get_num_threads()
+    cfg = small_cfg(setup, tasks=f"a={setup['a']}", iter=4)
+    threads = lambda: json.loads((out / "summary.json").read_text())["torch_threads"]  # noqa: E731
+    try:
+        torch.set_num_threads(1)
+        train(cfg, out, options=RunOptions(progress=False, stop_at=1))
+        assert threads() == [1]
+        torch.set_num_threads(2)
+        train(None, out, options=RunOptions(progress=False, stop_at=2), resume=True)
+        assert threads() == [1, 2]
+        summary = json.loads((out / "summary.json").read_text())
+        (out / "summary.json").write_text(json.dumps({**summary, "torch_threads": [1, "x"]}))
+        assert train(None, out, options=OPTS, resume=True)["finished"]
+        assert threads() == [2]
+    finally:
+        torch.set_num_threads(n)
+
+
 def test_ema_warmup(setup, tmp_path):
     from colorgan.train.ema import warmup_decay
 

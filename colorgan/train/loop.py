@@ -137,8 +137,21 @@ class RunFolder:
             self.logger.info(msg)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        """summary.json, with `torch_threads`: the CPU thread counts the run has trained with, this process's and
+        those of the processes before it (a resumed run), since results depend on them (summation order)."""
         if self.is_main:
-            atomic_write_json(self.path / SUMMARY_FILE, summary)
+            atomic_write_json(self.path / SUMMARY_FILE, {**summary, "torch_threads": self._threads_used()})
+
+    def _threads_used(self) -> list[int]:
+        used = {torch.get_num_threads()}
+        try:  # the summary an earlier process of this run wrote; ignored if unreadable or not a list of counts
+            earlier = load_json(self.path / SUMMARY_FILE).get("torch_threads", [])
+        except (OSError, ValueError):
+            earlier = []
+        if isinstance(earlier, list) and all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                             for n in earlier):
+            used.update(earlier)
+        return sorted(used)
 
     def save_grid(self, images: Tensor, name: str, nrow: Optional[int] = None) -> Optional[Path]:
         if not self.is_main:
