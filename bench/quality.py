@@ -57,9 +57,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "llora": {"kind": "llora"},  # CoLoR-GAN's form on every layer, otherwise the default recipe (the default before
                                  # validation round 16)
     "published": {"kind": "llora", "act": "both", "compat": "upstream", "alpha_linear": 4.0, "conv_max_res": 0},
+    # the published configuration at rank 2: it stores at least as many parameters per task as the default (23,588
+    # against 23,247 on emoji32), so beating it is beating the published method at no more stored parameters
+    "published-r2": {"kind": "llora", "act": "both", "compat": "upstream", "alpha_linear": 4.0, "conv_max_res": 0,
+                     "rank": 2},
     "left": {"kind": "left", "conv_max_res": 0},
     "correspondence": {"correspondence": 1.0},
 }
+# the bar's rival configurations, by the method they stand for (a method may appear at several budgets)
+RIVALS: dict[str, str] = {"published": "published", "published-r2": "published", "left": "left"}
 FIXED = ("ckpt", "tasks", "iter", "seed")  # set by the benchmark for every configuration
 # the training settings each configuration resolves to, recorded in the results (defaults change over time)
 SETTINGS = ("method", "kind", "rank", "alpha_conv", "alpha_linear", "act", "compat", "lr", "batch", "ema_decay",
@@ -425,6 +431,8 @@ def run_bench(args: argparse.Namespace) -> dict:
     } for t in tasks]
     for rec in report["tasks"]:
         rec["bar"] = verdict(rec)
+        if rec["bar"] != "-":
+            rec["bar_misses"] = bar_misses(rec)
     report["forgetting"] = forget
     # results move with the thread count (summation order): compare configurations trained with the same one
     report["train_threads"] = {name: sorted(v) for name, v in threads.items()}
@@ -447,19 +455,41 @@ def copy_grids(runs: Path, first_seed: dict[str, int], tasks: Sequence[str], ste
     return out
 
 
-def verdict(task: dict, bar_k: float = 3.0) -> str:
-    """Whether `default` meets the bar on this task (see docs/benchmarks.md)."""
+def bar_misses(task: dict, bar_k: float = 3.0) -> list[str]:
+    """What keeps `default` from the bar on this task, one short phrase each (empty: the bar is met).
+
+    Far-style and subset tasks: FID below the base's, KID below it by more than `bar_k` KID std (the larger of the
+    two estimator stds), both below every rival configuration in the table, and for every rival method at least one
+    of its configurations storing at least as many parameters as the default ("at no more stored parameters").
+    Near-style tasks: KID not above the base's by more than 2 std. See docs/benchmarks.md."""
     s, base = task["scores"], task["scores"]["base"]
-    d = s.get("default")
-    if d is None:
-        return "-"
-    std = max(d["kid_std"], base["kid_std"])
+    d = s["default"]
+    margin = (base["kid"] - d["kid"]) / max(d["kid_std"], base["kid_std"], 1e-12)  # in KID std, > 0: better
     if task["kind"] == "near-style":
-        return "pass" if d["kid"] <= base["kid"] + 2 * std else "fail"
-    rivals = [s[k] for k in ("published", "left") if k in s]
-    ok = d["fid"] < base["fid"] and d["kid"] < base["kid"] - bar_k * std and all(
-        d["fid"] < r["fid"] and d["kid"] < r["kid"] for r in rivals)
-    return "pass" if ok else "fail"
+        return [] if -margin <= 2 else [f"KID {-margin:.1f} std above the base (at most 2)"]
+    misses = []
+    if not d["fid"] < base["fid"]:
+        misses.append(f"FID not below the base ({d['fid']:.1f} vs {base['fid']:.1f})")
+    if not margin > bar_k:
+        misses.append(f"KID {margin:.1f} std below the base (more than {bar_k:g} needed)")
+    for name in RIVALS:
+        r = s.get(name)
+        for m in ("fid", "kid"):
+            if r is not None and not d[m] < r[m]:
+                scale = 1e3 if m == "kid" else 1.0
+                misses.append(f"{name} ahead on {m.upper()} ({scale * r[m]:.1f} vs {scale * d[m]:.1f})")
+    for method in dict.fromkeys(RIVALS.values()):
+        sizes = [s[n]["params"] for n, m in RIVALS.items() if m == method and n in s]
+        if sizes and d.get("params") is not None and None not in sizes and max(sizes) < d["params"]:
+            misses.append(f"every {method} configuration stores fewer parameters ({max(sizes):,} vs {d['params']:,})")
+    return misses
+
+
+def verdict(task: dict, bar_k: float = 3.0) -> str:
+    """Whether `default` meets the bar on this task: "pass", "fail", or "-" without a default score."""
+    if task["scores"].get("default") is None:
+        return "-"
+    return "fail" if bar_misses(task, bar_k) else "pass"
 
 
 def markdown(r: dict) -> str:
@@ -486,7 +516,7 @@ def markdown(r: dict) -> str:
         cells = [cell(t["scores"].get(k)) for k in names]
         lines.append(f"| {t['task']} ({t.get('n_ref', t['n_full'])}/{t['n_full']}) | {t['kind']} | {cell(f['noise'])} | {cell(f['source_gap'])} | "
                      f"{cell(f['memorisation'])} | {cell(t['scores']['base'])} | " + " | ".join(cells)
-                     + f" | {t['bar']} |")
+                     + f" | {t['bar']}{': ' + '; '.join(t['bar_misses']) if t.get('bar_misses') else ''} |")
     lines += ["", "| configuration | stored parameters per task | forgetting (max abs pixel difference) | trained with "
               "CPU threads |", "|---|---|---|---|"]
     for name in r["configs"]:

@@ -14,6 +14,7 @@ from PIL import Image
 import fastlora
 from bench import quality
 from colorgan import Discriminator, Generator, save_checkpoint
+from colorgan.checkpoint import load_checkpoint, resolve_checkpoint
 from colorgan.demo import DEMO_CONV_MAX_RES, DEMO_R1
 from colorgan.train.continual import TrainConfig
 from tests.helpers import write_random_images
@@ -73,6 +74,7 @@ def test_quality_bench_end_to_end(setup, tiny_net_path):
         assert 0 < t["scores"]["default"]["params"] < t["scores"]["left"]["params"]
         assert t["forgetting_max_abs"] == 0.0
         assert t["bar"] == quality.verdict(t) and t["bar"] in ("pass", "fail")
+        assert t["bar_misses"] == quality.bar_misses(t) and bool(t["bar_misses"]) == (t["bar"] == "fail")
     # the default is the demo's recipe (conv adapters up to 16 px, R1 0.1); the rivals adapt every resolution
     assert (report["settings"]["default"]["conv_max_res"], report["settings"]["left"]["conv_max_res"]) == \
         (DEMO_CONV_MAX_RES, 0) and report["settings"]["default"]["r1"] == DEMO_R1
@@ -202,6 +204,43 @@ def test_validation_budgets_and_custom_configs(setup, tiny_net_path):
     for bad in ("nope:1", "alin1:", "alin1:x"):
         with pytest.raises(SystemExit, match="--config-seeds must look like"):
             quality.config_seeds(["default", "alin1"], [0], [0], [bad])
+
+
+def _task(kind, **scores):
+    """A task record with FID / KID×10³ / stored parameters per configuration (KID std 2×10⁻³ everywhere)."""
+    return {"kind": kind, "scores": {k: {"fid": f, "kid": kid / 1e3, "kid_std": 2e-3, "params": p}
+                                     for k, (f, kid, p) in scores.items()}}
+
+
+def test_bar_names_every_condition_it_misses():
+    base, d = (200.0, 130.0, 0), (160.0, 100.0, 23247)
+    ok = _task("subset", base=base, default=d, published=(205.0, 135.0, 13263),
+               **{"published-r2": (200.0, 120.0, 23588)}, left=(170.0, 110.0, 26593))
+    assert quality.bar_misses(ok) == [] and quality.verdict(ok) == "pass"
+    # without a published configuration at the default's budget, the win is not "at no more stored parameters"
+    small = _task("subset", base=base, default=d, published=(205.0, 135.0, 13263))
+    assert quality.bar_misses(small) == ["every published configuration stores fewer parameters (13,263 vs 23,247)"]
+    assert quality.verdict(small) == "fail"
+    # a rival ahead on one measure, and a KID gain of 2.5 std (3 needed)
+    close = _task("far-style", base=base, default=(160.0, 125.0, 23247), left=(150.0, 126.0, 26593))
+    assert quality.bar_misses(close) == ["KID 2.5 std below the base (more than 3 needed)",
+                                         "left ahead on FID (150.0 vs 160.0)"]
+    assert quality.bar_misses(_task("subset", base=base, default=(201.0, 100.0, 1)))[0].startswith("FID not below")
+    # near styles: at most 2 std worse than the base, rivals and sizes aside
+    assert quality.verdict(_task("near-style", base=(100.0, 40.0, 0), default=(120.0, 44.0, 9))) == "pass"
+    assert quality.bar_misses(_task("near-style", base=(100.0, 40.0, 0), default=(90.0, 44.2, 9))) == \
+        ["KID 2.1 std above the base (at most 2)"]
+    assert quality.verdict({"kind": "subset", "scores": {"base": {}}}) == "-"
+
+
+def test_each_rival_method_has_a_configuration_at_the_defaults_budget_on_the_shipped_base():
+    G = load_checkpoint(resolve_checkpoint("emoji32"))[0]
+    stored = {}
+    for name, overrides in quality.CONFIGS.items():
+        fastlora.add_task(G, name, TrainConfig(ckpt="emoji32", tasks=["t=x"], **overrides).adapter_config())
+        stored[name] = fastlora.count_parameters(G, name)["stored"]
+    assert stored["published"] < stored["default"] <= stored["published-r2"] and stored["default"] <= stored["left"]
+    assert set(quality.RIVALS) <= set(quality.CONFIGS)
 
 
 def test_forgetting_detects_a_changed_row(tmp_path):
