@@ -413,7 +413,7 @@ def run_bench(args: argparse.Namespace) -> dict:
                         def compute(ck=ck, t=t, off=off, full=full) -> dict:
                             return scores(scorer.generated(ck, t, args.n, off=off), full)
 
-                        per[t].setdefault(label, []).append(cache.get(cache_key, compute))
+                        per[t].setdefault(label, []).append({**cache.get(cache_key, compute), "seed": s})
 
             trained(cfg, folder, budgets, not args.no_progress, score)
             threads.setdefault(name, set()).update(read_summary(folder).get("torch_threads", []))
@@ -425,7 +425,8 @@ def run_bench(args: argparse.Namespace) -> dict:
         "n": args.n, "n_full": fl[t]["n_full"], "n_ref": fl[t]["n_ref"],
         "floors": {k: fl[t][k] for k in ("noise", "source_gap", "memorisation")},
         "scores": {"base": {**fl[t]["base"], "params": 0},
-                   **{k: {**_mean_scores(v), "params": params.get(k.split("@")[0].replace("-noconv", ""), {}).get(t)}
+                   **{k: {**_mean_scores(v), "per_seed": [{m: r[m] for m in ("seed", "fid", "kid")} for r in v],
+                          "params": params.get(k.split("@")[0].replace("-noconv", ""), {}).get(t)}
                       for k, v in per[t].items()}},
         "forgetting_max_abs": max(f.get(t, 0.0) for f in forget.values()),
     } for t in tasks]
@@ -492,6 +493,17 @@ def verdict(task: dict, bar_k: float = 3.0) -> str:
     return "fail" if bar_misses(task, bar_k) else "pass"
 
 
+def paired_kid(task: dict, name: str, against: str) -> list[float]:
+    """KID of `name` minus KID of `against` on each shot seed both ran (the same shots), in seed order; against
+    the base (one score, no seeds) on each of `name`'s seeds."""
+    s = task["scores"]
+    mine = {r["seed"]: r["kid"] for r in s[name].get("per_seed", [])}
+    if against == "base":
+        return [k - s["base"]["kid"] for _, k in sorted(mine.items())]
+    theirs = {r["seed"]: r["kid"] for r in s[against].get("per_seed", [])}
+    return [mine[x] - theirs[x] for x in sorted(mine) if x in theirs]
+
+
 def markdown(r: dict) -> str:
     """Per task: the floors, then FID / KID×10³ of the base and every configuration (mean over seeds ± spread)."""
     names = sorted({k for t in r["tasks"] for k in t["scores"] if k != "base"},
@@ -525,8 +537,28 @@ def markdown(r: dict) -> str:
                  default=float("nan"))
         threads = ", ".join(map(str, r.get("train_threads", {}).get(name, []))) or "not recorded"
         lines.append(f"| {name} | {', '.join(f'{p:,}' for p in sorted(ps))} | {fg:g} | {threads} |")
+    lines += paired_table(r)
     lines.append(f"\nTotal time: {r['seconds'] / 60:.0f} min.")
     return "\n".join(lines) + "\n"
+
+
+def paired_table(r: dict) -> list[str]:
+    """Markdown lines: the default's KID minus the base's and each rival's on the same shot seeds (mean, then the
+    seeds' range), which the means and spreads of the main table cannot show."""
+    others = ["base", *(n for n in RIVALS if any(n in t["scores"] for t in r["tasks"]))]
+    if not any(t["scores"].get("default", {}).get("per_seed") for t in r["tasks"]):
+        return []  # results written before per-seed scores were kept
+    lines = ["", "Paired on the same shots: default KID×10³ minus each column's, mean (lowest … highest over the "
+             "seeds both ran; negative: the default is better)", "",
+             "| task | " + " | ".join(others) + " |", "|" + "---|" * (1 + len(others))]
+    for t in r["tasks"]:
+        cells = []
+        for o in others:
+            diffs = paired_kid(t, "default", o) if "default" in t["scores"] and o in t["scores"] else []
+            cells.append(f"{1e3 * np.mean(diffs):+.1f} ({1e3 * min(diffs):+.1f} … {1e3 * max(diffs):+.1f}), "
+                         f"{len(diffs)} seed{'s' * (len(diffs) != 1)}" if diffs else "-")
+        lines.append(f"| {t['task']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -75,6 +75,13 @@ def test_quality_bench_end_to_end(setup, tiny_net_path):
         assert t["forgetting_max_abs"] == 0.0
         assert t["bar"] == quality.verdict(t) and t["bar"] in ("pass", "fail")
         assert t["bar_misses"] == quality.bar_misses(t) and bool(t["bar_misses"]) == (t["bar"] == "fail")
+        # per-seed scores, paired by shot seed: default on 0 and 1, left on 1 only
+        per = {k: {r["seed"]: r["kid"] for r in t["scores"][k]["per_seed"]} for k in ("default", "left")}
+        assert sorted(per["default"]) == [0, 1] and list(per["left"]) == [1]
+        assert np.mean(list(per["default"].values())) == pytest.approx(t["scores"]["default"]["kid"])
+        assert quality.paired_kid(t, "default", "left") == [per["default"][1] - per["left"][1]]
+        assert quality.paired_kid(t, "default", "base") == [per["default"][x] - t["scores"]["base"]["kid"]
+                                                            for x in (0, 1)]
     # the default is the demo's recipe (conv adapters up to 16 px, R1 0.1); the rivals adapt every resolution
     assert (report["settings"]["default"]["conv_max_res"], report["settings"]["left"]["conv_max_res"]) == \
         (DEMO_CONV_MAX_RES, 0) and report["settings"]["default"]["r1"] == DEMO_R1
@@ -90,6 +97,7 @@ def test_quality_bench_end_to_end(setup, tiny_net_path):
     assert saved["tasks"] == json.loads(json.dumps(report["tasks"]))
     md = next((tmp_path / "res").glob("*-quality.md")).read_text()
     assert "| flags (6/8) | subset |" in md and "noise floor" in md and "at most 6" in md
+    assert "Paired on the same shots" in md and "| task | base | left |" in md and ", 1 seed |" in md
     assert sorted(p.name.split("-quality-")[-1] for p in (tmp_path / "res").glob("*.png")) == ["default.png", "left.png"]
     # finished runs and their scores are reused (also one saved before a setting existed: it takes the default);
     # a run with other settings in the same folder is refused
