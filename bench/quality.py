@@ -506,8 +506,9 @@ def paired_kid(task: dict, name: str, against: str) -> list[float]:
 
 def markdown(r: dict) -> str:
     """Per task: the floors, then FID / KID×10³ of the base and every configuration (mean over seeds ± spread)."""
+    order = {c: i for i, c in enumerate(CONFIGS)}  # the named configurations first, in their order, then the rest
     names = sorted({k for t in r["tasks"] for k in t["scores"] if k != "base"},
-                   key=lambda k: (k.split("@")[0] not in CONFIGS, k))
+                   key=lambda k: (order.get(k.split("@")[0], len(order)), k))
 
     def cell(x: Optional[dict]) -> str:
         if x is None:
