@@ -568,7 +568,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.argv = argv
     if args.iter < 1 or args.n < 2 or args.ref_max < 0:
         raise SystemExit("--iter must be >= 1, --n >= 2 and --ref-max >= 0")
-    report = run_bench(args)
+    try:
+        report = run_bench(args)
+    except OSError as exc:  # a missing data set or base, an unreadable file: one line, no traceback
+        raise SystemExit(f"bench quality: {exc}") from None
     print()
     print(markdown(report))
     print("wrote " + ", ".join(report["files"]))

@@ -251,6 +251,12 @@ def test_each_rival_method_has_a_configuration_at_the_defaults_budget_on_the_shi
     assert set(quality.RIVALS) <= set(quality.CONFIGS)
 
 
+def test_missing_data_set_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"^bench quality: expected a benchmark manifest at .*manifest\.json"):
+        quality.main(["--real", str(tmp_path / "nope"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "res"),
+                      "--no-progress"])
+
+
 def test_forgetting_detects_a_changed_row(tmp_path):
     samples = tmp_path / "samples"
     samples.mkdir()
