@@ -39,7 +39,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"\nunknown subcommand {argv[0]!r}; choose one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
             return 2
         return 0
-    result = importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
+    try:
+        result = importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
+    except OSError as exc:  # a missing data set or checkpoint, an unreadable file: one line, no traceback
+        raise SystemExit(f"bench {argv[0]}: {exc}") from None
     return result if isinstance(result, int) else 0
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 import fastlora
 from bench import quality
+from bench.__main__ import main as bench_main
 from colorgan import Discriminator, Generator, save_checkpoint
 from colorgan.checkpoint import load_checkpoint, resolve_checkpoint
 from colorgan.demo import DEMO_CONV_MAX_RES, DEMO_R1
@@ -253,8 +254,8 @@ def test_each_rival_method_has_a_configuration_at_the_defaults_budget_on_the_shi
 
 def test_missing_data_set_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match=r"^bench quality: expected a benchmark manifest at .*manifest\.json"):
-        quality.main(["--real", str(tmp_path / "nope"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "res"),
-                      "--no-progress"])
+        bench_main(["quality", "--real", str(tmp_path / "nope"), "--runs", str(tmp_path / "runs"),
+                    "--out", str(tmp_path / "res"), "--no-progress"])
 
 
 def test_forgetting_detects_a_changed_row(tmp_path):
