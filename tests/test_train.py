@@ -474,7 +474,7 @@ def test_lr_mul_speeds_up_its_role_adapters_only(setup, tmp_path, option, is_rol
     for k in others:
         torch.testing.assert_close(still[k], one[k], rtol=0, atol=1e-6, msg=lambda m: f"{k}: {m}")
     assert any(not torch.equal(still2[k], still[k]) for k in others)
-    with pytest.raises(ValueError, match=f"{option} must be >= 0"):
+    with pytest.raises(ValueError, match=f"{option}: expected a finite number >= 0"):
         small_cfg(setup, **{option: -1})
     saved = json.loads((tmp_path / "m100-1/config.json").read_text())
     assert getattr(TrainConfig.from_dict(saved), option) == 100
@@ -536,6 +536,26 @@ def test_mapping_adapters_per_task(setup, tmp_path):
         assert torch.equal(adapter_tensors(mixed, "b")[k], v), k
 
 
+@pytest.mark.parametrize("option, role", [("style_lr_mul", "style"), ("mapping_lr_mul", "mapping")])
+def test_per_task_lr_mul_applies_to_its_task_only(setup, tmp_path, option, role):
+    # b=0: task b's adapters of that role stay at the identity; task a trains exactly as in a run with 1 everywhere
+    # (a task's training depends only on its own settings)
+    def run(spec):
+        out = tmp_path / f"{option}-{spec}".replace("=", "-")
+        train(small_cfg(setup, iter=3, **{option: spec}), out, options=OPTS)
+        return load_checkpoint(out / "checkpoint", tasks=["a", "b"], load_d=False)[0]
+
+    mixed, plain = run("b=0"), run(1.0)
+    layers = [(n, m) for n, m in fastlora.adapted_layers(mixed) if m.role == role]
+    assert layers
+    for name, m in layers:
+        assert torch.equal(fastlora.merged_weights(m, "b")[0], m.weight), name  # b: the role stayed at the identity
+        assert not torch.equal(fastlora.merged_weights(m, "a")[0], m.weight), name  # a: trained
+    for k, v in adapter_tensors(plain, "a").items():
+        assert torch.equal(adapter_tensors(mixed, "a")[k], v), k
+    assert any(not torch.equal(adapter_tensors(plain, "b")[k], v) for k, v in adapter_tensors(mixed, "b").items())
+
+
 def test_per_task_settings():
     from colorgan.train.per_task import parse_per_task, weight_or_spec
 
@@ -551,6 +571,8 @@ def test_per_task_settings():
     assert parse(30.0, "style_anchor") == {"a": 30.0, "b": 30.0, "c": 30.0}
     assert parse("b=30,c=1e1", "mapping_anchor") == {"a": 0.0, "b": 30.0, "c": 10.0}
     assert parse("5, a=0", "style_anchor") == {"a": 0.0, "b": 5.0, "c": 5.0}
+    assert parse("b=0.3", "style_lr_mul") == {"a": 1.0, "b": 0.3, "c": 1.0}
+    assert parse(0.0, "mapping_lr_mul") == {"a": 0.0, "b": 0.0, "c": 0.0}
     assert (weight_or_spec("3"), weight_or_spec(" a=3 ")) == (3.0, "a=3")
     for bad, name, msg in [("off", "mapping_adapters", "expected keep, drop, or TASK=VALUE"),
                            ("=drop", "mapping_adapters", "names no task"),

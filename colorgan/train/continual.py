@@ -92,11 +92,14 @@ class TrainConfig(RegConfig):
     augment: bool = option(False, "differentiable augmentation of D's inputs")
     d_freeze: int = option(0, "FreezeD: the discriminator's first N layers from the image (the from-RGB layer, "
                               "then one block per resolution) keep the base's weights (0: D trains fully)")
-    mapping_lr_mul: float = option(1.0, "learning-rate multiplier for the mapping network's adapters (adapter "
-                                   "methods; 0: they stay at the identity, the base's mapping)")
-    style_lr_mul: float = option(1.0, "learning-rate multiplier for the style (modulation) affines' adapters "
-                                 "(adapter methods): below 1 the adapted styles stay nearer the base's (0: they "
-                                 "stay at the identity)")
+    mapping_lr_mul: float | str = option(1.0, "learning-rate multiplier for the mapping network's adapters (adapter "
+                                         "methods; 0: they stay at the identity, the base's mapping); per task: "
+                                         "e.g. flags=3,twemoji=0.3 (tasks not named: 1, or a bare multiplier in "
+                                         "the list)", parse=weight_or_spec)
+    style_lr_mul: float | str = option(1.0, "learning-rate multiplier for the style (modulation) affines' adapters "
+                                       "(adapter methods): below 1 the adapted styles stay nearer the base's (0: "
+                                       "they stay at the identity); per task as --mapping-lr-mul",
+                                       parse=weight_or_spec)
     style_anchor: float | str = option(0.0, "weight of a penalty on how far the style affines' adapters move their "
                                        "layers (mean relative squared change of weight and bias, adapter methods): "
                                        "the styles move only where the adversarial loss keeps pushing (0: off); "
@@ -145,9 +148,6 @@ class TrainConfig(RegConfig):
                      "n_sample", "ms_batch_mult", "fisher_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("mapping_lr_mul", "style_lr_mul"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         per_task_settings(asdict(self), [task for task, _ in self.tasks])  # validate the per-task settings now
         if self.conv_max_res != 0 and (self.conv_max_res < 4 or self.conv_max_res & (self.conv_max_res - 1)):
             raise ValueError(f"conv_max_res must be 0 or a power of two >= 4, got {self.conv_max_res}")
@@ -169,7 +169,8 @@ class TrainConfig(RegConfig):
                                   "mapping_adapters": "keep", **d})
 
     def per_task(self, name: str) -> dict[str, Any]:
-        """A per-task setting (--mapping-adapters, --style-anchor, --mapping-anchor) resolved: {task: value}."""
+        """A per-task setting (one of `PER_TASK`: --mapping-adapters, the anchors, the learning-rate multipliers)
+        resolved: {task: value}."""
         return parse_per_task(name, getattr(self, name), [task for task, _ in self.tasks],
                               TrainConfig.__dataclass_fields__[name].default)
 
@@ -393,12 +394,12 @@ class Continual:
         limit = self.cfg.conv_max_res
         fine = [p for layer, res in G.synthesis_resolutions() if limit and res > limit
                 for _, m in fastlora.adapted_layers(layer) if m.role == "conv" for p in m.adapters[name].parameters()]
-        still = tuple(role for role, mul in self._lr_muls().items() if mul == 0)
+        still = tuple(role for role, mul in self._lr_muls(name).items() if mul == 0)
         return fine + (list(fastlora.task_parameters(G, name, roles=still)) if still else [])
 
-    def _lr_muls(self) -> dict[str, float]:
-        """Learning-rate multiplier per adapter role (--mapping-lr-mul, --style-lr-mul)."""
-        return {"mapping": self.cfg.mapping_lr_mul, "style": self.cfg.style_lr_mul}
+    def _lr_muls(self, name: str) -> dict[str, float]:
+        """Task `name`'s learning-rate multiplier per adapter role (--mapping-lr-mul, --style-lr-mul)."""
+        return {role: self.cfg.per_task(f"{role}_lr_mul")[name] for role in ("mapping", "style")}
 
     def _trained_adapters(self, G: Generator, name: str) -> list[Tensor]:
         """The task's adapter tensors that train (and their EMA copies, in the same order)."""
@@ -408,7 +409,7 @@ class Continual:
     def _g_groups(self, name: str, g_params: list[Tensor], g_lr: float) -> list[dict]:
         """The G optimizer's parameter groups: the mapping and style adapters apart when their learning-rate
         multiplier (--mapping-lr-mul, --style-lr-mul) is not 1 (at 0 they do not train: not in g_params)."""
-        muls = {role: mul for role, mul in self._lr_muls().items() if mul not in (0, 1)} if self.adapters else {}
+        muls = {role: mul for role, mul in self._lr_muls(name).items() if mul not in (0, 1)} if self.adapters else {}
         groups, apart = [], set()
         for role, mul in muls.items():
             ids = {id(p) for p in fastlora.task_parameters(self.G, name, roles=(role,))}

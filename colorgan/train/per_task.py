@@ -26,7 +26,8 @@ def weight(text: str) -> float:
 
 # the settings that take a per-task form, and how each value is read
 PER_TASK: dict[str, Callable[[str], Any]] = {"mapping_adapters": mapping_mode, "style_anchor": weight,
-                                             "mapping_anchor": weight}
+                                             "mapping_anchor": weight, "mapping_lr_mul": weight,
+                                             "style_lr_mul": weight}
 
 
 def weight_or_spec(text: str) -> Union[float, str]:
