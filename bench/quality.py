@@ -46,7 +46,7 @@ from colorgan.data.emoji import choose_shots, read_manifest
 from colorgan.data.folder import images_sha256, list_images
 from colorgan.demo import demo_train_config
 from colorgan.train.continual import TrainConfig, per_task_settings, train
-from colorgan.train.loop import RunOptions
+from colorgan.train.loop import RUN_ID_KEY, RunOptions
 from colorgan.train.per_task import PER_TASK
 from fastlora.io import atomic_write_bytes, atomic_write_json, load_json
 
@@ -56,12 +56,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
     "llora": {"kind": "llora"},  # CoLoR-GAN's form on every layer, otherwise the default recipe (the default before
                                  # validation round 16)
-    "published": {"kind": "llora", "act": "both", "compat": "upstream", "alpha_linear": 4.0, "conv_max_res": 0},
+    # the rivals train as published, without this project's near check (near_anchor 0)
+    "published": {"kind": "llora", "act": "both", "compat": "upstream", "alpha_linear": 4.0, "conv_max_res": 0,
+                  "near_anchor": 0},
     # the published configuration at rank 2: it stores at least as many parameters per task as the default (23,588
     # against 23,247 on emoji32), so beating it is beating the published method at no more stored parameters
     "published-r2": {"kind": "llora", "act": "both", "compat": "upstream", "alpha_linear": 4.0, "conv_max_res": 0,
-                     "rank": 2},
-    "left": {"kind": "left", "conv_max_res": 0},
+                     "rank": 2, "near_anchor": 0},
+    "left": {"kind": "left", "conv_max_res": 0, "near_anchor": 0},
     "correspondence": {"correspondence": 1.0},
 }
 # the bar's rival configurations, by the method they stand for (a method may appear at several budgets)
@@ -70,7 +72,7 @@ FIXED = ("ckpt", "tasks", "iter", "seed")  # set by the benchmark for every conf
 # the training settings each configuration resolves to, recorded in the results (defaults change over time)
 SETTINGS = ("method", "kind", "rank", "alpha_conv", "alpha_linear", "act", "compat", "lr", "batch", "ema_decay",
             "ema_warmup", "correspondence", "augment", "d_freeze", "mapping_lr_mul", "style_lr_mul", "style_anchor",
-            "mapping_anchor", "mapping_adapters", "conv_max_res", "r1")
+            "mapping_anchor", "near_anchor", "mapping_adapters", "conv_max_res", "r1")
 TASK_ORDER = ("openmoji-black", "flags", "symbols", "smileys", "twemoji", "openmoji")
 
 
@@ -246,6 +248,13 @@ def trained(cfg: TrainConfig, folder: Path, budgets: Sequence[int], progress: bo
         on_budget(b, done and b != cfg.iter)
 
 
+def run_key(folder: Path) -> str:
+    """What a run's cached scores are filed under: its folder name and the id written when it started, so that a
+    run removed and trained again under the same name is scored again (runs from before ids: the name alone)."""
+    run_id = load_json(folder / "config.json").get(RUN_ID_KEY)
+    return f"{folder.name}#{run_id}" if run_id else folder.name
+
+
 def same_shots(saved: list, wanted: list) -> bool:
     """Whether two runs' task lists ([name, folder] pairs) name the same tasks with the same images, wherever the
     folders are; a folder that is gone or unreadable counts as different."""
@@ -400,12 +409,13 @@ def run_bench(args: argparse.Namespace) -> dict:
             def score(b: int, cached_only: bool, folder=folder, name=name, s=s) -> None:
                 key = name if b == args.iter else f"{name}@{b}"
                 ck = folder / "checkpoint"
+                gaps = (read_summary(folder).get("near") or {}).get("gaps") or {}  # the near check's, if it ran
                 for t in tasks:
                     full = scorer.folder(real / t / "full", limit=args.ref_max)
                     jobs = [(key, ())] + ([("default-noconv", ("conv",))] if name == "default" and b == args.iter
                                           and s == seeds[0] and not args.no_ablation else [])
                     for label, off in jobs:
-                        cache_key = f"{base_key}|{folder.name}|{b}|{t}|{args.n}|{args.ref_max}|{label}"
+                        cache_key = f"{base_key}|{run_key(folder)}|{b}|{t}|{args.n}|{args.ref_max}|{label}"
                         if cached_only and cache_key not in cache.data:
                             raise SystemExit(f"{folder} is finished but its {b}-iteration scores were not kept; "
                                              f"remove the run to redo it")
@@ -413,7 +423,8 @@ def run_bench(args: argparse.Namespace) -> dict:
                         def compute(ck=ck, t=t, off=off, full=full) -> dict:
                             return scores(scorer.generated(ck, t, args.n, off=off), full)
 
-                        per[t].setdefault(label, []).append({**cache.get(cache_key, compute), "seed": s})
+                        per[t].setdefault(label, []).append({**cache.get(cache_key, compute), "seed": s,
+                                                             "near_gap": gaps.get(t)})
 
             trained(cfg, folder, budgets, not args.no_progress, score)
             threads.setdefault(name, set()).update(read_summary(folder).get("torch_threads", []))
@@ -425,7 +436,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         "n": args.n, "n_full": fl[t]["n_full"], "n_ref": fl[t]["n_ref"],
         "floors": {k: fl[t][k] for k in ("noise", "source_gap", "memorisation")},
         "scores": {"base": {**fl[t]["base"], "params": 0},
-                   **{k: {**_mean_scores(v), "per_seed": [{m: r[m] for m in ("seed", "fid", "kid")} for r in v],
+                   **{k: {**_mean_scores(v), "per_seed": [{m: r[m] for m in ("seed", "fid", "kid", "near_gap")} for r in v],
                           "params": params.get(k.split("@")[0].replace("-noconv", ""), {}).get(t)}
                       for k, v in per[t].items()}},
         "forgetting_max_abs": max(f.get(t, 0.0) for f in forget.values()),

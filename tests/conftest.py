@@ -40,6 +40,16 @@ def _private_feature_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _few_base_samples():
+    """`colorgan train`'s near check scores shots against 20 base samples instead of 1000 (speed; where an
+    Inception network is installed it runs in every test that trains with the default settings)."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr("colorgan.train.near.BASE_SAMPLES", 20)
+    yield
+    mp.undo()
+
+
 class _TinyFeat(torch.nn.Module):
     """A small random conv net standing in for Inception (saved as TorchScript like the real file)."""
 

@@ -51,7 +51,7 @@ def setup(tmp_path_factory):
 def small_cfg(setup, method="color", **kw):
     base = dict(ckpt=setup["ckpt"], tasks=f"a={setup['a']},b={setup['b']}", method=method, iter=5, batch=2,
                 n_sample=4, sample_every=3, save_every=100, log_every=1, fisher_batches=2, d_reg_every=4,
-                g_reg_every=2, subspace_freq=2)
+                g_reg_every=2, subspace_freq=2, near_anchor=0)  # the near check: its own tests
     base.update(kw)
     return TrainConfig(**base)
 
@@ -392,6 +392,62 @@ def test_anchor_keeps_the_role_adapters_near_the_base(setup, tmp_path, role):
     rc = main(["train", "--ckpt", setup["ckpt"], "--tasks", f"a={setup['a']}", "--out", str(tmp_path / "cli"),
                "--iter", "1", "--batch", "2", flag, "3", "--no-progress", "--device", "cpu"])
     assert rc == 0 and json.loads((tmp_path / "cli/config.json").read_text())[key] == 3.0
+
+
+def test_near_check_raises_the_anchors_of_near_tasks_only(setup, tmp_path, tiny_net_path, monkeypatch):
+    """--near-anchor: each task's gap from the base is measured once (a real TorchScript feature network here, a
+    small one), logged and kept in the state and summary; the tasks below the threshold train with both anchors at
+    least --near-anchor, the others with the anchors as given; a resumed run keeps the gaps it measured."""
+    from colorgan.metrics.features import FeatureNetwork
+    from colorgan.train import near
+
+    monkeypatch.setenv("COLORGAN_INCEPTION", str(tiny_net_path))
+    net = FeatureNetwork(tiny_net_path)
+    G = load_checkpoint(setup["ckpt"], load_d=False)[0]
+    rng = torch.get_rng_state()
+    base = near.base_features(G, net, fastlora.base_checksum(G))
+    assert torch.equal(rng, torch.get_rng_state())  # sampling the base leaves the global RNG alone
+    assert base.shape[0] == near.BASE_SAMPLES
+    gaps = {t: near.shot_gap(setup[t], base, net, G.size) for t in ("a", "b")}
+    assert gaps["a"] != gaps["b"]
+    monkeypatch.setattr(near, "NEAR_GAP", (gaps["a"] + gaps["b"]) / 2)  # one task on each side
+    close = min(gaps, key=gaps.get)
+
+    out = tmp_path / "near"
+    summary = train(small_cfg(setup, iter=3, near_anchor=1e3, mapping_anchor="b=5"), out, options=OPTS)
+    assert summary["near"]["checked"] and summary["near"]["near_tasks"] == [close]
+    assert summary["near"]["gaps"] == pytest.approx(gaps, rel=1e-9)
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    for rec in (r for r in logged if "g" in r and r["step"] > 1):
+        assert ("style_anchor" in rec) == (rec["task"] == close), rec
+        assert ("mapping_anchor" in rec) == (rec["task"] == close or rec["task"] == "b"), rec
+    text = (out / "train.log").read_text()
+    assert f"near check: task {close!r} gap" in text and "near: anchors at least 1000" in text
+    assert load_state(out / "state/state.pt")["near_gaps"] == summary["near"]["gaps"]
+
+    # resumed (here with no network at all): the gaps measured at the start are kept
+    stopped = tmp_path / "stopped"
+    train(small_cfg(setup, iter=3, near_anchor=1e3), stopped, options=RunOptions(progress=False, device="cpu",
+                                                                                   stop_at=2))
+    monkeypatch.delenv("COLORGAN_INCEPTION")
+    monkeypatch.setattr("colorgan.metrics.features.installed_inception", lambda: None)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/colorgan/inception-fid.pt either
+    resumed = train(None, stopped, options=OPTS, resume=True)
+    assert resumed["finished"] and resumed["near"]["gaps"] == pytest.approx(gaps, rel=1e-9)
+
+    # no network: the check is skipped, said in the log and the summary, and no anchor is raised
+    off = tmp_path / "off"
+    summary = train(small_cfg(setup, iter=2, near_anchor=1e3), off, options=OPTS)
+    assert summary["near"] == {"checked": False, "threshold": near.NEAR_GAP, "anchor": 1e3, "gaps": {},
+                               "near_tasks": []}
+    assert "near check skipped: no Inception network installed" in (off / "train.log").read_text()
+    assert not any("style_anchor" in json.loads(line) for line in (off / "log.jsonl").read_text().splitlines())
+    with pytest.raises(ValueError, match="near_anchor must be a finite number >= 0"):
+        small_cfg(setup, near_anchor=-1)
+    saved = json.loads((off / "config.json").read_text())
+    assert saved["near_anchor"] == 1e3 and saved["run_id"]
+    del saved["near_anchor"]  # runs saved before the check existed trained without it
+    assert TrainConfig.from_dict(saved).near_anchor == 0
 
 
 def test_summary_records_the_thread_counts(setup, tmp_path):

@@ -19,9 +19,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, root: str) -> None:
+def _worker(rank: int, world: int, port: int, root: str, net: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+                      LOCAL_RANK=str(rank), COLORGAN_INCEPTION=net)
     torch.set_num_threads(1)
     import torch.distributed as dist
 
@@ -30,6 +30,13 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     from colorgan.train.distributed import init_distributed
     from colorgan.train.loop import RunFolder
     from colorgan.train.loop import RunOptions
+    from colorgan.train import near
+
+    near.BASE_SAMPLES, near.NEAR_GAP = 20, 1e9  # every task near: the anchors train on both ranks
+    if rank != 0:
+        def measured_off_main(*_):
+            raise AssertionError("the near check ran on a rank other than 0")
+        near.find_network = measured_off_main
 
     info = init_distributed("cpu")
     cfg = TrainConfig(ckpt=f"{root}/base", tasks=f"a={root}/a", iter=2, batch=2, n_sample=2, sample_every=100,
@@ -41,12 +48,12 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     run.close()
     torch.save({"adapters": {k: v.detach().clone() for k, v in fastlora.task_state_dict(c.G, "a").items()},
                 "ema": {k: v.detach().clone() for k, v in fastlora.task_state_dict(c.g_ema, "a").items()},
-                }, f"{root}/rank{rank}.pt")
+                "near_gaps": c.near_gaps}, f"{root}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_two_process_gloo_training(tmp_path):
+def test_two_process_gloo_training(tmp_path, tiny_net_path):
     import numpy as np
     from PIL import Image
 
@@ -58,8 +65,10 @@ def test_two_process_gloo_training(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(6):
         Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "a" / f"{i}.png")
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path), str(tiny_net_path)), nprocs=2, join=True, start_method="spawn")
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    # the near check ran once, on rank 0, and both ranks trained with its verdicts
+    assert r0["near_gaps"] == r1["near_gaps"] and set(r0["near_gaps"]) == {"a"}
     for key in ("adapters", "ema"):
         assert r0[key].keys() == r1[key].keys()
         assert all(torch.equal(r0[key][k], r1[key][k]) for k in r0[key])

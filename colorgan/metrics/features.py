@@ -19,7 +19,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -178,19 +178,31 @@ def folder_features(folder: str | os.PathLike, net: FeatureNetwork, resolution: 
     if use_cache:
         cdir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         cache_path = cdir / f"{_folder_key(folder, files, resolution, net)}.npz"
-        if cache_path.is_file():
-            try:
-                with np.load(cache_path) as z:
-                    feats = z["features"]
-                if feats.shape[0] == len(files):
-                    return feats.astype(np.float64)
-            except (OSError, ValueError, KeyError):
-                pass  # unreadable cache entry: recompute and overwrite
-    feats = extract_features(iter_folder_batches(files, resolution, batch_size), net, n=len(files),
-                             progress=progress, desc=f"features {folder.name}")
-    if cache_path is not None:
+    return cached_features(
+        cache_path, len(files),
+        lambda: extract_features(iter_folder_batches(files, resolution, batch_size), net, n=len(files),
+                                 progress=progress, desc=f"features {folder.name}"),
+        {"folder": str(folder.resolve()), "n": len(files), "resolution": resolution, "net": str(net.path)})
+
+
+def cached_features(path: Path | None, n: int, compute: Callable[[], np.ndarray], meta: dict) -> np.ndarray:
+    """`compute()`'s N x D features, kept in the .npz file `path` (None: not kept): read from it when it holds `n`
+    rows, else computed and written atomically (an unreadable entry is replaced; a cache that cannot be written
+    is skipped)."""
+    if path is not None and path.is_file():
+        try:
+            with np.load(path) as z:
+                feats = z["features"]
+            if feats.shape[0] == n:
+                return feats.astype(np.float64)
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable cache entry: recompute and overwrite
+    feats = compute()
+    if path is not None:
         buf = io.BytesIO()
-        np.savez(buf, features=feats, meta=np.array(json.dumps({"folder": str(folder.resolve()), "n": len(files),
-                                                                 "resolution": resolution, "net": str(net.path)})))
-        atomic_write_bytes(cache_path, buf.getvalue())
+        np.savez(buf, features=feats, meta=np.array(json.dumps(meta)))
+        try:
+            atomic_write_bytes(path, buf.getvalue())
+        except OSError:
+            pass  # a read-only cache: the features are still returned
     return feats

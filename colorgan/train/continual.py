@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -28,6 +29,7 @@ from colorgan.metrics.lpips import load_lpips
 from colorgan.options import option
 from fastlora.functional import NonFiniteInput
 from colorgan.train import baselines as bl
+from colorgan.train import near
 from colorgan.train import state as st
 from colorgan.train.augment import DiffAugment, parse_policy
 from colorgan.train.data import BatchStream
@@ -108,6 +110,12 @@ class TrainConfig(RegConfig):
     mapping_anchor: float | str = option(0.0, "the same penalty on the mapping network's adapters (adapter "
                                          "methods): the latents move only where the adversarial loss keeps "
                                          "pushing (0: off); per task as --style-anchor", parse=weight_or_spec)
+    near_anchor: float = option(30.0, "--method color: tasks whose shots lie near what the base already makes "
+                                f"(their KID x 10^3 against the base's samples below {near.NEAR_GAP:g}, measured with the Inception "
+                                "network before training; a near style such as Twemoji on a Noto base) train with "
+                                "--style-anchor and --mapping-anchor at least this weight (30: chosen on the "
+                                "validation tasks; 0: off). Without an Inception network installed the check is "
+                                "skipped and the log says so")
     mapping_adapters: str = option("keep", "adapter methods: keep: the mapping network's adapters are part of the "
                                    "task; drop: they train with the task (taking up the shots' content) and are "
                                    "reset to the identity when it ends, so the task samples the base's latents "
@@ -149,6 +157,8 @@ class TrainConfig(RegConfig):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         per_task_settings(asdict(self), [task for task, _ in self.tasks])  # validate the per-task settings now
+        if not (math.isfinite(self.near_anchor) and self.near_anchor >= 0):
+            raise ValueError(f"near_anchor must be a finite number >= 0, got {self.near_anchor}")
         if self.conv_max_res != 0 and (self.conv_max_res < 4 or self.conv_max_res & (self.conv_max_res - 1)):
             raise ValueError(f"conv_max_res must be 0 or a power of two >= 4, got {self.conv_max_res}")
         if self.d_freeze < 0:
@@ -163,10 +173,10 @@ class TrainConfig(RegConfig):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """The config saved in a run folder; runs saved before the EMA warm-up or the learning-rate multipliers
-        existed keep what they ran with (the fixed decay, multipliers 1)."""
+        """The config saved in a run folder; runs saved before the EMA warm-up, the learning-rate multipliers or
+        the near check existed keep what they ran with (the fixed decay, multipliers 1, no near check)."""
         return super().from_dict({"ema_warmup": False, "mapping_lr_mul": 1.0, "style_lr_mul": 1.0,
-                                  "mapping_adapters": "keep", **d})
+                                  "mapping_adapters": "keep", "near_anchor": 0.0, **d})
 
     def per_task(self, name: str) -> dict[str, Any]:
         """A per-task setting (one of `PER_TASK`: --mapping-adapters, the anchors, the learning-rate multipliers)
@@ -286,6 +296,7 @@ class Continual:
             fastlora.freeze_base(self.G)
             self.g_ema = copy.deepcopy(base)
         self.task_seconds: dict[str, float] = {}
+        self.near_gaps: Optional[dict[str, float]] = None  # set by run(): see _near_gaps
 
     # ------------------------------------------------------------------ set-up per task
     @contextlib.contextmanager
@@ -346,6 +357,7 @@ class Continual:
             start_task, start_step = int(state["task_index"]), int(state["step"])
             self.task_seconds = dict(state.get("task_seconds", {}))
             run.info(f"resumed at task {start_task} step {start_step}")
+        self.near_gaps = self._near_gaps(state)
         if cfg.method == "ewc":
             self.fisher = state["fisher"] if state is not None else None
             if self.fisher is None:
@@ -373,6 +385,41 @@ class Continual:
         finally:
             bar.close()
         return self._finish(stopped)
+
+    def _near_gaps(self, state: Optional[dict]) -> Optional[dict[str, float]]:
+        """Each task's gap from the base (colorgan.train.near), measured once at the start of the run and kept in
+        its state; None when the check is off (--near-anchor 0, another method) or no Inception network is
+        installed."""
+        cfg = self.cfg
+        if cfg.method != "color" or cfg.near_anchor == 0:
+            return None
+        if state is not None and "near_gaps" in state:
+            return state["near_gaps"]
+        gaps = self._measure_gaps() if self.info.is_main else None
+        return gather_objects(gaps, self.info)[0]  # every rank trains with the main rank's verdicts
+
+    def _measure_gaps(self) -> Optional[dict[str, float]]:
+        cfg, run = self.cfg, self.folder
+        net = near.find_network(self.device)
+        if net is None:
+            run.info("near check skipped: no Inception network installed (pip install 'colorgan[eval]', or set "
+                     "$COLORGAN_INCEPTION); every task trains with --style-anchor and --mapping-anchor as given")
+            return None
+        base = near.base_features(self.base_G, net, fastlora.base_checksum(self.base_G))
+        gaps = {name: near.shot_gap(folder, base, net, self.base_G.size) for name, folder in cfg.tasks}
+        for name, gap in gaps.items():
+            verdict = f"near: anchors at least {cfg.near_anchor:g}" if near.is_near(gap) else "not near"
+            run.info(f"near check: task {name!r} gap {gap:.1f} (KID x 10^3 against the base; near below "
+                     f"{near.NEAR_GAP:g}): {verdict}")
+        return gaps
+
+    def anchor_weight(self, role: str, name: str) -> float:
+        """Task `name`'s anchor weight for adapter role `role` ("style", "mapping"): --style-anchor /
+        --mapping-anchor, raised to --near-anchor when the task's shots lie near the base."""
+        weight = self.cfg.per_task(f"{role}_anchor")[name]
+        if self.near_gaps is not None and near.is_near(self.near_gaps.get(name)):
+            weight = max(weight, self.cfg.near_anchor)
+        return weight
 
     def _task_models(self, t: int, name: str, previous: Generator) -> tuple[Generator, Generator, list[Tensor]]:
         """(trained G, its EMA, the trained tensors): the task's fresh adapters on the frozen base, or a full
@@ -460,7 +507,7 @@ class Continual:
             if cfg.correspondence > 0 and self.adapters:
                 out["correspondence"] = cfg.correspondence * self._correspondence(ctx)
             for role in ("style", "mapping"):
-                weight = cfg.per_task(f"{role}_anchor")[ctx.name]
+                weight = self.anchor_weight(role, ctx.name)
                 if weight > 0 and self.adapters:
                     out[f"{role}_anchor"] = weight * fastlora.relative_shift(ctx.G, ctx.name, (role,))
             return out
@@ -603,7 +650,7 @@ class Continual:
                 save_checkpoint(self.folder.path / PER_TASK_DIR / name, g_ema, self._base_d(), overwrite=True,
                                 source={**source, "task": name, "partial": not task_done})
             state: dict[str, Any] = {"kind": "train", "world_size": info.world_size, "ranks": rng,
-                                     "task_seconds": self.task_seconds}
+                                     "task_seconds": self.task_seconds, "near_gaps": self.near_gaps}
             if task_done or step == 0:  # a task boundary: the next (or this) task starts fresh
                 index = t + 1 if task_done else t
                 state.update(task_index=index, step=0)
@@ -657,6 +704,10 @@ class Continual:
         summary: dict[str, Any] = {"kind": "train", "method": cfg.method, "finished": not stopped,
                                    "tasks": [n for n, _ in cfg.tasks], "seconds": self.task_seconds,
                                    "world_size": self.info.world_size}
+        if cfg.method == "color" and cfg.near_anchor > 0:
+            summary["near"] = {"checked": self.near_gaps is not None, "threshold": near.NEAR_GAP,
+                               "anchor": cfg.near_anchor, "gaps": self.near_gaps or {},
+                               "near_tasks": [n for n, g in (self.near_gaps or {}).items() if near.is_near(g)]}
         if self.adapters:
             summary["checkpoint"] = str(run.path / CHECKPOINT_DIR)
             report = parameter_report(self.g_ema)

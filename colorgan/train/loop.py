@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
@@ -34,6 +35,7 @@ LOCK_FILE = ".lock"
 EVAL_FILE = "eval.json"
 PER_TASK_DIR = "checkpoints"
 RUN_KIND_KEY = "run_kind"
+RUN_ID_KEY = "run_id"  # unique per run folder's start (kept on resume): what scores cached for the run belong to
 RESUME_CHANGES = ("iter",)  # settings a resumed run may change (the length of the run)
 # what colorgan writes in a run folder (--overwrite removes a run folder holding nothing else)
 RUN_ENTRIES = (CONFIG_FILE, LOG_FILE, TEXT_LOG, SAMPLES_DIR, STATE_DIR, CHECKPOINT_DIR, PER_TASK_DIR, SUMMARY_FILE,
@@ -101,7 +103,7 @@ class RunFolder:
 
     def write_config(self, config: dict[str, Any]) -> None:
         if self.is_main:
-            atomic_write_json(self.path / CONFIG_FILE, {RUN_KIND_KEY: self.kind, **config})
+            atomic_write_json(self.path / CONFIG_FILE, {RUN_KIND_KEY: self.kind, RUN_ID_KEY: uuid.uuid4().hex, **config})
 
     def read_config(self) -> dict[str, Any]:
         cfg = load_json(self.path / CONFIG_FILE)

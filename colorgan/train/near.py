@@ -1,0 +1,55 @@
+"""How near a task's shots lie to what the base already makes (`colorgan train --near-anchor`).
+
+A task's *gap* is the KID x 10^3 between its shots and `BASE_SAMPLES` samples of the base (seeds 0, 1, ...):
+Inception features, the cubic polynomial kernel, the unbiased estimate over all images. Ten shots of a new
+rendering of content the base already makes (a near style: Twemoji or OpenMoji against a Noto base) lie at
+25-45; a category the base makes rarely, or a far style, at 60 and above. Tasks below `NEAR_GAP` train with their
+style and mapping anchors at least --near-anchor: they move only as far as the adversarial loss keeps pushing.
+The threshold was chosen on the validation tasks (docs/benchmarks.md, round 28)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from colorgan.evaluate import sample_batches
+from colorgan.metrics.features import (FeatureNetwork, cached_features, default_cache_dir, default_inception,
+                                       extract_features, folder_features)
+from colorgan.metrics.stats import mmd2_unbiased
+
+NEAR_GAP = 55.0  # KID x 10^3; validation: near styles 25-45, every other task 63 and above
+BASE_SAMPLES = 1000
+
+
+def find_network(device: torch.device) -> Optional[FeatureNetwork]:
+    """The Inception network where `colorgan eval` finds it, or None when none is installed."""
+    path = default_inception()
+    return FeatureNetwork(path, device) if path is not None and Path(path).is_file() else None
+
+
+def base_features(G, net: FeatureNetwork, checksum: str, *, n: Optional[int] = None, batch: int = 100) -> np.ndarray:
+    """Features of the base's samples of seeds 0..n-1 (n: `BASE_SAMPLES`), cached under the feature cache by the
+    base's checksum (recomputed when there is none, or the entry is unreadable). The global RNG is left as it was."""
+    n = BASE_SAMPLES if n is None else n
+    key = {"base": checksum, "n": n, "net": net.sha256, "input_size": net.input_size, "size": G.size}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
+
+    def compute() -> np.ndarray:
+        with torch.random.fork_rng(devices=[]):
+            return extract_features(sample_batches(G, None, n, batch, 1.0), net, n=n, progress=False)
+
+    return cached_features(default_cache_dir() / f"base-{digest}.npz" if checksum else None, n, compute, key)
+
+
+def shot_gap(folder: str | Path, base: np.ndarray, net: FeatureNetwork, resolution: int) -> float:
+    """KID x 10^3 between the images in `folder` and the base features `base`."""
+    shots = folder_features(folder, net, resolution, use_cache=False, progress=False)
+    return 1e3 * mmd2_unbiased(shots, base)
+
+
+def is_near(gap: Optional[float]) -> bool:
+    return gap is not None and bool(gap < NEAR_GAP)
