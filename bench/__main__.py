@@ -5,6 +5,7 @@
   onnx          images/s of an exported task in onnxruntime vs PyTorch
   forward       alias of `layers --mode forward` (the earlier forward-only benchmark)
   quality       few-shot quality on the emoji benchmark: floors, configurations, seeds, forgetting
+  near          how near each task's shots lie to the base (the near check's gap), per shot seed
   roles         what each adapter role (mapping, style, conv) of a trained task contributes at sampling time
   cpu-train     CPU pretraining speed: fp32 vs bf16 autocast, channels-last, torch.compile
   compile       static sm_90a compile report of every kernel (registers, spills, MMA, load widths)
@@ -22,7 +23,7 @@ from typing import Optional, Sequence
 
 # subcommand -> module; each module has build_parser() and main(argv)
 SUBCOMMANDS = {"layers": "bench.layers", "e2e": "bench.e2e", "onnx": "bench.onnx", "forward": "bench.forward",
-               "quality": "bench.quality", "roles": "bench.roles", "cpu-train": "bench.cpu_train", "compile": "bench.compile",
+               "quality": "bench.quality", "near": "bench.near", "roles": "bench.roles", "cpu-train": "bench.cpu_train", "compile": "bench.compile",
                "gpu-session": "bench.session", "readme-table": "bench.readme_table"}
 
 

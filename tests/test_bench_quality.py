@@ -100,6 +100,20 @@ def test_quality_bench_end_to_end(setup, tiny_net_path):
     assert "| flags (6/8) | subset |" in md and "noise floor" in md and "at most 6" in md
     assert "Paired on the same shots" in md and "| task | base | left |" in md and ", 1 seed |" in md
     assert sorted(p.name.split("-quality-")[-1] for p in (tmp_path / "res").glob("*.png")) == ["default.png", "left.png"]
+    # each seed's record says what the near check measured (None where it did not run: the rivals, no network)
+    assert all("near_gap" in r for t in report["tasks"] for s in t["scores"].values() for r in s.get("per_seed", []))
+    assert report["settings"]["left"]["near_anchor"] == 0 and report["settings"]["default"]["near_anchor"] > 0
+    # scores are filed under the run's id: a run removed and trained again under its name is scored again
+    def keys():
+        return [k for k in json.loads((tmp_path / "runs" / "scores.json").read_text()) if "|left-seed1#" in k]
+
+    first_keys = keys()
+    run_id = json.loads((tmp_path / "runs" / "left-seed1" / "config.json").read_text())["run_id"]
+    assert first_keys and all(f"|left-seed1#{run_id}|" in k for k in first_keys)
+    shutil.rmtree(tmp_path / "runs" / "left-seed1")
+    quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "left", "--seeds", "1", "--ref-max", "6",
+                            "--out", str(tmp_path / "res9")))
+    assert len(keys()) == 2 * len(first_keys)
     # finished runs and their scores are reused (also one saved before a setting existed: it takes the default);
     # a run with other settings in the same folder is refused
     cfg_file = tmp_path / "runs" / "default-seed0" / "config.json"
@@ -395,3 +409,54 @@ def test_scale_roles_keeps_that_fraction_of_a_roles_effect():
     with torch.no_grad():
         assert torch.equal(G0.style(z), Gr.style(z))  # x0: the role switched off
         assert not torch.allclose(G0.style(z), task_style, atol=1e-3)
+
+
+def test_near_bench_measures_each_seeds_shots_against_the_base(setup, tiny_net_path, monkeypatch):
+    """python -m bench near: per task and shot seed, the gap between those shots (seed 0: the data's train split,
+    others: `bench quality`'s draw) and the base's samples, checked against a float64 KID written out here."""
+    from bench import near as near_bench
+    from colorgan.metrics.features import FeatureNetwork, folder_features
+    from colorgan.train import near
+
+    tmp_path = setup
+    net = FeatureNetwork(tiny_net_path)
+    G = load_checkpoint(resolve_checkpoint(tmp_path / "base"), load_d=False)[0]
+    base = near.base_features(G, net, fastlora.base_checksum(G)).astype(np.float64)
+
+    def gap(folder):  # KID x 10^3, unbiased, cubic polynomial kernel (x.y / d + 1)^3
+        x = folder_features(folder, net, G.size, use_cache=False, progress=False).astype(np.float64)
+        d = x.shape[1]
+        k = lambda a, b: (a @ b.T / d + 1.0) ** 3  # noqa: E731
+        m, n = len(x), len(base)
+        kxx, kyy = k(x, x), k(base, base)
+        return 1e3 * ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+                      - 2 * k(x, base).mean())
+
+    argv = ["--real", str(tmp_path / "data"), "--base", str(tmp_path / "base"), "--tasks", "flags,twemoji",
+            "--seeds", "0,1", "--runs", str(tmp_path / "runs"), "--inception", str(tiny_net_path),
+            "--out", str(tmp_path / "res")]
+    seed0 = {t: gap(tmp_path / "data" / t / "train") for t in ("flags", "twemoji")}
+    assert seed0["flags"] != seed0["twemoji"]
+    monkeypatch.setattr(near, "NEAR_GAP", sum(seed0.values()) / 2)  # one task's seed-0 shots on each side
+    assert bench_main(["near", *argv]) == 0
+    saved = json.loads(next((tmp_path / "res").glob("*-near-flags-twemoji.json")).read_text())
+    assert list(saved["tasks"]) == ["flags", "twemoji"] and saved["seeds"] == [0, 1]
+    assert saved["base_samples"] == near.BASE_SAMPLES and saved["threshold"] == near.NEAR_GAP
+    for t, row in saved["tasks"].items():
+        assert row["kind"] == TASKS[t]
+        folders = [tmp_path / "data" / t / "train", tmp_path / "runs" / "shots" / "seed1" / t]
+        assert sorted(p.name for p in folders[1].iterdir()) == [f"{i}.png" for i in sorted(
+            quality.choose_shots([p.stem for p in (tmp_path / "data" / t / "full").iterdir()], 3, 1, t))]
+        assert row["gaps"] == pytest.approx([gap(f) for f in folders], rel=1e-6)
+        assert row["near"] == [g < near.NEAR_GAP for g in row["gaps"]]
+    close = min(seed0, key=seed0.get)
+    assert [saved["tasks"][t]["near"][0] for t in ("flags", "twemoji")] == [t == close for t in ("flags", "twemoji")]
+    md = next((tmp_path / "res").glob("*-near-flags-twemoji.md")).read_text()
+    assert f"| {close} ({TASKS[close]}) | **{seed0[close]:.1f}** |" in md
+    with pytest.raises(SystemExit, match="refusing to overwrite"):
+        bench_main(["near", *argv])
+    for bad in ("x", "-1"):
+        with pytest.raises(SystemExit, match="--seeds takes shot seeds"):
+            bench_main(["near", *argv, "--seeds", bad, "--overwrite"])
+    with pytest.raises(SystemExit, match="not in the data's manifest"):
+        bench_main(["near", *argv, "--tasks", "nope", "--overwrite"])

@@ -1,0 +1,103 @@
+"""python -m bench near: how near each task's shots lie to what the base already makes (the near check's gap).
+
+    python -m bench near --real DATA [--tasks test|validation|NAME,...] [--seeds 0,1,2] [--base emoji32]
+                         [--runs runs/quality] [--name NAME] [--out DIR] [--overwrite]
+
+For every task and shot seed (the shots `bench quality` trains on: seed 0 is DATA/<task>/train, other seeds are
+drawn from the full set and copied under RUNS/shots), the KID x 10^3 between the shots and 1000 samples of the base,
+as `colorgan train --near-anchor` measures it before the first task, and whether it lies below the threshold
+(near: the task trains with its style and mapping anchors raised). The threshold was chosen from this table on the
+validation tasks (docs/benchmarks.md, round 28).
+Writes bench/results/<device>-<date>-<name>.{json,md} (name default near-<tasks>).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+import fastlora
+from bench import common
+from bench.quality import select_tasks, shot_folders
+from bench.quality_scores import inception_path
+from colorgan.checkpoint import load_checkpoint, resolve_checkpoint
+from colorgan.data.emoji import read_manifest
+from colorgan.metrics.features import FeatureNetwork
+from colorgan.train import near
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench near", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--real", required=True, help="data root of `colorgan data emoji --size 32`")
+    p.add_argument("--base", default="emoji32", help="base checkpoint folder or shipped base (default emoji32)")
+    p.add_argument("--tasks", default="test", help="'test' or 'validation' (the tasks of that role in the data's "
+                                                   "manifest), or task names (default test)")
+    p.add_argument("--seeds", default="0,1,2", help="shot seeds (seed 0: DATA/<task>/train; default 0,1,2)")
+    p.add_argument("--runs", default="runs/quality", help="where shots of seeds other than 0 are copied (default "
+                                                          "runs/quality, shared with bench quality)")
+    p.add_argument("--inception", default=None, help="Inception network file (default: found automatically)")
+    p.add_argument("--name", default=None, help="result name (default near-<tasks>)")
+    p.add_argument("--out", default=None, help=f"results folder (default {common.RESULTS_DIR})")
+    p.add_argument("--overwrite", action="store_true", help="replace existing result files of the same name")
+    return p
+
+
+def markdown(report: dict) -> str:
+    seeds = report["seeds"]
+    lines = [f"Gap: KID×10³ between each task's {report['shots']} shots and {report['base_samples']} samples of the "
+             f"base ({report['base']}); near (bold) below {report['threshold']:g}: the task trains with its style "
+             f"and mapping anchors at least `--near-anchor`. `{report['command']}`", "",
+             "| task (kind) | " + " | ".join(f"seed {s}" for s in seeds) + " | near |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    for t, row in report["tasks"].items():
+        cells = [f"**{g:.1f}**" if near.is_near(g) else f"{g:.1f}" for g in row["gaps"]]
+        lines.append(f"| {t} ({row['kind']}) | " + " | ".join(cells) + f" | {sum(row['near'])} of {len(seeds)} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_near(args: argparse.Namespace) -> dict:
+    real, runs, base = Path(args.real), Path(args.runs), resolve_checkpoint(args.base)
+    manifest = read_manifest(real)
+    tasks = select_tasks(manifest, args.tasks)
+    try:
+        seeds = common.parse_list(args.seeds, int) or [0]
+    except ValueError:
+        raise SystemExit(f"--seeds takes shot seeds (e.g. 0,1,2), got {args.seeds!r}") from None
+    if any(s < 0 for s in seeds):
+        raise SystemExit(f"--seeds takes shot seeds >= 0, got {args.seeds!r}")
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    stem = common.result_stem(args.out, dev, args.name or f"near-{args.tasks.replace(',', '-')}")
+    common.check_writable(stem, (".json", ".md"), args.overwrite)
+    net = FeatureNetwork(inception_path(args.inception), dev)
+    G = load_checkpoint(base, dev)[0]
+    base_feats = near.base_features(G, net, fastlora.base_checksum(G))
+    shots = {s: shot_folders(real, runs, tasks, s, manifest["shots"]) for s in seeds}
+    rows = {}
+    for t in tasks:
+        gaps = [near.shot_gap(shots[s][t], base_feats, net, G.size) for s in seeds]
+        rows[t] = {"kind": manifest["tasks"][t].get("kind", "?"), "gaps": gaps, "near": [near.is_near(g) for g in gaps]}
+    command = "python -m bench near " + shlex.join(args.argv)
+    report = {"environment": common.environment(dev, command), "command": command, "base": str(base),
+              "real": str(real), "seeds": seeds, "shots": manifest["shots"], "base_samples": near.BASE_SAMPLES,
+              "threshold": near.NEAR_GAP, "tasks": rows}
+    paths = common.write_outputs(stem, report, markdown(report))
+    print(markdown(report))
+    print("wrote " + ", ".join(map(str, paths)))
+    return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    run_near(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
