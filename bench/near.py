@@ -55,7 +55,7 @@ def markdown(report: dict) -> str:
              "| task (kind) | " + " | ".join(f"seed {s}" for s in seeds) + " | near |",
              "|---|" + "---|" * (len(seeds) + 1)]
     for t, row in report["tasks"].items():
-        cells = [f"**{g:.1f}**" if near.is_near(g) else f"{g:.1f}" for g in row["gaps"]]
+        cells = ["-" if g is None else f"**{g:.1f}**" if near.is_near(g) else f"{g:.1f}" for g in row["gaps"]]
         lines.append(f"| {t} ({row['kind']}) | " + " | ".join(cells) + f" | {sum(row['near'])} of {len(seeds)} |")
     return "\n".join(lines) + "\n"
 

@@ -425,6 +425,13 @@ def test_near_check_raises_the_anchors_of_near_tasks_only(setup, tmp_path, tiny_
     assert f"near check: task {close!r} gap" in text and "near: anchors at least 1000" in text
     assert load_state(out / "state/state.pt")["near_gaps"] == summary["near"]["gaps"]
 
+    # a task of one image cannot be measured (the unbiased KID needs two): not near, and the log says why
+    one = tmp_path / "one"
+    single = train(small_cfg(setup, tasks=f"s={make_folder(tmp_path / 'single', 1, 3)}", iter=2, near_anchor=1e3),
+                   one, options=OPTS)
+    assert single["near"]["checked"] and single["near"]["gaps"] == {"s": None} and single["near"]["near_tasks"] == []
+    assert "near check: task 's' has one image, too few to measure" in (one / "train.log").read_text()
+
     # resumed (here with no network at all): the gaps measured at the start are kept
     stopped = tmp_path / "stopped"
     train(small_cfg(setup, iter=3, near_anchor=1e3), stopped, options=RunOptions(progress=False, device="cpu",

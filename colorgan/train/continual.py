@@ -296,7 +296,7 @@ class Continual:
             fastlora.freeze_base(self.G)
             self.g_ema = copy.deepcopy(base)
         self.task_seconds: dict[str, float] = {}
-        self.near_gaps: Optional[dict[str, float]] = None  # set by run(): see _near_gaps
+        self.near_gaps: Optional[dict[str, Optional[float]]] = None  # set by run(): see _near_gaps
 
     # ------------------------------------------------------------------ set-up per task
     @contextlib.contextmanager
@@ -386,7 +386,7 @@ class Continual:
             bar.close()
         return self._finish(stopped)
 
-    def _near_gaps(self, state: Optional[dict]) -> Optional[dict[str, float]]:
+    def _near_gaps(self, state: Optional[dict]) -> Optional[dict[str, Optional[float]]]:
         """Each task's gap from the base (colorgan.train.near), measured once at the start of the run and kept in
         its state; None when the check is off (--near-anchor 0, another method) or no Inception network is
         installed."""
@@ -398,7 +398,7 @@ class Continual:
         gaps = self._measure_gaps() if self.info.is_main else None
         return gather_objects(gaps, self.info)[0]  # every rank trains with the main rank's verdicts
 
-    def _measure_gaps(self) -> Optional[dict[str, float]]:
+    def _measure_gaps(self) -> Optional[dict[str, Optional[float]]]:
         cfg, run = self.cfg, self.folder
         net = near.find_network(self.device)
         if net is None:
@@ -408,6 +408,9 @@ class Continual:
         base = near.base_features(self.base_G, net, fastlora.base_checksum(self.base_G))
         gaps = {name: near.shot_gap(folder, base, net, self.base_G.size) for name, folder in cfg.tasks}
         for name, gap in gaps.items():
+            if gap is None:
+                run.info(f"near check: task {name!r} has one image, too few to measure (at least 2): not near")
+                continue
             verdict = f"near: anchors at least {cfg.near_anchor:g}" if near.is_near(gap) else "not near"
             run.info(f"near check: task {name!r} gap {gap:.1f} (KID x 10^3 against the base; near below "
                      f"{near.NEAR_GAP:g}): {verdict}")

@@ -45,10 +45,11 @@ def base_features(G, net: FeatureNetwork, checksum: str, *, n: Optional[int] = N
     return cached_features(default_cache_dir() / f"base-{digest}.npz" if checksum else None, n, compute, key)
 
 
-def shot_gap(folder: str | Path, base: np.ndarray, net: FeatureNetwork, resolution: int) -> float:
-    """KID x 10^3 between the images in `folder` and the base features `base`."""
+def shot_gap(folder: str | Path, base: np.ndarray, net: FeatureNetwork, resolution: int) -> Optional[float]:
+    """KID x 10^3 between the images in `folder` and the base features `base`; None for fewer than two images
+    (the unbiased estimate needs two)."""
     shots = folder_features(folder, net, resolution, use_cache=False, progress=False)
-    return 1e3 * mmd2_unbiased(shots, base)
+    return 1e3 * mmd2_unbiased(shots, base) if shots.shape[0] >= 2 else None
 
 
 def is_near(gap: Optional[float]) -> bool:
