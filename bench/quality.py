@@ -212,13 +212,14 @@ def base_checksum(ckpt: Path) -> str:
     return str(read_checkpoint_config(ckpt)["base"].get("g_ema_checksum") or "")
 
 
-def trained(cfg: TrainConfig, folder: Path, budgets: Sequence[int], progress: bool, on_budget) -> None:
+def trained(cfg: TrainConfig, folder: Path, budgets: Sequence[int], progress: bool, on_budget,
+            inception: Optional[str] = None) -> None:
     """Train the run in `folder`, stopping at every budget (single-task runs) to call on_budget(iterations), and
     at the end. A finished run is reused (its budgets' scores must then be cached); a stopped one continues.
     A run of another configuration, or one trained on another base (e.g. before a new base was shipped), is refused;
     a finished run made with the same base or the same shots under another path (a copy, the shipped name, a moved
     runs or data folder) is reused (base by checksum, shots by content). A stopped run continues from the paths it
-    was started with, so they must be the ones given."""
+    was started with, so they must be the ones given. The near check measures with the network file `inception`."""
     points = [*sorted(b for b in budgets if b < cfg.iter), cfg.iter]
     done = (folder / "summary.json").is_file() and read_summary(folder).get("finished")
     has_checkpoint = (folder / "checkpoint" / "config.json").is_file()
@@ -240,7 +241,7 @@ def trained(cfg: TrainConfig, folder: Path, budgets: Sequence[int], progress: bo
                              f"choose --runs")
     for b in points:
         if not done:
-            opts = RunOptions(progress=progress, stop_at=None if b == cfg.iter else b)
+            opts = RunOptions(progress=progress, stop_at=None if b == cfg.iter else b, inception=inception)
             if (folder / "state" / "state.pt").is_file():
                 train(None, folder, options=opts, resume=True)
             else:
@@ -426,7 +427,7 @@ def run_bench(args: argparse.Namespace) -> dict:
                         per[t].setdefault(label, []).append({**cache.get(cache_key, compute), "seed": s,
                                                              "near_gap": gaps.get(t)})
 
-            trained(cfg, folder, budgets, not args.no_progress, score)
+            trained(cfg, folder, budgets, not args.no_progress, score, inception)  # the near check: this network
             threads.setdefault(name, set()).update(read_summary(folder).get("torch_threads", []))
             entries = read_checkpoint_config(folder / "checkpoint")["tasks"]
             params[name] = {e["name"]: e["stored_params"] for e in entries}

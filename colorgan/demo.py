@@ -134,7 +134,7 @@ def run_demo(out: Union[str, Path], *, base: Union[str, Path, None] = SHIPPED_BA
             default_task_iter("cuda" if torch.cuda.is_available() else "cpu")
     prepare_output_folder(out, "demo", demo_entries(), overwrite=overwrite,
                           inputs=[resolve_checkpoint(base) if base is not None else None, real, inception])
-    opts = RunOptions(progress=progress)
+    opts = RunOptions(progress=progress, inception=str(inception) if inception else None)
     threads = torch.get_num_threads()
     if base is None:
         torch.set_num_threads(1)  # the tiny procedural model: threads cost more than they give

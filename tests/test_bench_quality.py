@@ -102,6 +102,9 @@ def test_quality_bench_end_to_end(setup, tiny_net_path):
     assert sorted(p.name.split("-quality-")[-1] for p in (tmp_path / "res").glob("*.png")) == ["default.png", "left.png"]
     # each seed's record says what the near check measured (None where it did not run: the rivals, no network)
     assert all("near_gap" in r for t in report["tasks"] for s in t["scores"].values() for r in s.get("per_seed", []))
+    for t in report["tasks"]:  # the default's runs measured with the bench's own network (--inception), the rival not
+        assert all(isinstance(r["near_gap"], float) for r in t["scores"]["default"]["per_seed"])
+        assert all(r["near_gap"] is None for r in t["scores"]["left"]["per_seed"])
     assert report["settings"]["left"]["near_anchor"] == 0 and report["settings"]["default"]["near_anchor"] > 0
     # scores are filed under the run's id: a run removed and trained again under its name is scored again
     def keys():

@@ -394,7 +394,7 @@ def test_anchor_keeps_the_role_adapters_near_the_base(setup, tmp_path, role):
     assert rc == 0 and json.loads((tmp_path / "cli/config.json").read_text())[key] == 3.0
 
 
-def test_near_check_raises_the_anchors_of_near_tasks_only(setup, tmp_path, tiny_net_path, monkeypatch):
+def test_near_check_raises_the_anchors_of_near_tasks_only(setup, tmp_path, tiny_net_path, monkeypatch, capsys):
     """--near-anchor: each task's gap from the base is measured once (a real TorchScript feature network here, a
     small one), logged and kept in the state and summary; the tasks below the threshold train with both anchors at
     least --near-anchor, the others with the anchors as given; a resumed run keeps the gaps it measured."""
@@ -449,6 +449,16 @@ def test_near_check_raises_the_anchors_of_near_tasks_only(setup, tmp_path, tiny_
                                "near_tasks": []}
     assert "near check skipped: no Inception network installed" in (off / "train.log").read_text()
     assert not any("style_anchor" in json.loads(line) for line in (off / "log.jsonl").read_text().splitlines())
+    # a network given for the run (`colorgan train --inception`, RunOptions.inception) is used without any installed
+    given = train(small_cfg(setup, iter=2, near_anchor=1e3), tmp_path / "given",
+                  options=RunOptions(progress=False, device="cpu", inception=str(tiny_net_path)))
+    assert given["near"]["checked"] and given["near"]["gaps"] == pytest.approx(gaps, rel=1e-9)
+    argv = ["train", "--ckpt", setup["ckpt"], "--tasks", f"a={setup['a']}", "--iter", "1", "--batch", "2",
+            "--no-progress", "--device", "cpu", "--out", str(tmp_path / "cli")]
+    assert main([*argv, "--inception", str(tmp_path / "missing.pt")]) == 1  # asked for, not there: one line
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no Inception network file at" in err[0] and "missing.pt" in err[0], err
+    assert not (tmp_path / "cli").exists()  # refused before the run folder was made: the same --out works next
     with pytest.raises(ValueError, match="near_anchor must be a finite number >= 0"):
         small_cfg(setup, near_anchor=-1)
     saved = json.loads((off / "config.json").read_text())

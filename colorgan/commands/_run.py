@@ -41,7 +41,7 @@ def start_or_resume(args: argparse.Namespace, fn: Callable[..., dict], cls: type
     other than 0. config: settings from the command line other than `cls`'s options."""
     given = {**given_options(args, cls), **(config or {})}
     options = RunOptions(device=args.device, amp=args.amp, progress=not args.no_progress, stop_at=args.stop_at,
-                         channels_last=args.channels_last)
+                         channels_last=args.channels_last, inception=getattr(args, "inception", None))
     if args.resume:
         if args.out and args.out != args.resume:
             raise ValueError("give either --resume RUN or --out RUN, not both")

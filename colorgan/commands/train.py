@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--use_act", "--use-act", dest="act", action="store_const", const="both",
                    default=argparse.SUPPRESS, help="upstream spelling: activation on (same as --act both)")
     add_run_options(p)
+    p.add_argument("--inception", default=None, metavar="PATH",
+                   help="Inception network file for the near check (default: found as `colorgan eval` finds it; "
+                        "without one the check is skipped)")
     p.set_defaults(func=run, cli_words=cli_words(TrainConfig))
 
 

@@ -203,6 +203,8 @@ def train(cfg: Optional[TrainConfig], out: str | Path, *, options: Optional[RunO
     changes: on resume, settings to change (only "iter": iterations per task)."""
     if cfg is not None and not resume:
         _check_inputs(cfg)
+    if options is not None and options.inception is not None and not Path(options.inception).is_file():
+        raise ValueError(f"--inception: no Inception network file at {options.inception}")  # before the folder
     return start_run("train", TrainConfig, cfg, out, lambda *a: Continual(*a).run(), options=options,
                      overwrite=overwrite, resume=resume, changes=changes,
                      inputs=lambda c: [resolve_checkpoint(c.ckpt), c.lpips, *(d for _, d in c.tasks)])
@@ -400,7 +402,7 @@ class Continual:
 
     def _measure_gaps(self) -> Optional[dict[str, Optional[float]]]:
         cfg, run = self.cfg, self.folder
-        net = near.find_network(self.device)
+        net = near.find_network(self.device, self.options.inception)
         if net is None:
             run.info("near check skipped: no Inception network installed (pip install 'colorgan[eval]', or set "
                      "$COLORGAN_INCEPTION); every task trains with --style-anchor and --mapping-anchor as given")

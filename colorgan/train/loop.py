@@ -44,13 +44,14 @@ RUN_ENTRIES = (CONFIG_FILE, LOG_FILE, TEXT_LOG, SAMPLES_DIR, STATE_DIR, CHECKPOI
 
 @dataclass
 class RunOptions:
-    """Per-invocation settings that do not change results (not part of the saved config)."""
+    """Per-invocation settings, not part of the saved config."""
 
     device: str = "auto"
     amp: str = "auto"
     progress: bool = True
     stop_at: Optional[int] = None
     channels_last: bool = False  # models and batches in torch.channels_last memory format (faster convs on CPUs)
+    inception: Optional[str] = None  # the near check's Inception network file (None: found as `colorgan eval` finds it)
 
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format

@@ -25,10 +25,14 @@ NEAR_GAP = 55.0  # KID x 10^3; validation: near styles 25-45, every other task 6
 BASE_SAMPLES = 1000
 
 
-def find_network(device: torch.device) -> Optional[FeatureNetwork]:
-    """The Inception network where `colorgan eval` finds it, or None when none is installed."""
-    path = default_inception()
-    return FeatureNetwork(path, device) if path is not None and Path(path).is_file() else None
+def find_network(device: torch.device, path: Optional[str] = None) -> Optional[FeatureNetwork]:
+    """The Inception network in file `path`, else where `colorgan eval` finds it (None when none is installed)."""
+    if path is not None:
+        if not Path(path).is_file():
+            raise ValueError(f"--inception: no Inception network file at {path}")
+        return FeatureNetwork(path, device)
+    found = default_inception()
+    return FeatureNetwork(found, device) if found is not None and Path(found).is_file() else None
 
 
 def base_features(G, net: FeatureNetwork, checksum: str, *, n: Optional[int] = None, batch: int = 100) -> np.ndarray:
