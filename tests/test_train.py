@@ -459,6 +459,13 @@ def test_near_check_raises_the_anchors_of_near_tasks_only(setup, tmp_path, tiny_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no Inception network file at" in err[0] and "missing.pt" in err[0], err
     assert not (tmp_path / "cli").exists()  # refused before the run folder was made: the same --out works next
+    assert main([*argv, "--inception", str(tiny_net_path)]) == 0
+    out_lines = capsys.readouterr().out.strip().splitlines()
+    verdict = "near" if close == "a" else "not near"
+    assert out_lines[-1] == (f"near check (anchors at least 30 below gap {near.NEAR_GAP:g}): "
+                             f"a {verdict} (gap {gaps['a']:.1f})"), out_lines
+    assert main([*argv[:-1], str(tmp_path / "cli-skipped")]) == 0  # no network installed, none given
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("near check skipped: no Inception network")
     with pytest.raises(ValueError, match="near_anchor must be a finite number >= 0"):
         small_cfg(setup, near_anchor=-1)
     saved = json.loads((off / "config.json").read_text())

@@ -38,4 +38,15 @@ def run(args: argparse.Namespace) -> int:
     if st.get("per_task_params"):
         per = ", ".join(f"{k}: {v:,}" for k, v in st["per_task_params"].items())
         print(f"parameters stored per task: {per} (base generator {st['base_generator_params']:,})")
+    if "near" in summary:
+        print(near_line(summary["near"]))
     return 0
+
+
+def near_line(near: dict) -> str:
+    """The near check's verdicts in one line (summary.json's `near`)."""
+    if not near["checked"]:
+        return "near check skipped: no Inception network (see train.log); the anchors were as given"
+    verdicts = [f"{t} {'near' if t in near['near_tasks'] else 'not near'} "
+                f"({'one image' if g is None else f'gap {g:.1f}'})" for t, g in near["gaps"].items()]
+    return f"near check (anchors at least {near['anchor']:g} below gap {near['threshold']:g}): " + ", ".join(verdicts)
