@@ -1,7 +1,7 @@
 """python -m bench near: how near each task's shots lie to what the base already makes (the near check's gap).
 
     python -m bench near --real DATA [--tasks test|validation|NAME,...] [--seeds 0,1,2] [--base emoji32]
-                         [--runs runs/quality] [--name NAME] [--out DIR] [--overwrite]
+                         [--runs runs/quality] [--name NAME] [--out DIR] [--overwrite] [--no-progress]
 
 For every task and shot seed (the shots `bench quality` trains on: seed 0 is DATA/<task>/train, other seeds are
 drawn from the full set and copied under RUNS/shots), the KID x 10^3 between the shots and 1000 samples of the base,
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="result name (default near-<tasks>)")
     p.add_argument("--out", default=None, help=f"results folder (default {common.RESULTS_DIR})")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files of the same name")
+    p.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -75,7 +76,7 @@ def run_near(args: argparse.Namespace) -> dict:
     common.check_writable(stem, (".json", ".md"), args.overwrite)
     net = FeatureNetwork(inception_path(args.inception), dev)
     G = load_checkpoint(base, dev)[0]
-    base_feats = near.base_features(G, net, fastlora.base_checksum(G))
+    base_feats = near.base_features(G, net, fastlora.base_checksum(G), progress=not args.no_progress)
     shots = {s: shot_folders(real, runs, tasks, s, manifest["shots"]) for s in seeds}
     rows = {}
     for t in tasks:

@@ -407,7 +407,7 @@ class Continual:
             run.info("near check skipped: no Inception network installed (pip install 'colorgan[eval]', or set "
                      "$COLORGAN_INCEPTION); every task trains with --style-anchor and --mapping-anchor as given")
             return None
-        base = near.base_features(self.base_G, net, fastlora.base_checksum(self.base_G))
+        base = near.base_features(self.base_G, net, fastlora.base_checksum(self.base_G), progress=self.options.progress)
         gaps = {name: near.shot_gap(folder, base, net, self.base_G.size) for name, folder in cfg.tasks}
         for name, gap in gaps.items():
             if gap is None:

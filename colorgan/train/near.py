@@ -35,7 +35,8 @@ def find_network(device: torch.device, path: Optional[str] = None) -> Optional[F
     return FeatureNetwork(found, device) if found is not None and Path(found).is_file() else None
 
 
-def base_features(G, net: FeatureNetwork, checksum: str, *, n: Optional[int] = None, batch: int = 100) -> np.ndarray:
+def base_features(G, net: FeatureNetwork, checksum: str, *, n: Optional[int] = None, batch: int = 100,
+                  progress: bool = False) -> np.ndarray:
     """Features of the base's samples of seeds 0..n-1 (n: `BASE_SAMPLES`), cached under the feature cache by the
     base's checksum (recomputed when there is none, or the entry is unreadable). The global RNG is left as it was."""
     n = BASE_SAMPLES if n is None else n
@@ -44,7 +45,8 @@ def base_features(G, net: FeatureNetwork, checksum: str, *, n: Optional[int] = N
 
     def compute() -> np.ndarray:
         with torch.random.fork_rng(devices=[]):
-            return extract_features(sample_batches(G, None, n, batch, 1.0), net, n=n, progress=False)
+            return extract_features(sample_batches(G, None, n, batch, 1.0), net, n=n, progress=progress,
+                                    desc="near check: base samples")
 
     return cached_features(default_cache_dir() / f"base-{digest}.npz" if checksum else None, n, compute, key)
 
