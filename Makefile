@@ -26,7 +26,8 @@ VENV36 ?= .venv-triton36
 PY36 := $(VENV36)/bin/python
 STAMP36 := $(VENV36)/.installed-stamp
 KERNEL_TESTS ?= tests/test_kernels_forward.py tests/test_kernels_backward.py \
-	tests/test_kernels_backward_factorised.py tests/test_cuda_graph.py tests/test_compile_report.py
+	tests/test_kernels_backward_factorised.py tests/test_cuda_graph.py tests/test_compile_report.py \
+	tests/test_kernels_tf32.py
 
 $(STAMP36): pyproject.toml
 	test -x $(PY36) || python3 -m venv $(VENV36)

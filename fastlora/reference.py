@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional, Sequence, Union
 
 import torch
@@ -77,10 +78,19 @@ def check_task_ids(task_ids: Tensor, n: int, n_tasks: int, device: torch.device,
 # ----------------------------------------------------------------------------- FIR resampling
 
 def make_blur_kernel(taps: Sequence[float] = (1, 3, 3, 1), device=None, dtype=torch.float32) -> Tensor:
-    """Separable FIR kernel: the outer product of `taps`, normalised to sum 1."""
-    k = torch.tensor(taps, dtype=dtype, device=device)
-    k = torch.outer(k, k)
-    return k / k.sum()
+    """Separable FIR kernel: the outer product of `taps`, normalised to sum 1.
+
+    Built once per (taps, device, dtype) and shared (do not modify it in place): a CUDA graph captures no
+    host-to-device copy, so a forward captured after one eager call finds it on the device already."""
+    return _blur_kernel(tuple(float(t) for t in taps), torch.device("cpu" if device is None else device), dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _blur_kernel(taps: tuple, device: torch.device, dtype: torch.dtype) -> Tensor:
+    with torch.inference_mode(False), torch.no_grad():  # a plain tensor, also when first asked for under either
+        k = torch.tensor(taps, dtype=torch.float64)
+        k = torch.outer(k, k)
+        return (k / k.sum()).to(device=device, dtype=dtype)
 
 
 def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1,

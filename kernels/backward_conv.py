@@ -154,9 +154,9 @@ def _wgrad_kernel(
                 gt = tl.load(g_ptr + bb * sgb + (gy * sgy + gx * sgx)[:, None] + offs_o[None, :] * sgc,
                              mask=mg[:, None] & mo[None, :], other=0.0).to(w_ptr.dtype.element_ty)  # [pixels, C_out]
                 if SWAP:
-                    acc = tl.dot(tl.trans(gt), xt, acc, input_precision=PREC)
+                    acc = common.mma(tl.trans(gt), xt, acc, PREC)
                 else:
-                    acc = tl.dot(tl.trans(xt), gt, acc, input_precision=PREC)
+                    acc = common.mma(tl.trans(xt), gt, acc, PREC)
             if DEMOD:
                 ev = tl.load(e_ptr + bb * C_OUT + offs_o, mask=mo, other=0.0)
                 dm += (s * s)[:, None] * ev[None, :]
@@ -212,8 +212,8 @@ def _factor_reduce_kernel(
                 tl.store(dadd_ptr + (pid_o * KK + tap) * C_IN + offs_c, part_add, mask=mc)
             g = g * wv.to(tl.float32) * coef
         g = tl.where(m2, g, 0.0)
-        dn = tl.dot(tl.trans(g), a_tile, dn, input_precision=PREC)  # [BO, RP]
-        da = tl.dot(g, n_tile, input_precision=PREC)  # [BC, RP]
+        dn = common.mma(tl.trans(g), a_tile, dn, PREC)  # [BO, RP]
+        da = common.mma(g, n_tile, None, PREC)  # [BC, RP]
         if ATOMIC:
             tl.atomic_add(da_ptr + offs_c[:, None] * R + offs_r[None, :], da, mask=mc[:, None] & mr[None, :])
         else:
@@ -259,8 +259,8 @@ def _demod_factor_kernel(
         else:
             a_off = offs_c[:, None] * R + offs_r[None, :]
         a_tile = tl.load(a_ptr + a_off, mask=mc[:, None] & mr[None, :], other=0.0)  # [BC, RP]
-        dn = tl.dot(tl.trans(g), a_tile, dn, input_precision=PREC)  # [BO, RP]
-        da = tl.dot(g, n_tile, input_precision=PREC)  # [BC, RP]
+        dn = common.mma(tl.trans(g), a_tile, dn, PREC)  # [BO, RP]
+        da = common.mma(g, n_tile, None, PREC)  # [BC, RP]
         mda = mc[:, None] & mr[None, :]
         if ATOMIC:
             if A_TAP:
@@ -408,7 +408,7 @@ def factor_reduce(g: torch.Tensor, a: torch.Tensor, n_fac: torch.Tensor, weight:
         g, a, n_fac, weight.contiguous() if weight is not None else g, dn, da, dadd if dadd is not None else g,
         c_in, c_out, r, n_ob, float(coef)), dict(
         KK=kk, KIND=kind, OUTER=outer, ATOMIC=not deterministic,
-        PREC="ieee" if g.device.type == "cuda" and not torch.backends.cuda.matmul.allow_tf32 else "tf32",
+        PREC=common.dot_precision(torch.float32, g.device),
         R_PAD=max(16, triton.next_power_of_2(r)), BLOCK_O=cfg.block_m, BLOCK_C=cfg.block_n),
         num_warps=cfg.num_warps, num_stages=1, tag="factor_reduce", config=cfg.name)
     if deterministic:
@@ -442,7 +442,7 @@ def demod_factor_reduce(w_t: torch.Tensor, m_t: torch.Tensor, a: torch.Tensor, n
     common.launch(_demod_factor_kernel, (n_ob, kk), (
         w_t, m_t, a, n_fac, dn, da, c_in, c_out, r, float(coef)), dict(
         KK=kk, A_TAP=lora, N_TAP=not lora, ATOMIC=not deterministic,
-        PREC="ieee" if w_t.device.type == "cuda" and not torch.backends.cuda.matmul.allow_tf32 else "tf32",
+        PREC=common.dot_precision(torch.float32, w_t.device),
         R_PAD=max(16, triton.next_power_of_2(r)), BLOCK_O=cfg.block_m, BLOCK_C=cfg.block_n),
         num_warps=cfg.num_warps, num_stages=1, tag="demod_factor", config=cfg.name)
     if deterministic:

@@ -70,16 +70,16 @@ def _linear_dx_kernel(
             if MUL:
                 uo = tl.load(uo_ptr + t * st_uo + offs_k[:, None] * R1 + r1[None, :],
                              mask=mk[:, None] & (r1[None, :] < R1), other=0.0).to(tl.float32)  # [BK, R1P]
-                w = w * tl.dot(uo, ui, input_precision=PREC)
-            acc = tl.dot(g, w, acc, input_precision=PREC)
+                w = w * common.mma(uo, ui, None, PREC)
+            acc = common.mma(g, w, acc, PREC)
             if LOW:
                 ao = tl.load(ao_ptr + t * st_ao + offs_k[:, None] * R2 + r2[None, :],
                              mask=mk[:, None] & (r2[None, :] < R2), other=0.0).to(tl.float32)
-                ga = tl.dot(g, ao, ga, input_precision=PREC)
+                ga = common.mma(g, ao, ga, PREC)
         if LOW:
             ai = tl.load(ai_ptr + t * st_ai + offs_n[None, :] * R2 + r2[:, None],
                          mask=mn[None, :] & (r2[:, None] < R2), other=0.0).to(tl.float32)  # [R2P, BN]
-            acc += alpha * tl.dot(ga, ai, input_precision=PREC)
+            acc += alpha * common.mma(ga, ai, None, PREC)
         tl.store(dx_ptr + offs_m[:, None] * D_IN + offs_n[None, :], acc * scale, mask=mm[:, None] & mn[None, :])
 
 

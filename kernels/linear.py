@@ -56,16 +56,16 @@ def _linear_kernel(
             if MUL:
                 ui = tl.load(ui_ptr + t * st_ui + offs_k[:, None] * R1 + r1[None, :],
                              mask=mk[:, None] & (r1[None, :] < R1), other=0.0).to(tl.float32)
-                w = w * tl.dot(ui, uo, input_precision=PREC)
-            acc = tl.dot(a, w.to(a.dtype), acc, input_precision=PREC)
+                w = w * common.mma(ui, uo, None, PREC)
+            acc = common.mma(a, w.to(a.dtype), acc, PREC)
             if LOW:
                 ai = tl.load(ai_ptr + t * st_ai + offs_k[:, None] * R2 + r2[None, :],
                              mask=mk[:, None] & (r2[None, :] < R2), other=0.0)
-                xa = tl.dot(a, ai.to(a.dtype), xa, input_precision=PREC)
+                xa = common.mma(a, ai.to(a.dtype), xa, PREC)
         if LOW:
             ao = tl.load(ao_ptr + t * st_ao + offs_n[None, :] * R2 + r2[:, None],
                          mask=mn[None, :] & (r2[:, None] < R2), other=0.0).to(tl.float32)  # [R2P, BN]
-            acc += alpha * tl.dot(xa, ao, input_precision=PREC)
+            acc += alpha * common.mma(xa, ao, None, PREC)
         acc = acc * scale
         if HAS_BIAS:
             acc += bias_scale * tl.load(b_ptr + t * st_b + offs_n, mask=mn, other=0.0).to(tl.float32)[None, :]

@@ -170,7 +170,7 @@ def _conv_kernel(
         a = (a.to(tl.float32) * sv.to(tl.float32)).to(w_ptr.dtype.element_ty)
         wt = tl.load(w_base + ((ky * K + kx) * C_IN + offs_k)[:, None] * LDW + offs_n[None, :],
                      mask=mk[:, None] & mw[None, :], other=0.0)
-        acc = tl.dot(a, wt, acc, input_precision=PREC)
+        acc = common.mma(a, wt, acc, PREC)
     if SPLIT:  # fp32 partial tile; the reduction applies d and the epilogue
         ws = ws_ptr + ((sid * tl.num_programs(1) + pz) * WS_ROWS).to(tl.int64) * C_OUT
         tl.store(ws + offs_m[:, None] * C_OUT + offs_n[None, :], acc, mask=mm[:, None] & mn[None, :])

@@ -334,26 +334,37 @@ def choose_conv(family: str, p: ConvProblem, device, config: Optional[Config] = 
         fits = [c for c in eligible if c.block_m <= max(64, _next_pow2(p.rows))
                 and c.block_n <= max(64, _next_pow2(p.n))] or eligible[:1]
         return max(fits, key=lambda c: (c.block_m * c.block_n, -c.num_warps)), split or 1
-    sms = num_sms(device)
-    ranked = []
-    for c in eligible:
-        steps = p.k_steps_of(c.block_k)
-        for s in ([split] if split else range(1, min(32, steps) + 1)):
-            ranked.append((conv_time(c, s, p, sms), len(ranked), c, s))
-    ranked.sort(key=lambda v: v[:2])
+    steps_by_k = tuple(sorted({(c.block_k, p.k_steps_of(c.block_k)) for c in eligible}))
+    ranked = _ranked_convs(p.rows, p.n, p.z, p.elsize, steps_by_k, num_sms(device), split)
     if _autotune and bench is not None and not _recording():
         _load_cache()
         full_key = (family,) + tuple(key)
         name = _cache.get(full_key)
         if name is None:
-            cands = [(c, s) for _, _, c, s in ranked[:4]]
+            cands = list(ranked[:4])
             pick = _tune([Config(f"{c.name}@{s}") for c, s in cands],
                          lambda cf: bench(*cands[[f"{c.name}@{s}" for c, s in cands].index(cf.name)]))
             _cache[full_key] = name = pick
             _save_cache()
         cname, s = name.rsplit("@", 1)
         return get(family, cname), int(s)
-    return ranked[0][2], ranked[0][3]
+    return ranked[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _ranked_convs(rows: int, n: int, z: int, elsize: int, steps_by_k: tuple, sms: int,
+                  split: Optional[int]) -> Tuple[Tuple[Config, int], ...]:
+    """Every eligible (config, split) of a conv problem, best first by `conv_time` (ties: table order). A pure
+    function of the shape, so it is computed once per shape: the launch path stays cheap on the host."""
+    steps_of = dict(steps_by_k)
+    p = ConvProblem(rows, n, steps_of.__getitem__, z, elsize)
+    ranked = []
+    for c in conv_eligible(elsize):
+        steps = steps_of[c.block_k]
+        for s in ([split] if split else range(1, min(32, steps) + 1)):
+            ranked.append((conv_time(c, s, p, sms), len(ranked), c, s))
+    ranked.sort(key=lambda v: v[:2])
+    return tuple((c, s) for _, _, c, s in ranked)
 
 
 def _tune(eligible: Sequence[Config], bench: Callable[[Config], None]) -> str:

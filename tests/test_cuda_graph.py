@@ -2,7 +2,8 @@
 
 Without a GPU: the API refuses cleanly, and the fused forward of a whole generator runs on meta tensors with
 its launches recorded (`kernels.common.record`): a meta tensor has no data, so any host synchronisation in the
-launch path (`.item()`, a branch on a tensor value, a copy to the host) would raise here. On a GPU
+launch path (`.item()`, a branch on a tensor value, a copy to the host) would raise here, and a tensor made from
+host data on the device after the warm-up call (which a capture refuses) fails the test. On a GPU
 (`-m gpu`): the captured forward replays with new inputs and matches the eager forward, with torch's sync
 debug mode set to error during capture."""
 from __future__ import annotations
@@ -52,11 +53,23 @@ def test_cli_has_cuda_graph_option():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the meta-tensor recording runs without a GPU")
-def test_whole_generator_launch_path_has_no_host_sync():
+def test_whole_generator_launch_path_has_no_host_sync(monkeypatch):
     from kernels import common
 
     G = _generator("meta")
     z = torch.empty(4, 32, device="meta")
+    with torch.inference_mode(), common.record(132):
+        G(z, backend="triton")  # the warm-up a capture runs first
+
+    def no_host_copy(make):
+        def wrapped(*args, device=None, **kw):  # host data copied to the device: a CUDA graph refuses it
+            if device is not None and torch.device(device).type != "cpu":
+                raise AssertionError(f"{make.__name__}(..., device={device}) in the launch path")
+            return make(*args, device=device, **kw)
+        return wrapped
+
+    monkeypatch.setattr(torch, "tensor", no_host_copy(torch.tensor))
+    monkeypatch.setattr(torch, "as_tensor", no_host_copy(torch.as_tensor))
     with torch.inference_mode(), common.record(132) as launches:
         img = G(z, backend="triton")
     assert img.shape == (4, 3, 16, 16) and img.device.type == "meta"

@@ -21,6 +21,14 @@ pytestmark = pytest.mark.gpu
 GTOL = {"fp32": 1e-5, "tf32": 5e-3, "bf16": 5e-2}
 
 
+def limit(prec: str, err_torch: float) -> float:
+    """A gradient's error limit: GTOL, or twice the error of PyTorch itself in the same precision, whichever is
+    larger. Through a leaky ReLU the gradient's error is not the forward's: an output within rounding of 0
+    takes the other slope, so the error grows like the square root of the forward's (TF32: ~2e-4 forward,
+    0.5-1.6e-2 gradients; without the activation 3e-4, in Triton's interpreter with TF32 operands)."""
+    return max(GTOL[prec], 2 * err_torch)
+
+
 @pytest.fixture(autouse=True)
 def _poisoned():
     from kernels import tiles
@@ -49,8 +57,8 @@ def conv_grads(prec, n, c_in, c_out, h, w, k, mode, adapter, task_ids=None, seed
     noise, bias = torch.randn(n, 1, oh, ow, generator=g) * 0.1, torch.randn(c_out, generator=g)
     gy = torch.randn(n, c_out, oh, ow, generator=g)
     res = []
-    for backend in ("triton", "torch"):
-        if backend == "triton":
+    for backend, on_gpu in (("triton", True), ("torch", True), ("torch", False)):  # fused, torch alike, float64
+        if on_gpu:
             cast = lambda t: t.cuda().to(dt)  # noqa: E731
             ad = _dev(adapter, dt)
         else:
@@ -58,15 +66,15 @@ def conv_grads(prec, n, c_in, c_out, h, w, k, mode, adapter, task_ids=None, seed
             ad = _leaves(to64(adapter))
         ts = [cast(t).requires_grad_() for t in (x, weight, style, noise, bias)]
         ts[1].requires_grad_(weight_grad)
-        tid = None if task_ids is None else (task_ids.cuda() if backend == "triton" else task_ids)
+        tid = None if task_ids is None else (task_ids.cuda() if on_gpu else task_ids)
         with tf32(prec == "tf32"):
             y = FL.modulated_conv2d(ts[0], ts[1], ts[2], adapter=ad, task_ids=tid, scale=(c_in * k * k) ** -0.5,
                                     up=up, down=down, noise=ts[3], bias=ts[4], activation="lrelu", backend=backend)
             res.append(torch.autograd.grad(y, [t for t in ts if t.requires_grad] + _tensors(ad),
                                            cast(gy).to(y.dtype)))
-    for i, (a, b) in enumerate(zip(*res)):
-        err = rel(a.float(), b)
-        assert err < GTOL[prec], f"{prec} gradient {i}: relative L2 error {err:.3g}"
+    for i, (a, t, b) in enumerate(zip(*res)):
+        err, err_torch = rel(a.float(), b), rel(t.float(), b)
+        assert err < limit(prec, err_torch), f"{prec} gradient {i}: relative L2 error {err:.3g} (torch {err_torch:.3g})"
 
 
 @pytest.mark.parametrize("prec", list(GTOL))
@@ -113,17 +121,19 @@ def test_gpu_linear_backward(prec):
         gy = torch.randn(6, 512, generator=g)
         kw = dict(scale=512 ** -0.5, bias_scale=0.01, activation="lrelu")
         res = []
-        for backend in ("triton", "torch"):
-            cast = (lambda t: t.cuda().to(dt)) if backend == "triton" else (lambda t: t.double())
+        for backend, on_gpu in (("triton", True), ("torch", True), ("torch", False)):  # fused, torch alike, float64
+            cast = (lambda t: t.cuda().to(dt)) if on_gpu else (lambda t: t.double())
             ts = [cast(t).requires_grad_() for t in (x, w, b)]
-            a = _leaves(to64(adapter)) if backend == "torch" else _dev(adapter, dt)
+            a = _dev(adapter, dt) if on_gpu else _leaves(to64(adapter))
             with tf32(prec == "tf32"):
                 y = FL.linear(*ts, adapter=a, task_ids=None if task_ids is None else task_ids.to(ts[0].device),
                               backend=backend, **kw)
                 res.append(torch.autograd.grad(y, ts + _tensors(a), cast(gy).to(y.dtype), allow_unused=True))
-        for ga, gb in zip(*res):
+        for i, (ga, gt, gb) in enumerate(zip(*res)):
             if gb is not None:
-                assert rel(ga.float(), gb) < GTOL[prec]
+                err, err_torch = rel(ga.float(), gb), rel(gt.float(), gb)
+                assert err < limit(prec, err_torch), f"{kind} tids={tids} {prec} gradient {i}: {err:.3g} " \
+                                                     f"(torch {err_torch:.3g})"
 
 
 def test_gpu_deterministic_bitwise():

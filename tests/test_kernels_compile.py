@@ -1,7 +1,7 @@
 """Opt-in (FASTLORA_COMPILE_CHECK=1, ~10-20 min on 2 cores): compile for sm_90a (Triton's bundled ptxas, no GPU)
 every kernel specialisation the launchers produce for small shapes of every mode, kind, epilogue, task ids,
-deterministic and atomic reductions, both weight-gradient paths, forced split-K, fp32 and bf16, and the fused
-linear forward and backward. The launches are recorded on meta tensors (`kernels.common.record`), so what is
+deterministic and atomic reductions, both weight-gradient paths, forced split-K, fp32, fp32 with TF32 dots and
+bf16, and the fused linear forward and backward. The launches are recorded on meta tensors (`kernels.common.record`), so what is
 compiled is exactly what a GPU run would launch. Catches front-end and lowering errors the interpreter hides.
 Runs in a subprocess because the interpreter flag is fixed at import time."""
 from __future__ import annotations
@@ -80,6 +80,20 @@ SCRIPT = textwrap.dedent('''
         for lc in rec:
             job = compile_job(lc)
             jobs.setdefault(job["key"], job)
+    torch.backends.cuda.matmul.allow_tf32 = True  # fp32 with TF32 dots: operands rounded in `common.mma`
+    e = lambda *s: torch.empty(*s, dtype=torch.float32, **M).requires_grad_()
+    with common.record(132) as rec:
+        x, s = e(4, 64, 8, 8).contiguous(memory_format=torch.channels_last), e(4, 64)
+        ad = conv_adapter("llora-both", 48, 64, 3, torch.float32)
+        y = _triton.modulated_conv2d(x, e(48, 64, 3, 3), s, adapter=ad, noise=e(4, 1, 8, 8), activation="lrelu")
+        torch.autograd.grad(y, [x, s] + list(ad.tensors()), torch.empty_like(y))
+        xl = e(6, 64)
+        y = _triton.linear(xl, e(48, 64), e(48), adapter=fastlora.LoRA(e(64, 2), e(48, 2)), activation="lrelu")
+        torch.autograd.grad(y, [xl], torch.empty_like(y))
+    assert any(lc.consts.get("PREC") == "tf32" for lc in rec)
+    for lc in rec:
+        job = compile_job(lc)
+        jobs.setdefault(job["key"], job)
     out = tempfile.mkdtemp()
     for job in jobs.values():
         run_job(job, out)

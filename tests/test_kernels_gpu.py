@@ -21,12 +21,13 @@ DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "
 
 @contextlib.contextmanager
 def tf32(on: bool):
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = on
+    """TF32 for matmuls (the fused kernels follow this flag) and cuDNN convolutions (torch's), or neither."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 @pytest.fixture(autouse=True)
@@ -38,13 +39,14 @@ def _poisoned():
 
 
 def _cast(a, dtype):
+    """An adapter (or list) on the GPU in dtype: the launchers refuse adapter tensors on another device."""
     import dataclasses
 
     if a is None:
         return None
     if isinstance(a, list):
         return [_cast(v, dtype) for v in a]
-    return dataclasses.replace(a, **{f.name: getattr(a, f.name).to(dtype) for f in dataclasses.fields(a)
+    return dataclasses.replace(a, **{f.name: getattr(a, f.name).to("cuda", dtype) for f in dataclasses.fields(a)
                                      if isinstance(getattr(a, f.name), torch.Tensor)})
 
 
@@ -201,5 +203,7 @@ def test_gpu_cuda_graph_capture():
     x.copy_(torch.randn_like(x))
     graph.replay()
     torch.cuda.synchronize()
-    ref = FL.modulated_conv2d(x, w, s, **{**kw, "backend": "torch"})
+    ref = FL.modulated_conv2d(x.double(), w.double(), s.double(),
+                              **{**kw, "adapter": _cast(ad, torch.float64), "bias": kw["bias"].double(),
+                                 "backend": "torch"})  # float64: cuDNN's default TF32 would be the larger error
     assert rel_err(out, ref) < 1e-5 and rel_err(expect, ref) > 1e-3  # replay saw the new input

@@ -241,3 +241,16 @@ def test_modconv_shapes_and_forms_on_random_shapes(n, c_in, c_out, h, w, k, mode
     grouped = FL.modulated_conv2d(x, wt, s, form="grouped", **kw)
     assert shared.shape == (n, c_out, *FL.modconv_output_size(h, w, k, kw["up"], kw["down"]))
     assert rel_err(shared, grouped) < 1e-12
+
+
+def test_blur_kernel_is_shared_and_not_an_inference_tensor():
+    """Built once per (taps, device, dtype), so a CUDA graph captured after a warm-up copies nothing from the
+    host; made under inference mode (the capture's warm-up) it must still serve a later autograd forward."""
+    with torch.inference_mode():
+        k = FL.make_blur_kernel(taps=(1, 2, 1), dtype=torch.float64)
+    assert not k.is_inference() and FL.make_blur_kernel(taps=(1.0, 2.0, 1.0), dtype=torch.float64) is k
+    exp = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
+    assert torch.equal(k, torch.outer(exp, exp) / 16)
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    FL.upfirdn2d(x, k, pad=(1, 1)).sum().backward()
+    assert x.grad is not None and FL.make_blur_kernel(dtype=torch.float32).dtype == torch.float32

@@ -5,6 +5,7 @@ import argparse
 
 from colorgan.generate import generate
 from colorgan.generator import NOISE_MODES
+from fastlora.backend import BACKEND_HELP, BACKENDS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--outdir", required=True, help="output folder")
     p.add_argument("--grid", action="store_true", help="also write OUTDIR/grid.png")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"),
-                   help="auto: fused Triton kernels on CUDA, the PyTorch reference elsewhere (default auto)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help=f"{BACKEND_HELP} (default auto)")
     p.add_argument("--noise", default="const", choices=NOISE_MODES,
                    help="const: the stored per-layer noise; random: per-seed noise; none (default const)")
     p.add_argument("--cuda-graph", action="store_true",

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from colorgan.options import option
 from colorgan.train.augment import DEFAULT_POLICY, DiffAugment
-from fastlora.backend import resolve_backend
+from fastlora.backend import BACKEND_HELP, BACKENDS, resolve_backend
 from colorgan.train.distributed import DistInfo, all_mean, average_gradients
 from colorgan.train.loop import autocast_ctx, checked, mixing_z, requires_grad, style_kwargs
 from colorgan.train.losses import (d_logistic_loss, g_nonsaturating_loss, path_length_penalty, per_image_logits,
@@ -37,7 +37,7 @@ class RegConfig:
     n_sample: int = option(16, "fixed latents in the sample grids")
     log_every: int = option(50, "log line every N iterations")
     seed: int = option(0, "seed of every random draw")
-    backend: str = option("auto", "fastlora backend (auto: Triton on CUDA)", choices=("auto", "torch", "triton"))
+    backend: str = option("auto", BACKEND_HELP, choices=BACKENDS)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
