@@ -119,3 +119,39 @@ def test_tf32_linear(tensor_cores):
         runs.append(FL.linear(x, w, b, adapter=ad, backend="triton", **kw))
     ref = FL.linear(x.double(), w.double(), b.double(), adapter=to64(ad), backend="torch", **kw)
     assert torch.equal(runs[0], runs[1]) and 1e-6 < rel(runs[0], ref) < 1e-3
+
+
+@triton.jit
+def _unrounded(v):
+    return v
+
+
+def test_tf32_whole_generator(tensor_cores, monkeypatch, capsys):
+    """Every TF32 dot of a generator forward (mapping, styles, convs, ToRGB) gets rounded operands: the same bits
+    under truncating and rounding tensor cores, and rounding-level error against float64, several times smaller
+    than with the operands left to the hardware's truncation (printed with -s)."""
+    import copy
+
+    import fastlora
+    from colorgan import Generator
+
+    torch.manual_seed(0)
+    G = Generator(16, style_dim=64, n_mlp=4, channels={4: 64, 8: 64, 16: 32})
+    fastlora.add_task(G, "t", fastlora.AdapterConfig(kind="llora", rank=2, act="inner"))
+    fastlora.set_task(G, "t")
+    with torch.no_grad():
+        for p in fastlora.task_parameters(G, "t"):
+            p.add_(torch.randn_like(p) * 0.05)
+        z = torch.randn(2, 64)
+        ref = copy.deepcopy(G).double()(z.double(), backend="torch", noise_mode="const")
+        truncated = G(z, backend="triton", noise_mode="const")
+        tensor_cores["how"] = "round"
+        rounded = G(z, backend="triton", noise_mode="const")
+        tensor_cores["how"] = "truncate"
+        monkeypatch.setattr(common, "tf32_round", _unrounded)  # the kernels before the rounding
+        unrounded = G(z, backend="triton", noise_mode="const")
+    err, err_unrounded = rel(truncated, ref), rel(unrounded, ref)
+    with capsys.disabled():
+        print(f"\nTF32 16 px generator vs float64: operands rounded {err:.2e}, truncated {err_unrounded:.2e}")
+    assert torch.equal(truncated, rounded)
+    assert 1e-5 < err < 2e-3 and err_unrounded > 3 * err, (err, err_unrounded)
