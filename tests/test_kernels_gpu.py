@@ -207,3 +207,23 @@ def test_gpu_cuda_graph_capture():
                               **{**kw, "adapter": _cast(ad, torch.float64), "bias": kw["bias"].double(),
                                  "backend": "torch"})  # float64: cuDNN's default TF32 would be the larger error
     assert rel_err(out, ref) < 1e-5 and rel_err(expect, ref) > 1e-3  # replay saw the new input
+
+
+def _round_tf32(t: torch.Tensor) -> torch.Tensor:
+    """fp32 rounded to the nearest TF32 value (ties away from zero), as `kernels.common.tf32_round` does."""
+    bits = (t.float().contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF) + 0x1000
+    bits = bits & 0xFFFFE000
+    return torch.where(bits >= 2 ** 31, bits - 2 ** 32, bits).to(torch.int32).view(torch.float32)
+
+
+def test_gpu_tf32_operands_rounded():
+    """With TF32 on, the fused linear equals fp32 arithmetic on TF32-rounded operands (the hardware alone would
+    truncate them: ~3e-4 off that), and differs from unrounded fp32 by TF32's error."""
+    g = torch.Generator().manual_seed(11)
+    x, w, b = torch.randn(64, 512, generator=g), torch.randn(256, 512, generator=g), torch.randn(256, generator=g)
+    with tf32(True):
+        out = FL.linear(x.cuda(), w.cuda(), b.cuda(), adapter=None, scale=512 ** -0.5, bias_scale=0.01,
+                        backend="triton").cpu()
+    exact = lambda xx, ww: (xx.double() @ ww.double().T) * 512 ** -0.5 + 0.01 * b.double()  # noqa: E731
+    assert rel_err(out, exact(_round_tf32(x), _round_tf32(w))) < 1e-5
+    assert rel_err(out, exact(x, w)) > 5e-5
