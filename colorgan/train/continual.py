@@ -203,8 +203,8 @@ def train(cfg: Optional[TrainConfig], out: str | Path, *, options: Optional[RunO
     changes: on resume, settings to change (only "iter": iterations per task)."""
     if cfg is not None and not resume:
         _check_inputs(cfg)
-    if options is not None and options.inception is not None and not Path(options.inception).is_file():
-        raise ValueError(f"--inception: no Inception network file at {options.inception}")  # before the folder
+    if options is not None and options.inception is not None:
+        near.require_network_file(options.inception)  # before the run folder is made
     return start_run("train", TrainConfig, cfg, out, lambda *a: Continual(*a).run(), options=options,
                      overwrite=overwrite, resume=resume, changes=changes,
                      inputs=lambda c: [resolve_checkpoint(c.ckpt), c.lpips, *(d for _, d in c.tasks)])

@@ -25,11 +25,16 @@ NEAR_GAP = 55.0  # KID x 10^3; validation: near styles 25-45, every other task 6
 BASE_SAMPLES = 1000
 
 
+def require_network_file(path: str) -> None:
+    """ValueError unless `path` (the user's --inception) is a file."""
+    if not Path(path).is_file():
+        raise ValueError(f"--inception: no Inception network file at {path}")
+
+
 def find_network(device: torch.device, path: Optional[str] = None) -> Optional[FeatureNetwork]:
     """The Inception network in file `path`, else where `colorgan eval` finds it (None when none is installed)."""
     if path is not None:
-        if not Path(path).is_file():
-            raise ValueError(f"--inception: no Inception network file at {path}")
+        require_network_file(path)
         return FeatureNetwork(path, device)
     found = default_inception()
     return FeatureNetwork(found, device) if found is not None and Path(found).is_file() else None
