@@ -52,6 +52,30 @@ def test_cli_has_cuda_graph_option():
     assert args.cuda_graph is True
 
 
+def _forbid_host_copies(monkeypatch) -> None:
+    """Make a tensor built from host data on a device (a copy that CUDA-graph capture refuses) fail the test."""
+    def no_host_copy(make):
+        def wrapped(*args, device=None, **kw):
+            if device is not None and torch.device(device).type != "cpu":
+                raise AssertionError(f"{make.__name__}(..., device={device}) in the launch path")
+            return make(*args, device=device, **kw)
+        return wrapped
+
+    monkeypatch.setattr(torch, "tensor", no_host_copy(torch.tensor))
+    monkeypatch.setattr(torch, "as_tensor", no_host_copy(torch.as_tensor))
+
+
+def test_torch_path_makes_no_host_copies_after_a_warm_up(monkeypatch):
+    """`--backend auto` (the PyTorch path) is what `colorgan generate --cuda-graph` captures by default."""
+    G = _generator("meta")
+    z = torch.empty(4, 32, device="meta")
+    with torch.inference_mode():
+        G(z, backend="torch")
+        _forbid_host_copies(monkeypatch)
+        img = G(z, backend="torch")
+    assert img.shape == (4, 3, 16, 16)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the meta-tensor recording runs without a GPU")
 def test_whole_generator_launch_path_has_no_host_sync(monkeypatch):
     from kernels import common
@@ -61,15 +85,7 @@ def test_whole_generator_launch_path_has_no_host_sync(monkeypatch):
     with torch.inference_mode(), common.record(132):
         G(z, backend="triton")  # the warm-up a capture runs first
 
-    def no_host_copy(make):
-        def wrapped(*args, device=None, **kw):  # host data copied to the device: a CUDA graph refuses it
-            if device is not None and torch.device(device).type != "cpu":
-                raise AssertionError(f"{make.__name__}(..., device={device}) in the launch path")
-            return make(*args, device=device, **kw)
-        return wrapped
-
-    monkeypatch.setattr(torch, "tensor", no_host_copy(torch.tensor))
-    monkeypatch.setattr(torch, "as_tensor", no_host_copy(torch.as_tensor))
+    _forbid_host_copies(monkeypatch)
     with torch.inference_mode(), common.record(132) as launches:
         img = G(z, backend="triton")
     assert img.shape == (4, 3, 16, 16) and img.device.type == "meta"
@@ -80,12 +96,13 @@ def test_whole_generator_launch_path_has_no_host_sync(monkeypatch):
 
 
 @pytest.mark.gpu
-def test_captured_generator_matches_eager():
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_captured_generator_matches_eager(backend):
     G = _generator("cuda")
     z = torch.randn(4, 32, device="cuda")
 
     def forward(zz):
-        return G(zz, backend="triton")
+        return G(zz, backend=backend)
 
     with torch.inference_mode():
         eager = forward(z).clone()
