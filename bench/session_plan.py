@@ -39,9 +39,9 @@ GPU_TESTS: Tuple[str, ...] = tuple(
     + [f"{_FWD}test_gpu_modconv[left-inner-3-plain-{p}]" for p in PRECS]
     + [f"{_FWD}test_gpu_task_ids[*-{p}]" for p in PRECS]
     + [f"{_FWD}test_gpu_linear[{p}]" for p in PRECS]
-    + [f"{_FWD}test_gpu_cuda_graph_capture", f"{_FWD}test_gpu_tf32_operands_rounded", f"{_FWD}test_gpu_split_k[2-bf16]",
-       f"{_FWD}test_gpu_split_k[7-fp32]",
-       f"{_FWD}test_gpu_heuristic_ladder[bf16]", "tests/test_cuda_graph.py::test_captured_generator_matches_eager[*]"]
+    + [f"{_FWD}test_gpu_cuda_graph_capture", f"{_FWD}test_gpu_tf32_operands_rounded",
+       f"{_FWD}test_gpu_split_k[2-bf16]", f"{_FWD}test_gpu_split_k[7-fp32]", f"{_FWD}test_gpu_heuristic_ladder[bf16]",
+       "tests/test_cuda_graph.py::test_captured_generator_matches_eager[*]"]
     + [f"{_BWD}test_gpu_modconv_backward[llora-both-*-{p}]" for p in PRECS]
     + [f"{_BWD}test_gpu_factorised_backward[llora-inner-3-*-{p}]" for p in PRECS]
     + [f"{_BWD}test_gpu_factorised_backward[lora-3-plain-{p}]" for p in PRECS]

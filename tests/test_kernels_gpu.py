@@ -12,6 +12,7 @@ import torch
 from fastlora import functional as FL
 
 from tests.test_kernels_forward import KINDS, _cpu, conv_adapter, linear_adapter, rel_err, to64
+from tests.test_kernels_tf32 import _to_tf32
 
 pytestmark = pytest.mark.gpu
 
@@ -210,10 +211,7 @@ def test_gpu_cuda_graph_capture():
 
 
 def _round_tf32(t: torch.Tensor) -> torch.Tensor:
-    """fp32 rounded to the nearest TF32 value (ties away from zero), as `kernels.common.tf32_round` does."""
-    bits = (t.float().contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF) + 0x1000
-    bits = bits & 0xFFFFE000
-    return torch.where(bits >= 2 ** 31, bits - 2 ** 32, bits).to(torch.int32).view(torch.float32)
+    return torch.from_numpy(_to_tf32(t.numpy(), "round"))
 
 
 def test_gpu_tf32_operands_rounded():
