@@ -484,7 +484,8 @@ def bar_misses(task: dict, bar_k: float = 3.0) -> list[str]:
     if not d["fid"] < base["fid"]:
         misses.append(f"FID not below the base ({d['fid']:.1f} vs {base['fid']:.1f})")
     if not margin > bar_k:
-        misses.append(f"KID {margin:.1f} std below the base (more than {bar_k:g} needed)")
+        where = f"{margin:.1f} std below" if margin >= 0 else f"{-margin:.1f} std above"
+        misses.append(f"KID {where} the base (more than {bar_k:g} below needed)")
     for name, r in ((n, s[n]) for n in RIVALS if n in s):
         for m in ("fid", "kid"):
             if not d[m] < r[m]:

@@ -249,9 +249,12 @@ def test_bar_names_every_condition_it_misses():
     assert quality.verdict(small) == "fail"
     # a rival ahead on one measure, and a KID gain of 2.5 std (3 needed)
     close = _task("far-style", base=base, default=(160.0, 125.0, 23247), left=(150.0, 126.0, 26593))
-    assert quality.bar_misses(close) == ["KID 2.5 std below the base (more than 3 needed)",
+    assert quality.bar_misses(close) == ["KID 2.5 std below the base (more than 3 below needed)",
                                          "left ahead on FID (150.0 vs 160.0)"]
     assert quality.bar_misses(_task("subset", base=base, default=(201.0, 100.0, 1)))[0].startswith("FID not below")
+    # worse than the base: the distance is said as "above", never as a negative "below"
+    assert quality.bar_misses(_task("subset", base=base, default=(190.0, 139.0, 1))) == \
+        ["KID 4.5 std above the base (more than 3 below needed)"]
     # near styles: at most 2 std worse than the base, rivals and sizes aside
     assert quality.verdict(_task("near-style", base=(100.0, 40.0, 0), default=(120.0, 44.0, 9))) == "pass"
     assert quality.bar_misses(_task("near-style", base=(100.0, 40.0, 0), default=(90.0, 44.2, 9))) == \
