@@ -1,6 +1,6 @@
 """python -m bench near: how near each task's shots lie to what the base already makes (the near check's gap).
 
-    python -m bench near --real DATA [--tasks test|validation|NAME,...] [--seeds 0,1,2] [--base emoji32]
+    python -m bench near --real DATA [--tasks test|validation|NAME,...] [--seeds 0,1,2] [--draws N] [--base emoji32]
                          [--runs runs/quality] [--name NAME] [--out DIR] [--overwrite] [--no-progress]
 
 For every task and shot seed (the shots `bench quality` trains on: seed 0 is DATA/<task>/train, other seeds are
@@ -8,6 +8,10 @@ drawn from the full set and copied under RUNS/shots), the KID x 10^3 between the
 as `colorgan train --near-anchor` measures it before the first task, and whether it lies below the threshold
 (near: the task trains with its style and mapping anchors raised). The threshold was chosen from this table on the
 validation tasks (docs/benchmarks.md, round 28).
+With --draws N, also each task's gap over the draws of shot seeds 1..N (the shots `bench quality` would train on
+for those seeds, scored from the full set's features without copying them): its mean, 10th/50th/90th percentiles
+and the share of draws the check calls near. Ten shots are a small sample: the share says how often a task of
+that kind is caught (docs/benchmarks.md, round 31).
 Writes bench/results/<device>-<date>-<name>.{json,md} (name default near-<tasks>).
 """
 from __future__ import annotations
@@ -18,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 import fastlora
@@ -25,8 +30,10 @@ from bench import common
 from bench.quality import select_tasks, shot_folders
 from bench.quality_scores import inception_path
 from colorgan.checkpoint import load_checkpoint, resolve_checkpoint
-from colorgan.data.emoji import read_manifest
-from colorgan.metrics.features import FeatureNetwork
+from colorgan.data.emoji import choose_shots, read_manifest
+from colorgan.data.folder import list_images
+from colorgan.metrics.features import FeatureNetwork, folder_features
+from colorgan.metrics.stats import mmd2_unbiased
 from colorgan.train import near
 
 
@@ -38,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default="test", help="'test' or 'validation' (the tasks of that role in the data's "
                                                    "manifest), or task names (default test)")
     p.add_argument("--seeds", default="0,1,2", help="shot seeds (seed 0: DATA/<task>/train; default 0,1,2)")
+    p.add_argument("--draws", type=int, default=0, help="also the gap over the draws of shot seeds 1..N from each "
+                                                         "task's full set: mean, percentiles, share near (default 0)")
     p.add_argument("--runs", default="runs/quality", help="where shots of seeds other than 0 are copied (default "
                                                           "runs/quality, shared with bench quality)")
     p.add_argument("--inception", default=None, help="Inception network file (default: found automatically)")
@@ -58,7 +67,26 @@ def markdown(report: dict) -> str:
     for t, row in report["tasks"].items():
         cells = ["-" if g is None else f"**{g:.1f}**" if near.is_near(g) else f"{g:.1f}" for g in row["gaps"]]
         lines.append(f"| {t} ({row['kind']}) | " + " | ".join(cells) + f" | {sum(row['near'])} of {len(seeds)} |")
+    draws = {t: row["draws"] for t, row in report["tasks"].items() if "draws" in row}
+    if draws:
+        n = len(next(iter(draws.values()))["gaps"])
+        lines += ["", f"Over the draws of shot seeds 1–{n} ({report['shots']} shots each, from the task's full set):",
+                  "", "| task (kind) | mean gap | 10th / 50th / 90th percentile | share near |", "|---|---|---|---|"]
+        for t, d in draws.items():
+            p10, p50, p90 = np.percentile(d["gaps"], [10, 50, 90])
+            lines.append(f"| {t} ({report['tasks'][t]['kind']}) | {np.mean(d['gaps']):.1f} | {p10:.1f} / {p50:.1f} / "
+                         f"{p90:.1f} | {d['near_share']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def draw_gaps(full: Path, task: str, draws: int, shots: int, base: np.ndarray, net: FeatureNetwork, resolution: int,
+              progress: bool) -> list[float]:
+    """The gap of the shots `bench quality` draws for seeds 1..`draws` from the images in `full` (the task's
+    full set), from the full set's features (cached)."""
+    feats = folder_features(full, net, resolution, progress=progress)
+    row = {p.stem: i for i, p in enumerate(list_images(full))}
+    return [1e3 * mmd2_unbiased(feats[[row[i] for i in choose_shots(list(row), shots, s, task)]], base)
+            for s in range(1, draws + 1)]
 
 
 def run_near(args: argparse.Namespace) -> dict:
@@ -71,6 +99,8 @@ def run_near(args: argparse.Namespace) -> dict:
         raise SystemExit(f"--seeds takes shot seeds (e.g. 0,1,2), got {args.seeds!r}") from None
     if any(s < 0 for s in seeds):
         raise SystemExit(f"--seeds takes shot seeds >= 0, got {args.seeds!r}")
+    if args.draws < 0:
+        raise SystemExit(f"--draws takes a number of shot draws >= 0, got {args.draws}")
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     stem = common.result_stem(args.out, dev, args.name or f"near-{args.tasks.replace(',', '-')}")
     common.check_writable(stem, (".json", ".md"), args.overwrite)
@@ -82,6 +112,11 @@ def run_near(args: argparse.Namespace) -> dict:
     for t in tasks:
         gaps = [near.shot_gap(shots[s][t], base_feats, net, G.size) for s in seeds]
         rows[t] = {"kind": manifest["tasks"][t].get("kind", "?"), "gaps": gaps, "near": [near.is_near(g) for g in gaps]}
+        if args.draws:
+            dg = draw_gaps(real / t / "full", t, args.draws, manifest["shots"], base_feats, net, G.size,
+                           not args.no_progress)
+            rows[t]["draws"] = {"seeds": list(range(1, args.draws + 1)), "gaps": dg,
+                                "near_share": sum(map(near.is_near, dg)) / len(dg)}
     command = "python -m bench near " + shlex.join(args.argv)
     report = {"environment": common.environment(dev, command), "command": command, "base": str(base),
               "real": str(real), "seeds": seeds, "shots": manifest["shots"], "base_samples": near.BASE_SAMPLES,

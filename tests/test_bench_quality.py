@@ -461,6 +461,17 @@ def test_near_bench_measures_each_seeds_shots_against_the_base(setup, tiny_net_p
     assert f"| {close} ({TASKS[close]}) | **{seed0[close]:.1f}** |" in md
     with pytest.raises(SystemExit, match="refusing to overwrite"):
         bench_main(["near", *argv])
+    # --draws N: the gaps of seeds 1..N's draws, scored from the full set's features, equal the copied shots' gaps
+    assert bench_main(["near", *argv, "--seeds", "0,1,2", "--draws", "2", "--overwrite"]) == 0
+    saved = json.loads(next((tmp_path / "res").glob("*-near-flags-twemoji.json")).read_text())
+    for t, row in saved["tasks"].items():
+        draws = row["draws"]
+        assert draws["seeds"] == [1, 2] and draws["gaps"] == pytest.approx(row["gaps"][1:], rel=1e-4)
+        assert draws["near_share"] == sum(g < near.NEAR_GAP for g in draws["gaps"]) / 2
+    md = next((tmp_path / "res").glob("*-near-flags-twemoji.md")).read_text()
+    assert "Over the draws of shot seeds 1–2" in md and f"| {close} ({TASKS[close]}) | " in md.split("Over the")[1]
+    with pytest.raises(SystemExit, match="--draws takes"):
+        bench_main(["near", *argv, "--draws", "-1", "--overwrite"])
     for bad in ("x", "-1"):
         with pytest.raises(SystemExit, match="--seeds takes shot seeds"):
             bench_main(["near", *argv, "--seeds", bad, "--overwrite"])

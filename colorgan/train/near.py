@@ -1,11 +1,12 @@
 """How near a task's shots lie to what the base already makes (`colorgan train --near-anchor`).
 
 A task's *gap* is the KID x 10^3 between its shots and `BASE_SAMPLES` samples of the base (seeds 0, 1, ...):
-Inception features, the cubic polynomial kernel, the unbiased estimate over all images. Ten shots of a new
-rendering of content the base already makes (a near style: Twemoji or OpenMoji against a Noto base) lie at
-25-45; a category the base makes rarely, or a far style, at 60 and above. Tasks below `NEAR_GAP` train with their
-style and mapping anchors at least --near-anchor: they move only as far as the adversarial loss keeps pushing.
-The threshold was chosen on the validation tasks (docs/benchmarks.md, round 28)."""
+Inception features, the cubic polynomial kernel, the unbiased estimate over all images. Shots whose content the
+base already makes lie low (a near style, such as Twemoji against a Noto base, but also ten shots of a Noto
+category the source covers widely); a far style, or a category whose shots show content the base lacks, high.
+Tasks below `NEAR_GAP` train with their style and mapping anchors at least --near-anchor: they move only as far as
+the adversarial loss keeps pushing. Ten shots are a small sample, so the verdict is a probability per task, not a
+property of it (`python -m bench near --draws N`; docs/benchmarks.md, rounds 28 and 31)."""
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,7 @@ from colorgan.metrics.features import (FeatureNetwork, cached_features, default_
                                        extract_features, folder_features)
 from colorgan.metrics.stats import mmd2_unbiased
 
-NEAR_GAP = 55.0  # KID x 10^3; validation: near styles 25-45, every other task 63 and above
+NEAR_GAP = 55.0  # KID x 10^3, chosen on the validation tasks (docs/benchmarks.md, round 28)
 BASE_SAMPLES = 1000
 
 
