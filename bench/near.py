@@ -33,7 +33,6 @@ from colorgan.checkpoint import load_checkpoint, resolve_checkpoint
 from colorgan.data.emoji import choose_shots, read_manifest
 from colorgan.data.folder import list_images
 from colorgan.metrics.features import FeatureNetwork, folder_features
-from colorgan.metrics.stats import mmd2_unbiased
 from colorgan.train import near
 
 
@@ -80,12 +79,12 @@ def markdown(report: dict) -> str:
 
 
 def draw_gaps(full: Path, task: str, draws: int, shots: int, base: np.ndarray, net: FeatureNetwork, resolution: int,
-              progress: bool) -> list[float]:
+              progress: bool) -> list[Optional[float]]:
     """The gap of the shots `bench quality` draws for seeds 1..`draws` from the images in `full` (the task's
     full set), from the full set's features (cached)."""
     feats = folder_features(full, net, resolution, progress=progress)
     row = {p.stem: i for i, p in enumerate(list_images(full))}
-    return [1e3 * mmd2_unbiased(feats[[row[i] for i in choose_shots(list(row), shots, s, task)]], base)
+    return [near.gap(feats[[row[i] for i in choose_shots(list(row), shots, s, task)]], base)
             for s in range(1, draws + 1)]
 
 

@@ -57,11 +57,15 @@ def base_features(G, net: FeatureNetwork, checksum: str, *, n: Optional[int] = N
     return cached_features(default_cache_dir() / f"base-{digest}.npz" if checksum else None, n, compute, key)
 
 
-def shot_gap(folder: str | Path, base: np.ndarray, net: FeatureNetwork, resolution: int) -> Optional[float]:
-    """KID x 10^3 between the images in `folder` and the base features `base`; None for fewer than two images
-    (the unbiased estimate needs two)."""
-    shots = folder_features(folder, net, resolution, use_cache=False, progress=False)
+def gap(shots: np.ndarray, base: np.ndarray) -> Optional[float]:
+    """The gap: KID x 10^3 between the shots' features and the base features `base`; None for fewer than two
+    shots (the unbiased estimate needs two)."""
     return 1e3 * mmd2_unbiased(shots, base) if shots.shape[0] >= 2 else None
+
+
+def shot_gap(folder: str | Path, base: np.ndarray, net: FeatureNetwork, resolution: int) -> Optional[float]:
+    """The gap of the images in `folder`."""
+    return gap(folder_features(folder, net, resolution, use_cache=False, progress=False), base)
 
 
 def is_near(gap: Optional[float]) -> bool:
