@@ -90,6 +90,10 @@ def test_quality_bench_end_to_end(setup, tiny_net_path):
     # the thread counts the runs trained with are reported (results move with them)
     assert report["train_threads"]["default"] == [torch.get_num_threads()]
     assert f"| {torch.get_num_threads()} |" in quality.markdown(report)
+    # and the training seconds per task, from the runs' summaries (positive: the runs trained)
+    assert set(report["train_seconds_per_task"]) == {"default", "left"}
+    assert all(v > 0 for v in report["train_seconds_per_task"].values())
+    assert f"| {report['train_seconds_per_task']['left']:.0f} |" in quality.markdown(report)
     # seed 1 trains on other shots than seed 0's train split
     assert (tmp_path / "runs" / "left-seed1").is_dir() and not (tmp_path / "runs" / "left-seed0").exists()
     shots1 = sorted(p.name for p in (tmp_path / "runs" / "shots" / "seed1" / "flags").iterdir())
