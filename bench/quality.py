@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import math
 import shlex
 import shutil
 import sys
@@ -431,7 +432,10 @@ def run_bench(args: argparse.Namespace) -> dict:
             trained(cfg, folder, budgets, not args.no_progress, score, inception)  # the near check: this network
             summary = read_summary(folder)
             threads.setdefault(name, set()).update(summary.get("torch_threads", []))
-            train_s.setdefault(name, []).extend(v for t, v in (summary.get("seconds") or {}).items() if t in tasks)
+            secs = summary.get("seconds")  # read from a file: only finite numbers count
+            train_s.setdefault(name, []).extend(
+                float(v) for t, v in (secs.items() if isinstance(secs, dict) else ())
+                if t in tasks and isinstance(v, (int, float)) and math.isfinite(v))
             entries = read_checkpoint_config(folder / "checkpoint")["tasks"]
             params[name] = {e["name"]: e["stored_params"] for e in entries}
             forget[f"{name}-seed{s}"] = forgetting(folder, tasks) if len(tasks) > 1 else {tasks[0]: 0.0}
