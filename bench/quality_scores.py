@@ -49,11 +49,14 @@ class Scorer:
         return np.resize(feats, (repeat_to, feats.shape[1]))
 
     def generated(self, ckpt: Path, task: Optional[str], n: int, *, off: Sequence[str] = (),
-                  scale: float = 0.0) -> np.ndarray:
+                  scale: float = 0.0, mean_shift: bool = False) -> np.ndarray:
         """Features of seeds 0..n-1 under `task` (None: the base); `off`: adapter roles ("mapping", "style",
         "conv") whose adapters are put back to the identity before sampling (a sampling-time ablation), or with
-        `scale` kept at that fraction of their effect (`scale_roles`)."""
+        `scale` kept at that fraction of their effect (`scale_roles`); `mean_shift`: the task's mapping adapters
+        replaced by their mean effect on w (`shift_mapping`)."""
         G, _, _ = load_checkpoint(ckpt, self.device, tasks=[] if task is None else [task], load_d=False)
+        if task is not None and mean_shift:
+            shift_mapping(G, task)
         if task is not None and off:
             scale_roles(G, task, off, scale)
         return extract_features(sample_batches(G, task, n, 50, 1.0), self.net, n=n, resolution=RESOLUTION,
@@ -73,6 +76,27 @@ def scale_roles(G: torch.nn.Module, task: str, roles: Sequence[str], scale: floa
                 if b is not None:
                     m.bias.lerp_(b, scale)
     fastlora.reset_task(G, task, roles=tuple(roles))
+
+
+@torch.no_grad()
+def shift_mapping(G: torch.nn.Module, task: str) -> torch.Tensor:
+    """Replace `task`'s mapping adapters by their mean effect on w: dw = the task's mean w minus the base's over
+    the fixed z set of the truncation centre (`task_w_avg`); the mapping goes back to the base's and every w it
+    makes gets + dw. Returns dw. It edits the model: for a model loaded to sample."""
+    saved = fastlora.active_task(G)
+    fastlora.set_task(G, task)
+    try:
+        dw = G.task_w_avg() - G.w_avg
+    finally:
+        fastlora.set_task(G, saved)
+    fastlora.reset_task(G, task, roles=("mapping",))
+    base_mapping = G.mapping
+
+    def shifted(z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return base_mapping(z, *args, **kwargs) + dw.to(z)
+
+    G.mapping = shifted
+    return dw
 
 
 def scores(fake: np.ndarray, real: np.ndarray, seed: int = 0) -> dict[str, float]:

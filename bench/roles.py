@@ -1,7 +1,7 @@
 """python -m bench roles: what each adapter role of a trained task contributes at sampling time.
 
     python -m bench roles --ckpt RUN/checkpoint --task NAME --real REFERENCE_DIR [--roles mapping,style,conv]
-                          [--scales 0.75,0.5] [--n 300] [--ref-max 1000] [--name NAME] [--out DIR] [--overwrite]
+                          [--scales 0.75,0.5] [--mean-shift] [--n 300] [--ref-max 1000] [--name NAME] [--out DIR] [--overwrite]
 
 Samples the task (seeds 0..n-1, as `bench quality` does) with everything on, then with one role's adapters put
 back to the identity at a time ("mapping": the mapping network, "style": the style affines, "conv": the
@@ -9,6 +9,8 @@ convolutions), then with all of them (the base), and scores each against the ref
 With --scales, each role is also sampled with that fraction of its adapters' effect kept ("mapping ×0.5": every
 mapping layer's weight halfway between the base's and the task's), between the role switched off (0) and the task
 as trained (1).
+With --mean-shift, one more row: the mapping adapters replaced by their mean effect on w ("mapping mean shift":
+the base's mapping, every w moved by the task's mean w minus the base's over the truncation centre's fixed z).
 Writes bench/results/<device>-<date>-<name>.{json,md} (name default roles-<task>).
 """
 from __future__ import annotations
@@ -36,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roles", default=",".join(ROLES), help=f"roles switched off one at a time (of {ROLES})")
     p.add_argument("--scales", default="",
                    help="also sample each role with these fractions of its adapters' effect kept (e.g. 0.75,0.5)")
+    p.add_argument("--mean-shift", action="store_true",
+                   help="also sample with the mapping adapters replaced by their mean effect on w")
     p.add_argument("--n", type=int, default=300, help="samples per row (default 300)")
     p.add_argument("--ref-max", type=int, default=1000,
                    help="at most this many reference images, a fixed seeded subset (0: all; default 1000)")
@@ -67,11 +71,13 @@ def run_roles(args: argparse.Namespace) -> dict:
     scorer = Scorer(inception_path(args.inception), str(dev), progress=not args.no_progress)
     ref = scorer.folder(real, limit=args.ref_max or None)
     rows: dict[str, dict] = {}
-    plan = [("task", (), 0.0), *((f"without {r}", (r,), 0.0) for r in roles),
-            *((f"{r} ×{s:g}", (r,), s) for r in roles for s in fractions), ("base", tuple(ROLES), 0.0)]
-    for label, off, scale in plan:
+    plan = [("task", (), 0.0, False), *((f"without {r}", (r,), 0.0, False) for r in roles),
+            *((f"{r} ×{s:g}", (r,), s, False) for r in roles for s in fractions),
+            *([("mapping mean shift", (), 0.0, True)] if args.mean_shift else []), ("base", tuple(ROLES), 0.0, False)]
+    for label, off, scale, shift in plan:
         try:
-            rows[label] = scores(scorer.generated(ckpt, args.task, args.n, off=off, scale=scale), ref)
+            rows[label] = scores(scorer.generated(ckpt, args.task, args.n, off=off, scale=scale, mean_shift=shift),
+                                 ref)
         except (KeyError, ValueError, OSError) as exc:
             raise SystemExit(f"{ckpt}: cannot sample task {args.task!r}: {exc}") from None
     command = "python -m bench roles " + shlex.join(args.argv)
@@ -79,7 +85,7 @@ def run_roles(args: argparse.Namespace) -> dict:
               "task": args.task, "real": str(real), "n": args.n, "n_ref": int(ref.shape[0]), "rows": rows}
     lines = [f"FID / KID×10³ of task `{args.task}` ({ckpt}) against {real} ({ref.shape[0]} images), n = {args.n}; "
              f"each row puts the named role's adapters back to the identity (×s: keeps that fraction of their "
-             f"effect). `{command}`", "",
+             f"effect; mean shift: the mapping adapters replaced by their mean effect on w). `{command}`", "",
              "| sampled | FID | KID×10³ (std) |", "|---|---|---|"]
     lines += [f"| {k} | {v['fid']:.1f} | {1e3 * v['kid']:.1f} ({1e3 * v['kid_std']:.1f}) |" for k, v in rows.items()]
     paths = common.write_outputs(stem, report, "\n".join(lines) + "\n")

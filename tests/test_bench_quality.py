@@ -359,11 +359,11 @@ def test_roles_switches_each_adapter_role_off_at_sampling_time(setup, tiny_net_p
     argv = ["--ckpt", str(tmp_path / "runs" / "default-seed0" / "checkpoint"), "--task", "flags",
             "--real", str(tmp_path / "data" / "flags" / "full"), "--n", "6", "--ref-max", "6",
             "--inception", str(tiny_net_path), "--out", str(tmp_path / "roles"), "--no-progress"]
-    assert roles.main([*argv, "--scales", "1,0.5"]) == 0
+    assert roles.main([*argv, "--scales", "1,0.5", "--mean-shift"]) == 0
     saved = json.loads(next((tmp_path / "roles").glob("*-roles-flags.json")).read_text())
     rows = saved["rows"]
     assert list(rows) == ["task", "without mapping", "without style", "without conv", "mapping ×1", "mapping ×0.5",
-                          "style ×1", "style ×0.5", "conv ×1", "conv ×0.5", "base"]
+                          "style ×1", "style ×0.5", "conv ×1", "conv ×0.5", "mapping mean shift", "base"]
     for r in ("mapping", "style", "conv"):  # x1 is the task through merged weights; x0.5 lies between
         assert rows[f"{r} ×1"]["fid"] == pytest.approx(rows["task"]["fid"], rel=1e-4)
     assert rows["mapping ×0.5"]["fid"] not in (rows["task"]["fid"], rows["without mapping"]["fid"])
@@ -372,6 +372,7 @@ def test_roles_switches_each_adapter_role_off_at_sampling_time(setup, tiny_net_p
     assert rows["without conv"]["fid"] == pytest.approx(flags["scores"]["default-noconv"]["fid"], rel=1e-9)
     assert rows["base"]["fid"] == pytest.approx(flags["scores"]["base"]["fid"], rel=1e-9)
     assert rows["without mapping"]["fid"] != rows["task"]["fid"]  # the mapping adapters trained
+    assert rows["mapping mean shift"]["fid"] not in (rows["task"]["fid"], rows["without mapping"]["fid"])
     assert saved["command"].startswith("python -m bench roles --ckpt")
     assert "| without style |" in next((tmp_path / "roles").glob("*-roles-flags.md")).read_text()
     with pytest.raises(SystemExit, match="refusing to overwrite"):
@@ -419,6 +420,37 @@ def test_scale_roles_keeps_that_fraction_of_a_roles_effect():
     with torch.no_grad():
         assert torch.equal(G0.style(z), Gr.style(z))  # x0: the role switched off
         assert not torch.allclose(G0.style(z), task_style, atol=1e-3)
+
+
+def test_shift_mapping_keeps_only_the_mapping_adapters_mean_effect_on_w():
+    from bench.quality_scores import shift_mapping
+    from colorgan.generator import W_AVG_SAMPLES, W_AVG_SEED
+
+    torch.manual_seed(0)
+    G = Generator(8, style_dim=8, n_mlp=2, channels={4: 8, 8: 8})
+    G.update_w_avg()
+    fastlora.add_task(G, "t", fastlora.AdapterConfig(kind="left-linear"))
+    with torch.no_grad():
+        for p in fastlora.task_parameters(G, "t"):
+            p.add_(0.3 * torch.randn_like(p))
+    zc = torch.randn(W_AVG_SAMPLES, 8, generator=torch.Generator().manual_seed(W_AVG_SEED))
+    z = torch.randn(5, 8)
+    with torch.no_grad():
+        fastlora.set_task(G, "t")
+        expected_dw = G.mapping(zc).double().mean(0)
+        fastlora.set_task(G, None)
+        expected_dw -= G.mapping(zc).double().mean(0)
+        base_w = G.mapping(z)
+        fastlora.set_task(G, "t")
+        task_w = G.mapping(z)
+    dw = shift_mapping(G, "t")
+    assert torch.allclose(dw.double(), expected_dw, atol=1e-5) and dw.abs().max() > 1e-3
+    assert fastlora.active_task(G) == "t"  # the rest of the task stays on
+    with torch.no_grad():
+        w = G.mapping(z)
+        assert torch.allclose(w, base_w + dw, atol=1e-5)
+        assert not torch.allclose(w, task_w, atol=1e-3)
+        assert torch.allclose(G.latents(z)[:, 0], w)  # sampling goes through the shifted mapping
 
 
 def test_near_bench_measures_each_seeds_shots_against_the_base(setup, tiny_net_path, monkeypatch):
