@@ -12,6 +12,9 @@ With --draws N, also each task's gap over the draws of shot seeds 1..N (the shot
 for those seeds, scored from the full set's features without copying them): its mean, 10th/50th/90th percentiles
 and the share of draws the check calls near. Ten shots are a small sample: the share says how often a task of
 that kind is caught (docs/benchmarks.md, round 31).
+Each set of shots also gets its *spread*: the mean pairwise squared distance between the shots' Inception features
+over the same mean between the base's samples (1: the shots vary as much as what the base makes; below 1: narrower
+content, as a category's shots might be; docs/benchmarks.md, round 37).
 Writes bench/results/<device>-<date>-<name>.{json,md} (name default near-<tasks>).
 """
 from __future__ import annotations
@@ -66,26 +69,52 @@ def markdown(report: dict) -> str:
     for t, row in report["tasks"].items():
         cells = ["-" if g is None else f"**{g:.1f}**" if near.is_near(g) else f"{g:.1f}" for g in row["gaps"]]
         lines.append(f"| {t} ({row['kind']}) | " + " | ".join(cells) + f" | {sum(row['near'])} of {len(seeds)} |")
+    lines += ["", "Spread: the shots' mean pairwise squared feature distance over the base samples' (1: as varied as "
+              "the base's samples).", "", "| task (kind) | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+              "|---|" + "---|" * len(seeds)]
+    lines += [f"| {t} ({row['kind']}) | " + " | ".join("-" if v is None else f"{v:.3f}" for v in row["spreads"]) + " |"
+              for t, row in report["tasks"].items()]
     draws = {t: row["draws"] for t, row in report["tasks"].items() if "draws" in row}
     if draws:
         n = len(next(iter(draws.values()))["gaps"])
         lines += ["", f"Over the draws of shot seeds 1–{n} ({report['shots']} shots each, from the task's full set):",
-                  "", "| task (kind) | mean gap | 10th / 50th / 90th percentile | share near |", "|---|---|---|---|"]
+                  "", "| task (kind) | mean gap | 10th / 50th / 90th percentile | share near | mean spread: all / "
+                  "near draws |", "|---|---|---|---|---|"]
         for t, d in draws.items():
             p10, p50, p90 = np.percentile(d["gaps"], [10, 50, 90])
+            caught = [v for g, v in zip(d["gaps"], d["spreads"]) if near.is_near(g)]
             lines.append(f"| {t} ({report['tasks'][t]['kind']}) | {np.mean(d['gaps']):.1f} | {p10:.1f} / {p50:.1f} / "
-                         f"{p90:.1f} | {d['near_share']:.2f} |")
+                         f"{p90:.1f} | {d['near_share']:.2f} | {np.mean(d['spreads']):.3f} / "
+                         + (f"{np.mean(caught):.3f} |" if caught else "- |"))
     return "\n".join(lines) + "\n"
 
 
+def mean_sq_distance(feats: np.ndarray) -> Optional[float]:
+    """Mean squared Euclidean distance over the pairs of distinct rows (float64); None for fewer than two rows."""
+    x = np.asarray(feats, dtype=np.float64)
+    n = x.shape[0]
+    if n < 2:
+        return None
+    sq = (x * x).sum(1)
+    total = 2.0 * n * sq.sum() - 2.0 * float(x.sum(0) @ x.sum(0))  # sum over ordered pairs of |xi - xj|^2
+    return total / (n * (n - 1))
+
+
+def spread(shots: np.ndarray, base_msd: float) -> Optional[float]:
+    """The shots' spread: their mean pairwise squared feature distance over the base samples' (`base_msd`)."""
+    msd = mean_sq_distance(shots)
+    return None if msd is None else msd / base_msd
+
+
 def draw_gaps(full: Path, task: str, draws: int, shots: int, base: np.ndarray, net: FeatureNetwork, resolution: int,
-              progress: bool) -> list[Optional[float]]:
-    """The gap of the shots `bench quality` draws for seeds 1..`draws` from the images in `full` (the task's
-    full set), from the full set's features (cached)."""
+              progress: bool) -> tuple[list[Optional[float]], list[Optional[float]]]:
+    """The gap and the spread of the shots `bench quality` draws for seeds 1..`draws` from the images in `full` (the
+    task's full set), from the full set's features (cached)."""
     feats = folder_features(full, net, resolution, progress=progress)
     row = {p.stem: i for i, p in enumerate(list_images(full))}
-    return [near.gap(feats[[row[i] for i in choose_shots(list(row), shots, s, task)]], base)
-            for s in range(1, draws + 1)]
+    base_msd = mean_sq_distance(base)
+    picked = [feats[[row[i] for i in choose_shots(list(row), shots, s, task)]] for s in range(1, draws + 1)]
+    return [near.gap(f, base) for f in picked], [spread(f, base_msd) for f in picked]
 
 
 def run_near(args: argparse.Namespace) -> dict:
@@ -107,14 +136,17 @@ def run_near(args: argparse.Namespace) -> dict:
     G = load_checkpoint(base, dev)[0]
     base_feats = near.base_features(G, net, fastlora.base_checksum(G), progress=not args.no_progress)
     shots = {s: shot_folders(real, runs, tasks, s, manifest["shots"]) for s in seeds}
+    base_msd = mean_sq_distance(base_feats)
     rows = {}
     for t in tasks:
-        gaps = [near.shot_gap(shots[s][t], base_feats, net, G.size) for s in seeds]
-        rows[t] = {"kind": manifest["tasks"][t].get("kind", "?"), "gaps": gaps, "near": [near.is_near(g) for g in gaps]}
+        feats = [folder_features(shots[s][t], net, G.size, use_cache=False, progress=False) for s in seeds]
+        gaps = [near.gap(f, base_feats) for f in feats]
+        rows[t] = {"kind": manifest["tasks"][t].get("kind", "?"), "gaps": gaps, "near": [near.is_near(g) for g in gaps],
+                   "spreads": [spread(f, base_msd) for f in feats]}
         if args.draws:
-            dg = draw_gaps(real / t / "full", t, args.draws, manifest["shots"], base_feats, net, G.size,
-                           not args.no_progress)
-            rows[t]["draws"] = {"seeds": list(range(1, args.draws + 1)), "gaps": dg,
+            dg, ds = draw_gaps(real / t / "full", t, args.draws, manifest["shots"], base_feats, net, G.size,
+                               not args.no_progress)
+            rows[t]["draws"] = {"seeds": list(range(1, args.draws + 1)), "gaps": dg, "spreads": ds,
                                 "near_share": sum(map(near.is_near, dg)) / len(dg)}
     command = "python -m bench near " + shlex.join(args.argv)
     report = {"environment": common.environment(dev, command), "command": command, "base": str(base),

@@ -474,6 +474,12 @@ def test_near_bench_measures_each_seeds_shots_against_the_base(setup, tiny_net_p
         return 1e3 * ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
                       - 2 * k(x, base).mean())
 
+    def msd(x):  # mean squared distance over the pairs of distinct rows, pair by pair
+        return np.mean([((a - b) ** 2).sum() for i, a in enumerate(x) for j, b in enumerate(x) if i != j])
+
+    def spread(folder):
+        return msd(folder_features(folder, net, G.size, use_cache=False, progress=False).astype(np.float64)) / msd(base)
+
     argv = ["--real", str(tmp_path / "data"), "--base", str(tmp_path / "base"), "--tasks", "flags,twemoji",
             "--seeds", "0,1", "--runs", str(tmp_path / "runs"), "--inception", str(tiny_net_path),
             "--out", str(tmp_path / "res")]
@@ -491,6 +497,8 @@ def test_near_bench_measures_each_seeds_shots_against_the_base(setup, tiny_net_p
             quality.choose_shots([p.stem for p in (tmp_path / "data" / t / "full").iterdir()], 3, 1, t))]
         assert row["gaps"] == pytest.approx([gap(f) for f in folders], rel=1e-6)
         assert row["near"] == [g < near.NEAR_GAP for g in row["gaps"]]
+        assert row["spreads"] == pytest.approx([spread(f) for f in folders], rel=1e-6)
+        assert len(set(row["spreads"])) == 2 and all(v > 0 for v in row["spreads"])
     close = min(seed0, key=seed0.get)
     assert [saved["tasks"][t]["near"][0] for t in ("flags", "twemoji")] == [t == close for t in ("flags", "twemoji")]
     md = next((tmp_path / "res").glob("*-near-flags-twemoji.md")).read_text()
@@ -503,9 +511,11 @@ def test_near_bench_measures_each_seeds_shots_against_the_base(setup, tiny_net_p
     for t, row in saved["tasks"].items():
         draws = row["draws"]
         assert draws["seeds"] == [1, 2] and draws["gaps"] == pytest.approx(row["gaps"][1:], rel=1e-4)
+        assert draws["spreads"] == pytest.approx(row["spreads"][1:], rel=1e-4)
         assert draws["near_share"] == sum(g < near.NEAR_GAP for g in draws["gaps"]) / 2
     md = next((tmp_path / "res").glob("*-near-flags-twemoji.md")).read_text()
     assert "Over the draws of shot seeds 1–2" in md and f"| {close} ({TASKS[close]}) | " in md.split("Over the")[1]
+    assert f"| flags (subset) | {saved['tasks']['flags']['spreads'][0]:.3f} |" in md
     with pytest.raises(SystemExit, match="--draws takes"):
         bench_main(["near", *argv, "--draws", "-1", "--overwrite"])
     for bad in ("x", "-1"):
