@@ -1,7 +1,8 @@
 """python -m bench roles: what each adapter role of a trained task contributes at sampling time.
 
     python -m bench roles --ckpt RUN/checkpoint --task NAME --real REFERENCE_DIR [--roles mapping,style,conv]
-                          [--scales 0.75,0.5] [--mean-shift] [--n 300] [--ref-max 1000] [--name NAME] [--out DIR] [--overwrite]
+                          [--scales 0.75,0.5] [--mean-shift] [--n 300] [--ref-max 1000] [--name NAME] [--out DIR]
+                          [--overwrite]
 
 Samples the task (seeds 0..n-1, as `bench quality` does) with everything on, then with one role's adapters put
 back to the identity at a time ("mapping": the mapping network, "style": the style affines, "conv": the
