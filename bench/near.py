@@ -106,13 +106,13 @@ def spread(shots: np.ndarray, base_msd: float) -> Optional[float]:
     return None if msd is None else msd / base_msd
 
 
-def draw_gaps(full: Path, task: str, draws: int, shots: int, base: np.ndarray, net: FeatureNetwork, resolution: int,
-              progress: bool) -> tuple[list[Optional[float]], list[Optional[float]]]:
-    """The gap and the spread of the shots `bench quality` draws for seeds 1..`draws` from the images in `full` (the
-    task's full set), from the full set's features (cached)."""
+def draw_gaps(full: Path, task: str, draws: int, shots: int, base: np.ndarray, base_msd: float, net: FeatureNetwork,
+              resolution: int, progress: bool) -> tuple[list[Optional[float]], list[Optional[float]]]:
+    """The gap and the spread (`base_msd`: the base features' mean squared distance) of the shots `bench quality`
+    draws for seeds 1..`draws` from the images in `full` (the task's full set), from the full set's features
+    (cached)."""
     feats = folder_features(full, net, resolution, progress=progress)
     row = {p.stem: i for i, p in enumerate(list_images(full))}
-    base_msd = mean_sq_distance(base)
     picked = [feats[[row[i] for i in choose_shots(list(row), shots, s, task)]] for s in range(1, draws + 1)]
     return [near.gap(f, base) for f in picked], [spread(f, base_msd) for f in picked]
 
@@ -139,13 +139,13 @@ def run_near(args: argparse.Namespace) -> dict:
     base_msd = mean_sq_distance(base_feats)
     rows = {}
     for t in tasks:
-        feats = [folder_features(shots[s][t], net, G.size, use_cache=False, progress=False) for s in seeds]
+        feats = [near.shot_features(shots[s][t], net, G.size) for s in seeds]
         gaps = [near.gap(f, base_feats) for f in feats]
         rows[t] = {"kind": manifest["tasks"][t].get("kind", "?"), "gaps": gaps, "near": [near.is_near(g) for g in gaps],
                    "spreads": [spread(f, base_msd) for f in feats]}
         if args.draws:
-            dg, ds = draw_gaps(real / t / "full", t, args.draws, manifest["shots"], base_feats, net, G.size,
-                               not args.no_progress)
+            dg, ds = draw_gaps(real / t / "full", t, args.draws, manifest["shots"], base_feats, base_msd, net,
+                               G.size, not args.no_progress)
             rows[t]["draws"] = {"seeds": list(range(1, args.draws + 1)), "gaps": dg, "spreads": ds,
                                 "near_share": sum(map(near.is_near, dg)) / len(dg)}
     command = "python -m bench near " + shlex.join(args.argv)

@@ -63,9 +63,14 @@ def gap(shots: np.ndarray, base: np.ndarray) -> Optional[float]:
     return 1e3 * mmd2_unbiased(shots, base) if shots.shape[0] >= 2 else None
 
 
+def shot_features(folder: str | Path, net: FeatureNetwork, resolution: int) -> np.ndarray:
+    """Features of the images in `folder` (the shots; read afresh, not from the feature cache)."""
+    return folder_features(folder, net, resolution, use_cache=False, progress=False)
+
+
 def shot_gap(folder: str | Path, base: np.ndarray, net: FeatureNetwork, resolution: int) -> Optional[float]:
     """The gap of the images in `folder`."""
-    return gap(folder_features(folder, net, resolution, use_cache=False, progress=False), base)
+    return gap(shot_features(folder, net, resolution), base)
 
 
 def is_near(gap: Optional[float]) -> bool:
