@@ -1,8 +1,8 @@
 """python -m bench roles: what each adapter role of a trained task contributes at sampling time.
 
     python -m bench roles --ckpt RUN/checkpoint --task NAME --real REFERENCE_DIR [--roles mapping,style,conv]
-                          [--scales 0.75,0.5] [--mean-shift] [--n 300] [--ref-max 1000] [--name NAME] [--out DIR]
-                          [--overwrite]
+                          [--scales 0.75,0.5] [--mean-shift] [--task-scales 0.25,0.5,0.75] [--shots DIR]
+                          [--n 300] [--ref-max 1000] [--name NAME] [--out DIR] [--overwrite]
 
 Samples the task (seeds 0..n-1, as `bench quality` does) with everything on, then with one role's adapters put
 back to the identity at a time ("mapping": the mapping network, "style": the style affines, "conv": the
@@ -12,6 +12,10 @@ mapping layer's weight halfway between the base's and the task's), between the r
 as trained (1).
 With --mean-shift, one more row: the mapping adapters replaced by their mean effect on w ("mapping mean shift":
 the base's mapping, every w moved by the task's mean w minus the base's over the truncation centre's fixed z).
+With --task-scales, rows with every role kept at that fraction ("task ×0.5"; --roles may then be empty: "").
+With --shots (the task's training images), every row is also scored by KID against them, and the report names the
+"shot pick": of the base, the task ×s rows and the task, the one whose samples lie nearest the shots by that KID
+(ties: the larger fraction; docs/benchmarks.md, round 38).
 Writes bench/results/<device>-<date>-<name>.{json,md} (name default roles-<task>).
 """
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Optional, Sequence
 import torch
 
 from bench import common
-from bench.quality_scores import Scorer, inception_path, scores
+from bench.quality_scores import Scorer, inception_path, kid_score, scores
 
 ROLES = ("mapping", "style", "conv")
 
@@ -41,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also sample each role with these fractions of its adapters' effect kept (e.g. 0.75,0.5)")
     p.add_argument("--mean-shift", action="store_true",
                    help="also sample with the mapping adapters replaced by their mean effect on w")
+    p.add_argument("--task-scales", default="",
+                   help="also sample with every role kept at these fractions of its effect (e.g. 0.25,0.5,0.75)")
+    p.add_argument("--shots", default=None,
+                   help="the task's training images: also score every row by KID against them and name the pick")
     p.add_argument("--n", type=int, default=300, help="samples per row (default 300)")
     p.add_argument("--ref-max", type=int, default=1000,
                    help="at most this many reference images, a fixed seeded subset (0: all; default 1000)")
@@ -54,18 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_roles(args: argparse.Namespace) -> dict:
     roles = common.parse_list(args.roles) or []
+    fractions, task_fractions = parse_fractions(args.scales, "--scales"), parse_fractions(args.task_scales,
+                                                                                           "--task-scales")
     unknown = [r for r in roles if r not in ROLES]
-    if unknown or not roles:
+    if unknown or not (roles or task_fractions):
         raise SystemExit(f"--roles takes some of {', '.join(ROLES)}, got {args.roles!r}")
-    try:
-        fractions = common.parse_list(args.scales, float) or []
-    except ValueError:
-        fractions = None
-    if fractions is None or any(not 0.0 <= s <= 1.0 for s in fractions):
-        raise SystemExit(f"--scales takes fractions between 0 and 1 (e.g. 0.75,0.5), got {args.scales!r}")
     ckpt, real = Path(args.ckpt), Path(args.real)
-    if not real.is_dir():
-        raise SystemExit(f"--real: no folder {real}")
+    for flag, folder in (("--real", real), ("--shots", args.shots)):
+        if folder is not None and not Path(folder).is_dir():
+            raise SystemExit(f"{flag}: no folder {folder}")
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     stem = common.result_stem(args.out, dev, args.name or f"roles-{args.task}")
     common.check_writable(stem, (".json", ".md"), args.overwrite)
@@ -74,13 +79,20 @@ def run_roles(args: argparse.Namespace) -> dict:
     rows: dict[str, dict] = {}
     plan = [("task", (), 0.0, False), *((f"without {r}", (r,), 0.0, False) for r in roles),
             *((f"{r} ×{s:g}", (r,), s, False) for r in roles for s in fractions),
-            *([("mapping mean shift", (), 0.0, True)] if args.mean_shift else []), ("base", tuple(ROLES), 0.0, False)]
+            *([("mapping mean shift", (), 0.0, True)] if args.mean_shift else []),
+            *((f"task ×{s:g}", ROLES, s, False) for s in task_fractions), ("base", tuple(ROLES), 0.0, False)]
+    try:
+        shots = None if args.shots is None else scorer.images(Path(args.shots))
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"--shots {args.shots}: cannot read the shots: {exc}") from None
     for label, off, scale, shift in plan:
         try:
-            rows[label] = scores(scorer.generated(ckpt, args.task, args.n, off=off, scale=scale, mean_shift=shift),
-                                 ref)
+            fake = scorer.generated(ckpt, args.task, args.n, off=off, scale=scale, mean_shift=shift)
         except (KeyError, ValueError, OSError) as exc:
             raise SystemExit(f"{ckpt}: cannot sample task {args.task!r}: {exc}") from None
+        rows[label] = scores(fake, ref)
+        if shots is not None:
+            rows[label]["shot_kid"] = kid_score(fake, shots)
     command = "python -m bench roles " + shlex.join(args.argv)
     report = {"environment": common.environment(dev, command), "command": command, "ckpt": str(ckpt),
               "task": args.task, "real": str(real), "n": args.n, "n_ref": int(ref.shape[0]), "rows": rows}
@@ -89,10 +101,36 @@ def run_roles(args: argparse.Namespace) -> dict:
              f"effect; mean shift: the mapping adapters replaced by their mean effect on w). `{command}`", "",
              "| sampled | FID | KID×10³ (std) |", "|---|---|---|"]
     lines += [f"| {k} | {v['fid']:.1f} | {1e3 * v['kid']:.1f} ({1e3 * v['kid_std']:.1f}) |" for k, v in rows.items()]
+    if shots is not None:
+        report["shots"], report["shot_pick"] = str(args.shots), shot_pick(rows, task_fractions)
+        lines[0] += f"; shot KID: against the {shots.shape[0]} images of {args.shots}"
+        lines[2:] = ["| sampled | FID | KID×10³ (std) | shot KID×10³ |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['fid']:.1f} | {1e3 * v['kid']:.1f} ({1e3 * v['kid_std']:.1f}) | "
+                  f"{1e3 * v['shot_kid']:.1f} |" for k, v in rows.items()]
+        lines += ["", f"Shot pick: {report['shot_pick']}."]
     paths = common.write_outputs(stem, report, "\n".join(lines) + "\n")
     print("\n".join(lines[2:]))
     print("wrote " + ", ".join(map(str, paths)))
     return report
+
+
+def parse_fractions(text: str, flag: str) -> list[float]:
+    """A comma-separated list of fractions in [0, 1]; exits naming `flag` otherwise."""
+    try:
+        fractions = common.parse_list(text, float) or []
+    except ValueError:
+        fractions = None
+    if fractions is None or any(not 0.0 <= s <= 1.0 for s in fractions):
+        raise SystemExit(f"{flag} takes fractions between 0 and 1 (e.g. 0.75,0.5), got {text!r}")
+    return fractions
+
+
+def shot_pick(rows: dict[str, dict], fractions: Sequence[float]) -> str:
+    """Of the base, the task ×s rows and the task, the row with the lowest KID against the shots (ties: the larger
+    fraction kept)."""
+    by_fraction = {0.0: "base", **{s: f"task ×{s:g}" for s in fractions}, 1.0: "task"}
+    order = sorted(by_fraction, reverse=True)  # min keeps the first of equal values: the larger fraction
+    return by_fraction[min(order, key=lambda s: rows[by_fraction[s]]["shot_kid"])]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -30,6 +30,7 @@ from fastlora.bank import (
     remove_task,
     reset_task,
     save_task,
+    set_strength,
     set_task,
     task_config,
     task_names,
@@ -44,7 +45,8 @@ from fastlora.modules import AdaptedConv2d, AdaptedLayer, AdaptedLinear, Modulat
 __all__ = [
     "LoRA", "LLoRA", "LeFT", "AdapterConfig", "KINDS", "BACKENDS", "functional", "resolve_backend",
     "AdaptedLayer", "AdaptedLinear", "ModulatedConv2d", "AdaptedConv2d",
-    "adapted_layers", "add_task", "remove_task", "set_task", "active_task", "task_names", "task_config",
+    "adapted_layers", "add_task", "remove_task", "set_task", "set_strength", "active_task", "task_names",
+    "task_config",
     "task_parameters", "reset_task", "base_parameters", "freeze_base", "task_state_dict", "base_state_dict",
     "base_checksum",
     "count_parameters", "check_task_name", "set_deterministic", "deterministic", "save_task", "load_task",

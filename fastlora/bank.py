@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Collection, Iterator, Mapping, Optional, Sequence, Union
 
@@ -80,6 +81,19 @@ def add_task(model: nn.Module, task: str, config: AdapterConfig) -> None:
 def task_config(model: nn.Module, task: str) -> AdapterConfig:
     _require_task(model, task)
     return next(adapted_layers(model))[1].adapters[task].config
+
+
+def set_strength(model: nn.Module, task: str, strength: float) -> None:
+    """Keep the fraction `strength` in [0, 1] of `task`'s trained effect: every adapted weight and bias becomes
+    W + strength·(Ŵ − W) (`AdapterConfig.strength`; saved with the task). The tensors are not changed, so any
+    strength can be set again later; 1 restores the task as trained."""
+    _require_task(model, task)
+    config = replace(task_config(model, task), strength=strength)  # validated here
+    merged = [p for p, m in adapted_layers(model) if m.merged == task]
+    if merged:
+        raise RuntimeError(f"task {task!r} is merged into {merged[0]}...; unmerge before changing its strength")
+    for _, m in adapted_layers(model):
+        m.adapters[task].config = config
 
 
 def remove_task(model: nn.Module, task: str) -> None:

@@ -28,6 +28,10 @@ class AdapterConfig:
     compat: "default" (identity at initialisation, every tensor trains, correct alpha
            routing) or "upstream" (the published initialisation and alpha routing).
     bias_offset: linear LoRA adapters carry an additive bias offset.
+    strength: the fraction of the trained adapters' effect a task keeps, in [0, 1]: every adapted weight and bias
+           is W + strength·(Ŵ − W) (1: as trained, 0: the base; `fastlora.set_strength`). Realised exactly through
+           the adapter's own factors (LeFT's multiplicative linear factors gain one rank at run time); not
+           available for LeFT on convolutions.
     """
 
     kind: str = "llora"
@@ -37,6 +41,7 @@ class AdapterConfig:
     act: str = "inner"
     compat: str = "default"
     bias_offset: bool = True
+    strength: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -48,6 +53,13 @@ class AdapterConfig:
         allowed = LEFT_ACTS if self.form(conv=True) == "left" else ACTS
         if self.act not in allowed:
             raise ValueError(f"act for kind {self.kind!r} must be one of {allowed}, got {self.act!r}")
+        ok = isinstance(self.strength, (int, float)) and not isinstance(self.strength, bool) \
+            and 0.0 <= self.strength <= 1.0
+        if not ok:
+            raise ValueError(f"adapter strength must be a number in [0, 1], got {self.strength!r}")
+        if self.strength != 1.0 and self.form(conv=True) == "left":
+            raise ValueError(f"adapter strength below 1 is not available for kind {self.kind!r} (LeFT on "
+                             f"convolutions), got {self.strength!r}")
 
     @classmethod
     def upstream(cls, **overrides: Any) -> "AdapterConfig":

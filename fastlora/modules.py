@@ -30,6 +30,12 @@ class AdapterParams(nn.Module):
     def adapter(self) -> Adapter:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @property
+    def strength(self) -> float:
+        """The task's strength (`AdapterConfig.strength`; 1 for a holder not yet in a bank)."""
+        config = getattr(self, "config", None)
+        return 1.0 if config is None else float(config.strength)
+
 
 class LoRAParams(AdapterParams):
     def __init__(self, d_in: int, d_out: int, rank: int, alpha: float, bias_offset: bool, compat: str) -> None:
@@ -42,7 +48,10 @@ class LoRAParams(AdapterParams):
         self.bias = nn.Parameter(torch.full((d_out,), fill)) if bias_offset else None
 
     def adapter(self) -> LoRA:
-        return LoRA(self.A, self.B, self.alpha, self.bias)
+        s = self.strength  # ΔW and the bias offset are linear in B and the offset
+        if s == 1.0:
+            return LoRA(self.A, self.B, self.alpha, self.bias)
+        return LoRA(self.A, s * self.B, self.alpha, None if self.bias is None else s * self.bias)
 
 
 class LLoRAParams(AdapterParams):
@@ -63,7 +72,8 @@ class LLoRAParams(AdapterParams):
             self.B_inst = nn.Parameter(torch.randn(rank, rank, k * k).abs() / math.sqrt(rank))
 
     def adapter(self) -> LLoRA:
-        return LLoRA(self.A, self.B, self.B_inst, self.alpha, self.act)
+        s = self.strength  # ΔW is linear in A and the outer ReLU positively homogeneous: s·ΔW exactly
+        return LLoRA(self.A if s == 1.0 else s * self.A, self.B, self.B_inst, self.alpha, self.act)
 
 
 class LeFTParams(AdapterParams):
@@ -96,9 +106,18 @@ class LeFTParams(AdapterParams):
             self.b_add = nn.Parameter(torch.zeros(d_out)) if has_bias else None
 
     def adapter(self) -> LeFT:
-        if hasattr(self, "U"):
+        if hasattr(self, "U"):  # strength below 1 is refused for LeFT convs by AdapterConfig
             return LeFT.conv(self.U, self.T, self.P, self.Q, self.V, self.R, self.S, act=self.act)
-        return LeFT.linear(self.U_out, self.U_in, self.A_out, self.A_in, self.b_mul, self.b_add)
+        s = self.strength
+        if s == 1.0:
+            return LeFT.linear(self.U_out, self.U_in, self.A_out, self.A_in, self.b_mul, self.b_add)
+        # W ⊙ (s·Uo·Uiᵀ + (1−s)·1·1ᵀ) + s·Ao·Aiᵀ = W + s·(Ŵ − W): one more rank in the multiplicative factors
+        c = math.sqrt(1.0 - s)
+        U_out = torch.cat([math.sqrt(s) * self.U_out, torch.full_like(self.U_out[:, :1], c)], dim=1)
+        U_in = torch.cat([math.sqrt(s) * self.U_in, torch.full_like(self.U_in[:, :1], c)], dim=1)
+        b_mul = None if self.b_mul is None else s * self.b_mul + (1.0 - s)
+        b_add = None if self.b_add is None else s * self.b_add
+        return LeFT.linear(U_out, U_in, s * self.A_out, self.A_in, b_mul, b_add)
 
 
 def make_adapter_params(config: AdapterConfig, weight_shape: Sequence[int], role: str,

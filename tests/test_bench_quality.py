@@ -386,6 +386,40 @@ def test_roles_switches_each_adapter_role_off_at_sampling_time(setup, tiny_net_p
         roles.main([*argv[:3], "nope", *argv[4:], "--overwrite"])
 
 
+def test_roles_task_scales_and_the_shot_pick(setup, tiny_net_path):
+    from bench import roles
+    from bench.quality_scores import Scorer, kid_score
+
+    tmp_path = setup
+    quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default", "--seeds", "0", "--ref-max", "6",
+                            "--out", str(tmp_path / "res")))
+    ckpt, shots = tmp_path / "runs" / "default-seed0" / "checkpoint", tmp_path / "data" / "flags" / "train"
+    argv = ["--ckpt", str(ckpt), "--task", "flags", "--real", str(tmp_path / "data" / "flags" / "full"),
+            "--roles", "", "--task-scales", "0.5", "--shots", str(shots), "--n", "6", "--ref-max", "6",
+            "--inception", str(tiny_net_path), "--out", str(tmp_path / "roles"), "--no-progress"]
+    assert roles.main(argv) == 0
+    saved = json.loads(next((tmp_path / "roles").glob("*-roles-flags.json")).read_text())
+    rows = saved["rows"]
+    assert list(rows) == ["task", "task ×0.5", "base"]
+    assert rows["task ×0.5"]["fid"] not in (rows["task"]["fid"], rows["base"]["fid"])
+    scorer = Scorer(str(tiny_net_path), progress=False)
+    shot_feats = scorer.images(shots)
+    assert shot_feats.shape[0] == len(list(shots.iterdir()))
+    assert rows["task"]["shot_kid"] == pytest.approx(kid_score(scorer.generated(ckpt, "flags", 6), shot_feats))
+    assert rows["base"]["shot_kid"] == pytest.approx(kid_score(scorer.generated(ckpt, None, 6), shot_feats))
+    assert saved["shot_pick"] == min(rows, key=lambda k: rows[k]["shot_kid"])
+    assert f"Shot pick: {saved['shot_pick']}." in next((tmp_path / "roles").glob("*-roles-flags.md")).read_text()
+    tied = {"base": {"shot_kid": 1.0}, "task ×0.5": {"shot_kid": 1.0}, "task": {"shot_kid": 2.0}}
+    assert roles.shot_pick(tied, [0.5]) == "task ×0.5"  # ties: the larger fraction kept
+    with pytest.raises(SystemExit, match="--shots: no folder"):
+        roles.main([*argv[:argv.index("--shots") + 1], str(tmp_path / "none"), *argv[argv.index("--shots") + 2:],
+                    "--overwrite"])
+    with pytest.raises(SystemExit, match="--task-scales takes fractions"):
+        roles.main([*argv, "--task-scales", "2", "--overwrite"])
+    with pytest.raises(SystemExit, match="--roles takes some of"):
+        roles.main([*argv, "--task-scales", "", "--overwrite"])
+
+
 def test_scale_roles_keeps_that_fraction_of_a_roles_effect():
     from bench.quality_scores import scale_roles
 
@@ -420,6 +454,32 @@ def test_scale_roles_keeps_that_fraction_of_a_roles_effect():
     with torch.no_grad():
         assert torch.equal(G0.style(z), Gr.style(z))  # x0: the role switched off
         assert not torch.allclose(G0.style(z), task_style, atol=1e-3)
+
+
+def test_task_scales_are_the_tasks_strength():
+    """`bench roles --task-scales s` (every role through merged weights) samples what fastlora.set_strength keeps."""
+    from bench.quality_scores import scale_roles
+
+    def model():
+        torch.manual_seed(0)
+        G = Generator(8, style_dim=8, n_mlp=2, channels={4: 8, 8: 8})
+        fastlora.add_task(G, "t", fastlora.AdapterConfig(kind="left-linear"))
+        with torch.no_grad():
+            for p in fastlora.task_parameters(G, "t"):
+                p.add_(0.3 * torch.randn_like(p))
+        fastlora.set_task(G, "t")
+        return G
+
+    z = torch.randn(3, 8)
+    for s in (0.25, 0.75):
+        scaled, strong = model(), model()
+        scale_roles(scaled, "t", ("mapping", "style", "conv"), s)
+        fastlora.set_strength(strong, "t", s)
+        with torch.no_grad():
+            a, b = scaled(z, noise_mode="const"), strong(z, noise_mode="const")
+        assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
+        with torch.no_grad():
+            assert not torch.allclose(a, model()(z, noise_mode="const"), atol=1e-3)
 
 
 def test_shift_mapping_keeps_only_the_mapping_adapters_mean_effect_on_w():

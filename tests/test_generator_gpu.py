@@ -93,3 +93,26 @@ def test_gpu_generator_256_gradients(models, prec):
         err, err_torch = rel(f, r), rel(t, r)
         limit = max(GRAD_TOL[prec], 4 * err_torch)
         assert err < limit, f"{prec} gradient {i}: fused rel err {err:.3g}, torch {err_torch:.3g}, limit {limit:.3g}"
+
+
+def test_gpu_generator_task_at_half_strength_forward():
+    """A task kept at strength 0.5 (`fastlora.set_strength`: LeFT's linear factors gain a rank, the conv LLoRA's
+    A is scaled) through the fused backend, fp32, against the float64 reference of the same strength."""
+    torch.manual_seed(1)
+    G = Generator(64)
+    fastlora.add_task(G, "task", fastlora.AdapterConfig(kind="left-linear", rank=1))
+    fastlora.freeze_base(G)
+    with torch.no_grad():
+        for p in fastlora.task_parameters(G, "task"):
+            p.add_(torch.randn_like(p) * 0.05)
+    fastlora.set_strength(G, "task", 0.5)
+    fastlora.set_task(G, "task")
+    G = G.cuda()
+    G64 = copy.deepcopy(G).double()
+    z = torch.randn(BATCH, G.style_dim, device="cuda")
+    with torch.no_grad(), precision("fp32"):
+        ref = G64(z.double(), backend="torch", noise_mode="const")
+        err = rel(G(z, backend="triton", noise_mode="const"), ref)
+        err_torch = rel(G(z, backend="torch", noise_mode="const"), ref)
+    limit = max(FWD_TOL["fp32"], 2 * err_torch)
+    assert err < limit, f"fused rel err {err:.3g}, torch {err_torch:.3g}, limit {limit:.3g}"
