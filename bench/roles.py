@@ -83,8 +83,10 @@ def run_roles(args: argparse.Namespace) -> dict:
             *((f"task ×{s:g}", ROLES, s, False) for s in task_fractions), ("base", tuple(ROLES), 0.0, False)]
     try:
         shots = None if args.shots is None else scorer.images(Path(args.shots))
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         raise SystemExit(f"--shots {args.shots}: cannot read the shots: {exc}") from None
+    if shots is not None and shots.shape[0] < 2:
+        raise SystemExit(f"--shots {args.shots}: KID needs at least 2 images, the folder has {shots.shape[0]}")
     for label, off, scale, shift in plan:
         try:
             fake = scorer.generated(ckpt, args.task, args.n, off=off, scale=scale, mean_shift=shift)
@@ -96,17 +98,17 @@ def run_roles(args: argparse.Namespace) -> dict:
     command = "python -m bench roles " + shlex.join(args.argv)
     report = {"environment": common.environment(dev, command), "command": command, "ckpt": str(ckpt),
               "task": args.task, "real": str(real), "n": args.n, "n_ref": int(ref.shape[0]), "rows": rows}
-    lines = [f"FID / KID×10³ of task `{args.task}` ({ckpt}) against {real} ({ref.shape[0]} images), n = {args.n}; "
-             f"each row puts the named role's adapters back to the identity (×s: keeps that fraction of their "
-             f"effect; mean shift: the mapping adapters replaced by their mean effect on w). `{command}`", "",
-             "| sampled | FID | KID×10³ (std) |", "|---|---|---|"]
-    lines += [f"| {k} | {v['fid']:.1f} | {1e3 * v['kid']:.1f} ({1e3 * v['kid_std']:.1f}) |" for k, v in rows.items()]
     if shots is not None:
         report["shots"], report["shot_pick"] = str(args.shots), shot_pick(rows, task_fractions)
-        lines[0] += f"; shot KID: against the {shots.shape[0]} images of {args.shots}"
-        lines[2:] = ["| sampled | FID | KID×10³ (std) | shot KID×10³ |", "|---|---|---|---|"]
-        lines += [f"| {k} | {v['fid']:.1f} | {1e3 * v['kid']:.1f} ({1e3 * v['kid_std']:.1f}) | "
-                  f"{1e3 * v['shot_kid']:.1f} |" for k, v in rows.items()]
+    against = "" if shots is None else f"; shot KID: against the {shots.shape[0]} images of {args.shots}"
+    lines = [f"FID / KID×10³ of task `{args.task}` ({ckpt}) against {real} ({ref.shape[0]} images), n = {args.n}; "
+             f"each row puts the named role's adapters back to the identity (×s: keeps that fraction of their "
+             f"effect; mean shift: the mapping adapters replaced by their mean effect on w){against}. `{command}`",
+             "", "| sampled | FID | KID×10³ (std) |" + (" shot KID×10³ |" if shots is not None else ""),
+             "|---|---|---|" + ("---|" if shots is not None else "")]
+    lines += [f"| {k} | {v['fid']:.1f} | {1e3 * v['kid']:.1f} ({1e3 * v['kid_std']:.1f}) |"
+              + (f" {1e3 * v['shot_kid']:.1f} |" if shots is not None else "") for k, v in rows.items()]
+    if shots is not None:
         lines += ["", f"Shot pick: {report['shot_pick']}."]
     paths = common.write_outputs(stem, report, "\n".join(lines) + "\n")
     print("\n".join(lines[2:]))

@@ -414,6 +414,15 @@ def test_roles_task_scales_and_the_shot_pick(setup, tiny_net_path):
     with pytest.raises(SystemExit, match="--shots: no folder"):
         roles.main([*argv[:argv.index("--shots") + 1], str(tmp_path / "none"), *argv[argv.index("--shots") + 2:],
                     "--overwrite"])
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "a.png").write_bytes(next(shots.iterdir()).read_bytes())
+    with pytest.raises(SystemExit, match="KID needs at least 2 images, the folder has 1"):
+        roles.main([*argv[:argv.index("--shots") + 1], str(tmp_path / "one"), *argv[argv.index("--shots") + 2:],
+                    "--overwrite"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="cannot read the shots|the folder has 0"):
+        roles.main([*argv[:argv.index("--shots") + 1], str(tmp_path / "empty"), *argv[argv.index("--shots") + 2:],
+                    "--overwrite"])
     with pytest.raises(SystemExit, match="--task-scales takes fractions"):
         roles.main([*argv, "--task-scales", "2", "--overwrite"])
     with pytest.raises(SystemExit, match="--roles takes some of"):
