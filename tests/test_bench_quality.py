@@ -429,20 +429,23 @@ def test_roles_task_scales_and_the_shot_pick(setup, tiny_net_path):
         roles.main([*argv, "--task-scales", "", "--overwrite"])
 
 
+def _trained_tiny_generator():
+    """A seeded 8 px generator with one left-linear task "t" whose every adapter tensor moved (trained-looking),
+    active."""
+    torch.manual_seed(0)
+    G = Generator(8, style_dim=8, n_mlp=2, channels={4: 8, 8: 8})
+    fastlora.add_task(G, "t", fastlora.AdapterConfig(kind="left-linear"))
+    with torch.no_grad():
+        for p in fastlora.task_parameters(G, "t"):
+            p.add_(0.3 * torch.randn_like(p))
+    fastlora.set_task(G, "t")
+    return G
+
+
 def test_scale_roles_keeps_that_fraction_of_a_roles_effect():
     from bench.quality_scores import scale_roles
 
-    def model():
-        torch.manual_seed(0)
-        G = Generator(8, style_dim=8, n_mlp=2, channels={4: 8, 8: 8})
-        fastlora.add_task(G, "t", fastlora.AdapterConfig(kind="left-linear"))
-        with torch.no_grad():
-            for p in fastlora.task_parameters(G, "t"):
-                p.add_(0.3 * torch.randn_like(p))  # a trained-looking task
-        fastlora.set_task(G, "t")
-        return G
-
-    G = model()
+    G = _trained_tiny_generator()
     mapping = [m for _, m in fastlora.adapted_layers(G) if m.role == "mapping"]
     base_w = [m.weight.detach().clone() for m in mapping]
     task_w = [fastlora.merged_weights(m, "t")[0] for m in mapping]
@@ -452,12 +455,12 @@ def test_scale_roles_keeps_that_fraction_of_a_roles_effect():
     scale_roles(G, "t", ["mapping"], 0.5)
     for m, w0, w1 in zip(mapping, base_w, task_w):
         assert torch.allclose(fastlora.merged_weights(m, "t")[0], 0.5 * (w0 + w1), atol=1e-6)
-    G1 = model()
+    G1 = _trained_tiny_generator()
     scale_roles(G1, "t", ["mapping"], 1.0)
     with torch.no_grad():
         assert torch.allclose(G1.style(z), task_style, atol=1e-5)  # x1: the task, through merged weights
         assert torch.allclose(G1(z, noise_mode="const"), task_out, atol=1e-4)
-    G0, Gr = model(), model()
+    G0, Gr = _trained_tiny_generator(), _trained_tiny_generator()
     scale_roles(G0, "t", ["mapping"], 0.0)
     fastlora.reset_task(Gr, "t", roles=("mapping",))
     with torch.no_grad():
@@ -468,27 +471,18 @@ def test_scale_roles_keeps_that_fraction_of_a_roles_effect():
 def test_task_scales_are_the_tasks_strength():
     """`bench roles --task-scales s` (every role through merged weights) samples what fastlora.set_strength keeps."""
     from bench.quality_scores import scale_roles
-
-    def model():
-        torch.manual_seed(0)
-        G = Generator(8, style_dim=8, n_mlp=2, channels={4: 8, 8: 8})
-        fastlora.add_task(G, "t", fastlora.AdapterConfig(kind="left-linear"))
-        with torch.no_grad():
-            for p in fastlora.task_parameters(G, "t"):
-                p.add_(0.3 * torch.randn_like(p))
-        fastlora.set_task(G, "t")
-        return G
+    from bench.roles import ROLES
 
     z = torch.randn(3, 8)
     for s in (0.25, 0.75):
-        scaled, strong = model(), model()
-        scale_roles(scaled, "t", ("mapping", "style", "conv"), s)
+        scaled, strong = _trained_tiny_generator(), _trained_tiny_generator()
+        scale_roles(scaled, "t", ROLES, s)
         fastlora.set_strength(strong, "t", s)
         with torch.no_grad():
             a, b = scaled(z, noise_mode="const"), strong(z, noise_mode="const")
         assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
         with torch.no_grad():
-            assert not torch.allclose(a, model()(z, noise_mode="const"), atol=1e-3)
+            assert not torch.allclose(a, _trained_tiny_generator()(z, noise_mode="const"), atol=1e-3)
 
 
 def test_shift_mapping_keeps_only_the_mapping_adapters_mean_effect_on_w():
