@@ -104,11 +104,6 @@ def kid_stats(fake: np.ndarray, real: np.ndarray, seed: int = 0) -> dict:
     return kid(fake, real, n_subsets=KID_SUBSETS, subset_size=1000, seed=seed)
 
 
-def kid_score(fake: np.ndarray, real: np.ndarray, seed: int = 0) -> float:
-    """The KID mean alone (e.g. against ten shots, where FID is not defined)."""
-    return float(kid_stats(fake, real, seed)["mean"])
-
-
 def scores(fake: np.ndarray, real: np.ndarray, seed: int = 0) -> dict[str, float]:
     """FID and KID (mean and std over subsets) between two feature sets."""
     k = kid_stats(fake, real, seed)

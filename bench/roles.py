@@ -15,7 +15,7 @@ the base's mapping, every w moved by the task's mean w minus the base's over the
 With --task-scales, rows with every role kept at that fraction ("task ×0.5"; --roles may then be empty: "").
 With --shots (the task's training images), every row is also scored by KID against them, and the report names the
 "shot pick": of the base, the task ×s rows and the task, the one whose samples lie nearest the shots by that KID
-(ties: the larger fraction; docs/benchmarks.md, round 38).
+(ties: the larger fraction), as `colorgan train --strength auto` picks (docs/benchmarks.md, round 38).
 Writes bench/results/<device>-<date>-<name>.{json,md} (name default roles-<task>).
 """
 from __future__ import annotations
@@ -29,7 +29,8 @@ from typing import Optional, Sequence
 import torch
 
 from bench import common
-from bench.quality_scores import Scorer, inception_path, kid_score, scores
+from bench.quality_scores import Scorer, inception_path, scores
+from colorgan.train import strength
 
 ROLES = ("mapping", "style", "conv")
 
@@ -94,7 +95,7 @@ def run_roles(args: argparse.Namespace) -> dict:
             raise SystemExit(f"{ckpt}: cannot sample task {args.task!r}: {exc}") from None
         rows[label] = scores(fake, ref)
         if shots is not None:
-            rows[label]["shot_kid"] = kid_score(fake, shots)
+            rows[label]["shot_kid"] = strength.shot_kid(fake, shots)
     command = "python -m bench roles " + shlex.join(args.argv)
     report = {"environment": common.environment(dev, command), "command": command, "ckpt": str(ckpt),
               "task": args.task, "real": str(real), "n": args.n, "n_ref": int(ref.shape[0]), "rows": rows}
@@ -129,10 +130,9 @@ def parse_fractions(text: str, flag: str) -> list[float]:
 
 def shot_pick(rows: dict[str, dict], fractions: Sequence[float]) -> str:
     """Of the base, the task ×s rows and the task, the row with the lowest KID against the shots (ties: the larger
-    fraction kept)."""
+    fraction kept; `colorgan.train.strength.pick`)."""
     by_fraction = {0.0: "base", **{s: f"task ×{s:g}" for s in fractions}, 1.0: "task"}
-    order = sorted(by_fraction, reverse=True)  # min keeps the first of equal values: the larger fraction
-    return by_fraction[min(order, key=lambda s: rows[by_fraction[s]]["shot_kid"])]
+    return by_fraction[strength.pick({s: rows[label]["shot_kid"] for s, label in by_fraction.items()})]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -42,10 +42,12 @@ def _private_feature_cache(tmp_path_factory):
 
 @pytest.fixture(autouse=True, scope="session")
 def _few_base_samples():
-    """`colorgan train`'s near check scores shots against 20 base samples instead of 1000 (speed; where an
-    Inception network is installed it runs in every test that trains with the default settings)."""
+    """`colorgan train`'s near check scores shots against 20 base samples instead of 1000, and its strength pick
+    20 samples per strength instead of 300 (speed; where an Inception network is installed both run in every test
+    that trains with the default settings)."""
     mp = pytest.MonkeyPatch()
     mp.setattr("colorgan.train.near.BASE_SAMPLES", 20)
+    mp.setattr("colorgan.train.strength.PICK_SAMPLES", 20)
     yield
     mp.undo()
 

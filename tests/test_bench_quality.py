@@ -110,6 +110,10 @@ def test_quality_bench_end_to_end(setup, tiny_net_path):
         assert all(isinstance(r["near_gap"], float) for r in t["scores"]["default"]["per_seed"])
         assert all(r["near_gap"] is None for r in t["scores"]["left"]["per_seed"])
     assert report["settings"]["left"]["near_anchor"] == 0 and report["settings"]["default"]["near_anchor"] > 0
+    # the default's tasks keep the strength picked against their shots (the bench's network), the rival all of it
+    assert report["settings"]["default"]["strength"] == "auto" and report["settings"]["left"]["strength"] == 1
+    picked = json.loads((tmp_path / "runs" / "default-seed0" / "summary.json").read_text())["strength"]
+    assert set(picked["shot_kid"]) == set(picked["tasks"]) == {t["task"] for t in report["tasks"]}
     # scores are filed under the run's id: a run removed and trained again under its name is scored again
     def keys():
         return [k for k in json.loads((tmp_path / "runs" / "scores.json").read_text()) if "|left-seed1#" in k]
@@ -388,7 +392,8 @@ def test_roles_switches_each_adapter_role_off_at_sampling_time(setup, tiny_net_p
 
 def test_roles_task_scales_and_the_shot_pick(setup, tiny_net_path):
     from bench import roles
-    from bench.quality_scores import Scorer, kid_score
+    from bench.quality_scores import Scorer
+    from colorgan.metrics import kid
 
     tmp_path = setup
     quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default", "--seeds", "0", "--ref-max", "6",
@@ -405,8 +410,8 @@ def test_roles_task_scales_and_the_shot_pick(setup, tiny_net_path):
     scorer = Scorer(str(tiny_net_path), progress=False)
     shot_feats = scorer.images(shots)
     assert shot_feats.shape[0] == len(list(shots.iterdir()))
-    assert rows["task"]["shot_kid"] == pytest.approx(kid_score(scorer.generated(ckpt, "flags", 6), shot_feats))
-    assert rows["base"]["shot_kid"] == pytest.approx(kid_score(scorer.generated(ckpt, None, 6), shot_feats))
+    assert rows["task"]["shot_kid"] == pytest.approx(kid(scorer.generated(ckpt, "flags", 6), shot_feats)["mean"])
+    assert rows["base"]["shot_kid"] == pytest.approx(kid(scorer.generated(ckpt, None, 6), shot_feats)["mean"])
     assert saved["shot_pick"] == min(rows, key=lambda k: rows[k]["shot_kid"])
     assert f"Shot pick: {saved['shot_pick']}." in next((tmp_path / "roles").glob("*-roles-flags.md")).read_text()
     tied = {"base": {"shot_kid": 1.0}, "task ×0.5": {"shot_kid": 1.0}, "task": {"shot_kid": 2.0}}

@@ -51,7 +51,7 @@ def setup(tmp_path_factory):
 def small_cfg(setup, method="color", **kw):
     base = dict(ckpt=setup["ckpt"], tasks=f"a={setup['a']},b={setup['b']}", method=method, iter=5, batch=2,
                 n_sample=4, sample_every=3, save_every=100, log_every=1, fisher_batches=2, d_reg_every=4,
-                g_reg_every=2, subspace_freq=2, near_anchor=0)  # the near check: its own tests
+                g_reg_every=2, subspace_freq=2, near_anchor=0, strength=1)  # the near check, the pick: own tests
     base.update(kw)
     return TrainConfig(**base)
 
@@ -472,6 +472,103 @@ def test_near_check_raises_the_anchors_of_near_tasks_only(setup, tmp_path, tiny_
     assert saved["near_anchor"] == 1e3 and saved["run_id"]
     del saved["near_anchor"]  # runs saved before the check existed trained without it
     assert TrainConfig.from_dict(saved).near_anchor == 0
+
+
+def _independent_shot_kids(ckpt, task, shots_dir, net_path, candidates, n):
+    """KID against the shots at each strength, computed apart from the training code: the checkpoint reloaded,
+    the strength set with fastlora, the samples drawn and featurised here."""
+    from colorgan.evaluate import sample_batches
+    from colorgan.metrics import kid
+    from colorgan.metrics.features import FeatureNetwork, extract_features, folder_features
+
+    net = FeatureNetwork(net_path)
+    G = load_checkpoint(ckpt, tasks=[task], load_d=False)[0]
+    shots = folder_features(shots_dir, net, G.size, use_cache=False, progress=False)
+    out = {}
+    for s in candidates:
+        fastlora.set_strength(G, task, s)
+        feats = extract_features(sample_batches(G, None if s == 0 else task, n, 50, 1.0), net, n=n,
+                                 resolution=G.size, progress=False)
+        out[s] = kid(feats, shots, n_subsets=100, subset_size=1000, seed=0)["mean"]
+    return out
+
+
+def test_strength_auto_keeps_the_fraction_nearest_the_shots(setup, tmp_path, tiny_net_path, monkeypatch, capsys):
+    """--strength auto: once a task has trained, its samples at each candidate strength are scored by KID against
+    its shots (a real TorchScript feature network here, a small one) and the lowest is kept, in both generators,
+    the checkpoint, the state (a resumed run restores it) and the summary; what later tasks train is unchanged."""
+    from colorgan.train import strength
+
+    assert strength.pick({0.0: 2.0, 0.5: 1.0, 1.0: 1.0}) == 1.0  # ties: the larger strength
+    assert strength.pick({0.0: 0.5, 0.5: 1.0, 1.0: 2.0}) == 0.0
+    monkeypatch.setenv("COLORGAN_INCEPTION", str(tiny_net_path))
+    monkeypatch.setattr(strength, "CANDIDATES", (0.0, 0.5))  # without 1: the pick must change the task
+    out = tmp_path / "auto"
+    summary = train(small_cfg(setup, iter=3, strength="auto"), out, options=OPTS)
+    picked = summary["strength"]["tasks"]
+    for task in ("a", "b"):
+        want = _independent_shot_kids(out / "checkpoint", task, setup[task], tiny_net_path, (0.0, 0.5), 20)
+        got = summary["strength"]["shot_kid"][task]
+        assert {float(k): v for k, v in got.items()} == pytest.approx({k: 1e3 * v for k, v in want.items()}, rel=1e-5)
+        assert picked[task] == min(sorted(want, reverse=True), key=want.get) in (0.0, 0.5)
+        G = load_checkpoint(out / "checkpoint", tasks=[task], load_d=False)[0]
+        assert fastlora.task_config(G, task).strength == picked[task]  # saved with the task
+    text = (out / "train.log").read_text()
+    assert "strength: task 'a' KID x 10^3 against its shots at strength 0: " in text and "keeps" in text
+    assert load_state(out / "state/state.pt")["strengths"] == picked
+
+    # the pick changes nothing the later task trains: the tensors equal a run kept at strength 1
+    full = tmp_path / "full"
+    assert train(small_cfg(setup, iter=3, strength=1), full, options=OPTS)["strength"]["tasks"] == {"a": 1, "b": 1}
+    for task in ("a", "b"):
+        ga = load_checkpoint(out / "checkpoint", tasks=[task], load_d=False)[0]
+        gf = load_checkpoint(full / "checkpoint", tasks=[task], load_d=False)[0]
+        assert all(torch.equal(x, y) for x, y in zip(adapter_tensors(ga, task).values(),
+                                                       adapter_tensors(gf, task).values()))
+
+    # stopped inside task b, resumed: task a keeps the strength picked before the stop (not re-picked)
+    stopped = tmp_path / "stopped"
+    train(small_cfg(setup, iter=3, strength="auto"), stopped,
+          options=RunOptions(progress=False, device="cpu", stop_at=4))
+    resumed = train(None, stopped, options=OPTS, resume=True)
+    assert resumed["strength"]["tasks"] == picked
+    G = load_checkpoint(stopped / "checkpoint", tasks=["a"], load_d=False)[0]
+    assert fastlora.task_config(G, "a").strength == picked["a"]
+    assert (stopped / "train.log").read_text().count("strength: task 'a' KID") == 1
+
+    # a number, per task; the CLI prints what each task kept
+    argv = ["train", "--ckpt", setup["ckpt"], "--tasks", f"a={setup['a']},b={setup['b']}", "--iter", "1",
+            "--batch", "2", "--near-anchor", "0", "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--strength", "a=0.25,b=auto", "--out", str(tmp_path / "cli")]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("strength kept")]
+    kept_b = _kept(tmp_path / "cli", "b")
+    assert line == [f"strength kept (--strength a=0.25,b=auto): a 0.25, b {kept_b:g} (picked)"], line
+    assert "strength: task 'a' keeps 0.25 of its effect (--strength)" in (tmp_path / "cli/train.log").read_text()
+
+    # no network: every task keeps 1 and the log says why
+    monkeypatch.delenv("COLORGAN_INCEPTION")
+    monkeypatch.setattr("colorgan.metrics.features.installed_inception", lambda: None)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    off = train(small_cfg(setup, iter=2, strength="auto"), tmp_path / "off", options=OPTS)
+    assert off["strength"] == {"setting": "auto", "tasks": {"a": 1.0, "b": 1.0}, "shot_kid": {}}
+    assert "strength pick skipped for task 'a': no Inception network installed" in \
+        (tmp_path / "off/train.log").read_text()
+
+    # refused where a task cannot keep less than all: one line through the CLI, no run folder
+    assert main([*argv, "--method", "lfs", "--strength", "0.5", "--out", str(tmp_path / "lfs")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "strength below 1 (task 'a') needs adapters with an exact strength" in err[0], err
+    assert not (tmp_path / "lfs").exists()
+    for bad in ("2", "a=auto,c=0.5", "half"):
+        with pytest.raises(ValueError, match="strength"):
+            small_cfg(setup, strength=bad)
+    saved = json.loads((out / "config.json").read_text())
+    del saved["strength"]  # runs saved before the setting existed kept every task whole
+    assert TrainConfig.from_dict(saved).strength == 1.0
+
+
+def _kept(run, task):
+    return json.loads((run / "summary.json").read_text())["strength"]["tasks"][task]
 
 
 def test_summary_records_the_thread_counts(setup, tmp_path):

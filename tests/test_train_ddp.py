@@ -30,12 +30,13 @@ def _worker(rank: int, world: int, port: int, root: str, net: str) -> None:
     from colorgan.train.distributed import init_distributed
     from colorgan.train.loop import RunFolder
     from colorgan.train.loop import RunOptions
-    from colorgan.train import near
+    from colorgan.train import near, strength
 
     near.BASE_SAMPLES, near.NEAR_GAP = 20, 1e9  # every task near: the anchors train on both ranks
+    strength.PICK_SAMPLES, strength.CANDIDATES = 20, (0.0, 0.5)  # the pick changes the task
     if rank != 0:
         def measured_off_main(*_):
-            raise AssertionError("the near check ran on a rank other than 0")
+            raise AssertionError("the near check or the strength pick ran on a rank other than 0")
         near.find_network = measured_off_main
 
     info = init_distributed("cpu")
@@ -48,7 +49,9 @@ def _worker(rank: int, world: int, port: int, root: str, net: str) -> None:
     run.close()
     torch.save({"adapters": {k: v.detach().clone() for k, v in fastlora.task_state_dict(c.G, "a").items()},
                 "ema": {k: v.detach().clone() for k, v in fastlora.task_state_dict(c.g_ema, "a").items()},
-                "near_gaps": c.near_gaps}, f"{root}/rank{rank}.pt")
+                "near_gaps": c.near_gaps, "strengths": c.strengths,
+                "config": {n: fastlora.task_config(m, "a").strength for n, m in (("G", c.G), ("ema", c.g_ema))}},
+               f"{root}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -69,6 +72,9 @@ def test_two_process_gloo_training(tmp_path, tiny_net_path):
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     # the near check ran once, on rank 0, and both ranks trained with its verdicts
     assert r0["near_gaps"] == r1["near_gaps"] and set(r0["near_gaps"]) == {"a"}
+    # the strength was picked once, on rank 0, and both ranks keep it in both generators
+    assert r0["strengths"] == r1["strengths"] and r0["strengths"]["a"] in (0.0, 0.5)
+    assert r0["config"] == r1["config"] == {"G": r0["strengths"]["a"], "ema": r0["strengths"]["a"]}
     for key in ("adapters", "ema"):
         assert r0[key].keys() == r1[key].keys()
         assert all(torch.equal(r0[key][k], r1[key][k]) for k in r0[key])

@@ -22,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    default=argparse.SUPPRESS, help="upstream spelling: activation on (same as --act both)")
     add_run_options(p)
     p.add_argument("--inception", default=None, metavar="PATH",
-                   help="Inception network file for the near check (default: found as `colorgan eval` finds it; "
-                        "without one the check is skipped)")
+                   help="Inception network file for the near check and the strength pick (default: found as "
+                        "`colorgan eval` finds it; without one both are skipped)")
     p.set_defaults(func=run, cli_words=cli_words(TrainConfig))
 
 
@@ -38,9 +38,18 @@ def run(args: argparse.Namespace) -> int:
     if st.get("per_task_params"):
         per = ", ".join(f"{k}: {v:,}" for k, v in st["per_task_params"].items())
         print(f"parameters stored per task: {per} (base generator {st['base_generator_params']:,})")
+    if "strength" in summary:
+        print(strength_line(summary["strength"]))
     if "near" in summary:
         print(near_line(summary["near"]))
     return 0
+
+
+def strength_line(strength: dict) -> str:
+    """Each finished task's strength in one line (summary.json's `strength`; "picked": by --strength auto)."""
+    kept = ", ".join(f"{t} {s:g}" + (" (picked)" if t in strength["shot_kid"] else "")
+                     for t, s in strength["tasks"].items())
+    return f"strength kept (--strength {strength['setting']}): {kept or 'no task finished'}"
 
 
 def near_line(near: dict) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -29,7 +29,7 @@ from colorgan.metrics.lpips import load_lpips
 from colorgan.options import option
 from fastlora.functional import NonFiniteInput
 from colorgan.train import baselines as bl
-from colorgan.train import near
+from colorgan.train import near, strength
 from colorgan.train import state as st
 from colorgan.train.augment import DiffAugment, parse_policy
 from colorgan.train.data import BatchStream
@@ -116,6 +116,14 @@ class TrainConfig(RegConfig):
                                 "--style-anchor and --mapping-anchor at least this weight (30: chosen on the "
                                 "validation tasks; 0: off). Without an Inception network installed the check is "
                                 "skipped and the log says so")
+    strength: float | str = option(strength.AUTO, "adapter methods: the fraction of each task's trained effect it "
+                                   "keeps, saved with the task (every adapted weight and bias W + s(W_task - W); "
+                                   "1: as trained, 0: the base). auto: once the task has trained, of 0, 0.25, 0.5, "
+                                   "0.75 and 1 the one whose samples lie nearest the task's shots by KID, measured "
+                                   "with the Inception network (chosen on the validation tasks); without a network "
+                                   "installed, or for LeFT convolutions (kind left), 1 and the log says so. Or a "
+                                   "number in [0, 1]; per task: e.g. flags=1,twemoji=auto (tasks not named: auto, "
+                                   "or a bare value in the list)", parse=weight_or_spec)
     mapping_adapters: str = option("keep", "adapter methods: keep: the mapping network's adapters are part of the "
                                    "task; drop: they train with the task (taking up the shots' content) and are "
                                    "reset to the identity when it ends, so the task samples the base's latents "
@@ -170,13 +178,19 @@ class TrainConfig(RegConfig):
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.method in ADAPTER_METHODS:
             self.adapter_config()  # validate kind/rank/act/compat now
+        below = sorted(t for t, s in self.per_task("strength").items() if s not in (strength.AUTO, 1.0))
+        if below and not self.exact_strength():
+            raise ValueError(f"strength below 1 (task {below[0]!r}) needs adapters with an exact strength: "
+                             f"--method color or lfs with a kind other than left, got method {self.method!r}"
+                             + (f", kind {self.kind!r}" if self.kind else ""))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """The config saved in a run folder; runs saved before the EMA warm-up, the learning-rate multipliers or
-        the near check existed keep what they ran with (the fixed decay, multipliers 1, no near check)."""
+        the near check or the strength existed keep what they ran with (the fixed decay, multipliers 1, no near
+        check, strength 1)."""
         return super().from_dict({"ema_warmup": False, "mapping_lr_mul": 1.0, "style_lr_mul": 1.0,
-                                  "mapping_adapters": "keep", "near_anchor": 0.0, **d})
+                                  "mapping_adapters": "keep", "near_anchor": 0.0, "strength": 1.0, **d})
 
     def per_task(self, name: str) -> dict[str, Any]:
         """A per-task setting (one of `PER_TASK`: --mapping-adapters, the anchors, the learning-rate multipliers)
@@ -187,6 +201,16 @@ class TrainConfig(RegConfig):
     def adapter_config(self) -> fastlora.AdapterConfig:
         return fastlora.AdapterConfig(kind=self.kind, rank=self.rank, alpha_conv=self.alpha_conv,
                                       alpha_linear=self.alpha_linear, act=self.act, compat=self.compat)
+
+    def exact_strength(self) -> bool:
+        """Whether the tasks can keep a strength below 1 (adapter methods whose kind has an exact form of it)."""
+        if self.method not in ADAPTER_METHODS:
+            return False
+        try:
+            replace(self.adapter_config(), strength=0.5)
+        except ValueError:
+            return False
+        return True
 
 
 def per_task_settings(settings: dict[str, Any], tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -299,6 +323,9 @@ class Continual:
             self.g_ema = copy.deepcopy(base)
         self.task_seconds: dict[str, float] = {}
         self.near_gaps: Optional[dict[str, Optional[float]]] = None  # set by run(): see _near_gaps
+        self.strengths: dict[str, float] = {}  # each finished task's strength (--strength)
+        self.shot_kids: dict[str, dict[float, float]] = {}  # --strength auto: what each pick measured
+        self._net: Any = None  # the Inception network once looked for (False: none installed)
 
     # ------------------------------------------------------------------ set-up per task
     @contextlib.contextmanager
@@ -371,6 +398,10 @@ class Continual:
                 self._add_adapters(t, cfg.tasks[t][0])
             _load_adapter_state(self.G, state["adapters"])
             _load_adapter_state(self.g_ema, state["adapters_ema"])
+            self.strengths, self.shot_kids = dict(state.get("strengths", {})), dict(state.get("shot_kids", {}))
+            for name, s in self.strengths.items():
+                for model in (self.G, self.g_ema):
+                    fastlora.set_strength(model, name, s)
         elif state is not None and state.get("previous") is not None:
             previous = copy.deepcopy(self.base_G)
             previous.load_state_dict(state["previous"])
@@ -400,9 +431,15 @@ class Continual:
         gaps = self._measure_gaps() if self.info.is_main else None
         return gather_objects(gaps, self.info)[0]  # every rank trains with the main rank's verdicts
 
+    def _network(self) -> Optional[near.FeatureNetwork]:
+        """The Inception network (--inception, else the installed one), looked for once; None when there is none."""
+        if self._net is None:
+            self._net = near.find_network(self.device, self.options.inception) or False
+        return self._net or None
+
     def _measure_gaps(self) -> Optional[dict[str, Optional[float]]]:
         cfg, run = self.cfg, self.folder
-        net = near.find_network(self.device, self.options.inception)
+        net = self._network()
         if net is None:
             run.info("near check skipped: no Inception network installed (pip install 'colorgan[eval]', or set "
                      "$COLORGAN_INCEPTION); every task trains with --style-anchor and --mapping-anchor as given")
@@ -577,7 +614,9 @@ class Continual:
                 if every(step, cfg.save_every) and step < cfg.iter:
                     self.task_seconds[ctx.name] = spent + timer.elapsed()
                     self._snapshot(ctx, step, False)
-            self.task_seconds[ctx.name] = spent + timer.elapsed()
+            self.task_seconds[ctx.name] = spent + timer.elapsed()  # training alone: the strength pick is apart
+            if self.adapters:
+                self._choose_strength(ctx)
             previous = self._end_task(ctx)
             self._snapshot(ctx, cfg.iter, True)
         except (NonFiniteLoss, NonFiniteInput) as exc:
@@ -590,6 +629,46 @@ class Continual:
         for model in (ctx.G, ctx.g_ema):
             with self._task_rng(ctx.t):
                 fastlora.reset_task(model, ctx.name, roles=("mapping",))
+
+    def _choose_strength(self, ctx: "TaskContext") -> None:
+        """--strength: set the finished task's strength in both generators (auto: picked on the main rank)."""
+        name, run = ctx.name, self.folder
+        wanted = self.cfg.per_task("strength")[name]
+        if wanted != strength.AUTO:
+            s = float(wanted)
+        else:
+            kids = gather_objects(self._pick_kids(ctx) if self.info.is_main else None, self.info)[0]
+            s = strength.pick(kids) if kids else 1.0
+            if kids:
+                self.shot_kids[name] = kids
+                listed = ", ".join(f"{k:g}: {1e3 * v:.1f}" for k, v in kids.items())
+                run.info(f"strength: task {name!r} KID x 10^3 against its shots at strength {listed}: keeps {s:g}")
+        for model in (self.G, self.g_ema):
+            fastlora.set_strength(model, name, s)
+        self.strengths[name] = s
+        if wanted != strength.AUTO and s != 1:
+            run.info(f"strength: task {name!r} keeps {s:g} of its effect (--strength)")
+
+    def _pick_kids(self, ctx: "TaskContext") -> Optional[dict[float, float]]:
+        """--strength auto: the task's KID against its shots at each candidate strength (colorgan.train.strength);
+        None, and the log says why, when it cannot be measured (the task then keeps strength 1)."""
+        run, name = self.folder, ctx.name
+        if not self.cfg.exact_strength():
+            run.info(f"strength: task {name!r} keeps 1: kind {self.cfg.kind!r} has no strength below 1 (LeFT "
+                     f"convolutions)")
+            return None
+        net = self._network()
+        if net is None:
+            run.info(f"strength pick skipped for task {name!r}: no Inception network installed (pip install "
+                     f"'colorgan[eval]', or set $COLORGAN_INCEPTION); it keeps strength 1")
+            return None
+        shots = near.shot_features(self.cfg.tasks[ctx.t][1], net, self.base_G.size)
+        if shots.shape[0] < 2:
+            run.info(f"strength: task {name!r} has one image, too few to measure (at least 2); it keeps strength 1")
+            return None
+        base = near.base_features(self.base_G, net, fastlora.base_checksum(self.base_G), n=strength.PICK_SAMPLES,
+                                  progress=self.options.progress)
+        return strength.shot_kids(self.g_ema, name, shots, net, base, progress=self.options.progress)
 
     def _end_task(self, ctx: "TaskContext") -> Generator:
         """Close a finished task (the grid after it); returns the generator the next task starts from."""
@@ -655,7 +734,8 @@ class Continual:
                 save_checkpoint(self.folder.path / PER_TASK_DIR / name, g_ema, self._base_d(), overwrite=True,
                                 source={**source, "task": name, "partial": not task_done})
             state: dict[str, Any] = {"kind": "train", "world_size": info.world_size, "ranks": rng,
-                                     "task_seconds": self.task_seconds, "near_gaps": self.near_gaps}
+                                     "task_seconds": self.task_seconds, "near_gaps": self.near_gaps,
+                                     "strengths": self.strengths, "shot_kids": self.shot_kids}
             if task_done or step == 0:  # a task boundary: the next (or this) task starts fresh
                 index = t + 1 if task_done else t
                 state.update(task_index=index, step=0)
@@ -714,6 +794,9 @@ class Continual:
                                "anchor": cfg.near_anchor, "gaps": self.near_gaps or {},
                                "near_tasks": [n for n, g in (self.near_gaps or {}).items() if near.is_near(g)]}
         if self.adapters:
+            summary["strength"] = {"setting": cfg.strength, "tasks": self.strengths,
+                                   "shot_kid": {t: {f"{s:g}": 1e3 * v for s, v in k.items()}
+                                                for t, k in self.shot_kids.items()}}
             summary["checkpoint"] = str(run.path / CHECKPOINT_DIR)
             report = parameter_report(self.g_ema)
             per_task = {k: v["stored"] for k, v in report["tasks"].items()}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence, Union
 
+from colorgan.train.strength import strength_value
+
 MAPPING_ADAPTERS = ("keep", "drop")  # --mapping-adapters
 
 
@@ -27,7 +29,7 @@ def weight(text: str) -> float:
 # the settings that take a per-task form, and how each value is read
 PER_TASK: dict[str, Callable[[str], Any]] = {"mapping_adapters": mapping_mode, "style_anchor": weight,
                                              "mapping_anchor": weight, "mapping_lr_mul": weight,
-                                             "style_lr_mul": weight}
+                                             "style_lr_mul": weight, "strength": strength_value}
 
 
 def weight_or_spec(text: str) -> Union[float, str]:
