@@ -77,6 +77,25 @@ def test_parity_per_kind_and_option(G, tmp_path, kind, input, psi, noise):
         assert errors(out, base)[1] > 1e-2
 
 
+@pytest.mark.parametrize("kind", ("lora", "llora", "left-linear"))
+def test_a_task_kept_at_half_strength_exports_at_that_strength(G, tmp_path, kind):
+    """A task keeping half its effect (`colorgan train --strength`, `fastlora.set_strength`) is exported with that
+    strength merged in: the file matches the unmerged generator at 0.5 and differs from the full task and the base."""
+    import copy
+
+    g = copy.deepcopy(G)
+    fastlora.set_strength(g, kind, 0.5)
+    path = tmp_path / f"{kind}-half.onnx"
+    export_generator(g, kind, path, input="z", psi=False, noise="const", batches=(2,))
+    x = _inputs(ExportGenerator(g, kind, input="z", psi_input=False, noise="const"), 2, seed=7)
+    out = run_session(make_session(path, "cpu"), x)
+    half, full, base = (reference_forward(m, t, x, input="z", psi_input=False, noise="const")
+                        for m, t in ((g, kind), (G, kind), (G, None)))
+    max_abs, rel = errors(out, half)
+    assert rel < 1e-5 and max_abs < 1e-4, (max_abs, rel)
+    assert errors(out, full)[1] > 1e-3 and errors(out, base)[1] > 1e-3
+
+
 def test_wplus_input_and_shared_noise(G, tmp_path):
     """w+ input; a single noise map [1, 1, r, r] broadcasts over the batch."""
     path = tmp_path / "wplus.onnx"
