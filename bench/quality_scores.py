@@ -41,12 +41,12 @@ class Scorer:
         return folder_features(folder, self.net, RESOLUTION, cache_dir=self.cache_dir, progress=self.progress,
                                limit=limit)
 
-    def images(self, folder: Path, repeat_to: Optional[int] = None) -> np.ndarray:
-        """Features of the images of `folder` (the shots); with `repeat_to`, repeated to that many rows: the
-        memorisation floor's fakes (a generator that only copies its shots)."""
+    def images(self, folder: Path, repeat_to: int) -> np.ndarray:
+        """Features of the images of `folder` (the shots), repeated to `repeat_to` rows: the memorisation floor's
+        fakes (a generator that only copies its shots)."""
         imgs = torch.stack([uint8_to_tensor(load_image(p, RESOLUTION)) for p in list_images(folder)])
         feats = extract_features([imgs], self.net, resolution=RESOLUTION, progress=False)
-        return feats if repeat_to is None else np.resize(feats, (repeat_to, feats.shape[1]))
+        return np.resize(feats, (repeat_to, feats.shape[1]))
 
     def generated(self, ckpt: Path, task: Optional[str], n: int, *, off: Sequence[str] = (),
                   scale: float = 0.0, mean_shift: bool = False) -> np.ndarray:
@@ -99,14 +99,9 @@ def shift_mapping(G: torch.nn.Module, task: str) -> torch.Tensor:
     return dw
 
 
-def kid_stats(fake: np.ndarray, real: np.ndarray, seed: int = 0) -> dict:
-    """KID between two feature sets: the benchmark's estimator (mean and std over `KID_SUBSETS` subsets)."""
-    return kid(fake, real, n_subsets=KID_SUBSETS, subset_size=1000, seed=seed)
-
-
 def scores(fake: np.ndarray, real: np.ndarray, seed: int = 0) -> dict[str, float]:
     """FID and KID (mean and std over subsets) between two feature sets."""
-    k = kid_stats(fake, real, seed)
+    k = kid(fake, real, n_subsets=KID_SUBSETS, subset_size=1000, seed=seed)
     return {"fid": float(fid_from_features(fake, real)), "kid": float(k["mean"]), "kid_std": float(k["std"])}
 
 

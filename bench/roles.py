@@ -29,8 +29,8 @@ from typing import Optional, Sequence
 import torch
 
 from bench import common
-from bench.quality_scores import Scorer, inception_path, scores
-from colorgan.train import strength
+from bench.quality_scores import RESOLUTION, Scorer, inception_path, scores
+from colorgan.train import near, strength
 
 ROLES = ("mapping", "style", "conv")
 
@@ -83,7 +83,7 @@ def run_roles(args: argparse.Namespace) -> dict:
             *([("mapping mean shift", (), 0.0, True)] if args.mean_shift else []),
             *((f"task ×{s:g}", ROLES, s, False) for s in task_fractions), ("base", tuple(ROLES), 0.0, False)]
     try:
-        shots = None if args.shots is None else scorer.images(Path(args.shots))
+        shots = None if args.shots is None else near.shot_features(args.shots, scorer.net, RESOLUTION)
     except (ValueError, OSError, RuntimeError) as exc:
         raise SystemExit(f"--shots {args.shots}: cannot read the shots: {exc}") from None
     if shots is not None and shots.shape[0] < 2:

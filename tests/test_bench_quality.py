@@ -394,6 +394,7 @@ def test_roles_task_scales_and_the_shot_pick(setup, tiny_net_path):
     from bench import roles
     from bench.quality_scores import Scorer
     from colorgan.metrics import kid
+    from colorgan.metrics.features import folder_features
 
     tmp_path = setup
     quality.run_bench(_args(tmp_path, tiny_net_path, "--configs", "default", "--seeds", "0", "--ref-max", "6",
@@ -408,7 +409,7 @@ def test_roles_task_scales_and_the_shot_pick(setup, tiny_net_path):
     assert list(rows) == ["task", "task ×0.5", "base"]
     assert rows["task ×0.5"]["fid"] not in (rows["task"]["fid"], rows["base"]["fid"])
     scorer = Scorer(str(tiny_net_path), progress=False)
-    shot_feats = scorer.images(shots)
+    shot_feats = folder_features(shots, scorer.net, 32, use_cache=False, progress=False)
     assert shot_feats.shape[0] == len(list(shots.iterdir()))
     assert rows["task"]["shot_kid"] == pytest.approx(kid(scorer.generated(ckpt, "flags", 6), shot_feats)["mean"])
     assert rows["base"]["shot_kid"] == pytest.approx(kid(scorer.generated(ckpt, None, 6), shot_feats)["mean"])

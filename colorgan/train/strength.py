@@ -3,8 +3,8 @@
 A task's strength s keeps that fraction of its adapters' effect: every adapted weight and bias becomes
 W + s(Ŵ − W) (`fastlora.set_strength`; saved with the task, so generation, merging and export all see it).
 `--strength auto` chooses s once the task has trained: of `CANDIDATES`, the one whose `PICK_SAMPLES` samples (seeds
-0, 1, ...) lie nearest the task's own shots by KID (Inception features; the cubic polynomial kernel averaged over
-`KID_SUBSETS` random subsets, seed 0), ties to the larger s. Ten shots are a small sample and the adversarial loss
+0, 1, ...) lie nearest the task's own shots by KID (Inception features; `colorgan eval`'s estimator, the cubic
+polynomial kernel averaged over 100 random subsets, seed 0), ties to the larger s. Ten shots are a small sample and the adversarial loss
 overshoots on some tasks (a style near the base's, a category the base already makes); keeping less of such a
 task brings its samples back towards its shots, and a task that needs its whole effect keeps s = 1
 (docs/benchmarks.md, round 38). The choice changes nothing a later task trains: each task trains its own adapters.
@@ -12,7 +12,7 @@ task brings its samples back towards its shots, and a task that needs its whole 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Optional, Union
+from typing import Mapping, Union
 
 import numpy as np
 import torch
@@ -25,7 +25,6 @@ from colorgan.metrics.stats import kid
 AUTO = "auto"
 CANDIDATES = (0.0, 0.25, 0.5, 0.75, 1.0)  # chosen with the rule on the validation tasks (round 38)
 PICK_SAMPLES = 300
-KID_SUBSETS = 100
 SAMPLE_BATCH = 50
 
 
@@ -43,8 +42,9 @@ def strength_value(text: str) -> Union[float, str]:
 
 
 def shot_kid(fake: np.ndarray, shots: np.ndarray) -> float:
-    """KID between sample features and shot features (the mean over `KID_SUBSETS` subsets of at most 1000)."""
-    return float(kid(fake, shots, n_subsets=KID_SUBSETS, subset_size=1000, seed=0)["mean"])
+    """KID between sample features and shot features (`colorgan.metrics.kid` with its defaults, as `colorgan eval`:
+    the mean over 100 subsets of at most 1000, seed 0)."""
+    return float(kid(fake, shots)["mean"])
 
 
 def pick(shot_kids: Mapping[float, float]) -> float:
@@ -55,17 +55,17 @@ def pick(shot_kids: Mapping[float, float]) -> float:
 
 @torch.no_grad()
 def shot_kids(G, task: str, shots: np.ndarray, net: FeatureNetwork, base: np.ndarray, *,
-              candidates: Optional[Iterable[float]] = None, n: Optional[int] = None,
               progress: bool = False) -> dict[float, float]:
     """{s: KID between the shots' features `shots` and the features of task `task`'s samples (seeds 0..n-1, n:
-    `PICK_SAMPLES`) at strength s, for s in `candidates` (`CANDIDATES`)}; s = 0 is the base, whose features `base` (at least n rows, the same seeds) are given.
-    The task's strength in G is left at the last candidate's; the global RNG as it was."""
-    candidates, n = CANDIDATES if candidates is None else candidates, PICK_SAMPLES if n is None else n
+    `PICK_SAMPLES`) at strength s, for s in `CANDIDATES`}; s = 0 is the base, whose features `base` (at least n
+    rows, the same seeds) are given. The task's strength in G is left at the last candidate's; the global RNG as
+    it was."""
+    n = PICK_SAMPLES
     if shots.shape[0] < 2:
         raise ValueError(f"the strength pick needs at least 2 shots, got {shots.shape[0]}")
     out: dict[float, float] = {}
     with torch.random.fork_rng(devices=[]):
-        for s in candidates:
+        for s in CANDIDATES:
             if s == 0:
                 out[s] = shot_kid(base[:n], shots)
                 continue
