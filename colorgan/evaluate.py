@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 
 from colorgan.checkpoint import load_checkpoint, read_checkpoint_config
 from colorgan.data.folder import list_images
-from colorgan.generate import BASE, activate, render, resolve_tasks
+from colorgan.generate import BASE, activate, apply_strengths, render, resolve_tasks
 from colorgan.metrics import evaluate_images
 from fastlora.io import load_json
 
@@ -48,14 +48,19 @@ def sample_batches(G, task: Optional[str], n: int, batch: int, truncation: float
 
 def evaluate_checkpoint(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequence[str]], real: Union[str, os.PathLike],
                         *, n: int = DEFAULT_N, truncation: float = 1.0, shots: Optional[str] = None,
-                        batch_size: int = 32, device: str = "cpu", lpips=None, **metric_kw: Any) -> dict:
-    """Scores of every requested task of a checkpoint: {"tasks": {name: evaluate_images result}, ...}."""
+                        batch_size: int = 32, device: str = "cpu", lpips=None,
+                        strengths: Optional[Mapping[str, float]] = None, **metric_kw: Any) -> dict:
+    """Scores of every requested task of a checkpoint: {"tasks": {name: evaluate_images result}, ...}.
+    `strengths`: {task: s} scores those tasks at strength s instead of their saved one (recorded as "strengths")."""
     if n < 2:
         raise ValueError(f"n must be at least 2 samples per task, got {n}")
     cfg = read_checkpoint_config(ckpt)
     names = resolve_tasks(tasks, [e["name"] for e in cfg["tasks"]])
     G, _, _ = load_checkpoint(ckpt, device, tasks=[t for t in names if t != BASE], load_d=False)
     out: dict = {"ckpt": str(ckpt), "n": n, "truncation": truncation, "tasks": {}}
+    applied = apply_strengths(G, strengths, names)
+    if applied:
+        out["strengths"] = applied
     for name in names:
         full, shot_dir = real_folders(real, name, shots)
         use_lpips = lpips if shot_dir is not None else None

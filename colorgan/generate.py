@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -35,6 +35,21 @@ def resolve_tasks(spec: Union[str, Sequence[str]], available: Sequence[str]) -> 
             if n not in out:
                 out.append(n)
     return out
+
+
+def apply_strengths(G: Generator, strengths: Optional[Mapping[str, float]], tasks: Sequence[str]) -> dict[str, float]:
+    """Put each task of `tasks` that `strengths` names at that strength instead of its saved one
+    (`fastlora.set_strength`: 0 the base, 1 the task as trained; the checkpoint on disk is not changed). Names not in
+    `tasks` are skipped. Returns {task: strength} as set."""
+    applied = {}
+    for task, s in (strengths or {}).items():
+        if task in tasks and task != BASE:
+            try:
+                fastlora.set_strength(G, task, s)
+            except ValueError as exc:
+                raise ValueError(f"strength of task {task!r}: {exc}") from None
+            applied[task] = s
+    return applied
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -124,10 +139,12 @@ def graph_renderer(G: Generator, task: Optional[str], batch: int, *, truncation:
 def generate(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequence[str]], seeds: Union[str, Sequence[int]],
              outdir: Union[str, os.PathLike], *, truncation: float = 1.0, batch: int = 32, grid: bool = False,
              device: str = "cpu", noise_mode: str = "const", backend: str = "auto", overwrite: bool = False,
-             progress: bool = True, cuda_graph: bool = False) -> dict[str, Any]:
+             progress: bool = True, cuda_graph: bool = False,
+             strengths: Optional[Mapping[str, float]] = None) -> dict[str, Any]:
     """Write `<outdir>/<task>/seedNNNN.png` for every task and seed (and `<outdir>/grid.png`,
     a row per task and a column per seed, with grid=True). Returns the written paths.
-    `cuda_graph`: capture each task's forward once as a CUDA graph at the batch size and replay it."""
+    `cuda_graph`: capture each task's forward once as a CUDA graph at the batch size and replay it.
+    `strengths`: {task: s} renders those tasks at strength s instead of their saved one (`apply_strengths`)."""
     from tqdm import tqdm
 
     seed_list = render_request(seeds, batch, truncation)
@@ -144,6 +161,7 @@ def generate(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequence[str]], se
     grid_path = outdir / "grid.png"
     check_outputs(files + ([grid_path] if grid else []), overwrite)
     G, _, _ = load_checkpoint(ckpt, dev, tasks=[t for t in task_list if t != BASE], load_d=False)
+    applied = apply_strengths(G, strengths, task_list)
     rows: list[np.ndarray] = []
     chunks = [seed_list[i:i + batch] for i in range(0, len(seed_list), batch)]
     written: list[str] = []
@@ -168,7 +186,7 @@ def generate(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequence[str]], se
                 bar.update(1)
             if grid:
                 rows.append(np.concatenate(row))
-    result: dict[str, Any] = {"files": written, "tasks": task_list, "seeds": seed_list}
+    result: dict[str, Any] = {"files": written, "tasks": task_list, "seeds": seed_list, "strengths": applied}
     if grid:
         n, h, w, c = rows[0].shape
         canvas = np.stack(rows).transpose(0, 2, 1, 3, 4).reshape(len(rows) * h, n * w, c)

@@ -15,7 +15,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from torch import nn
 
 import fastlora
 from colorgan.checkpoint import TASKS_DIR, load_checkpoint, read_checkpoint_config, resolve_checkpoint
-from colorgan.generate import resolve_tasks
+from colorgan.generate import apply_strengths, resolve_tasks
 from colorgan.generator import must_be_finite
 from colorgan.outputs import check_replaceable_file
 from fastlora.io import check_finite, umask_mode
@@ -403,8 +403,10 @@ def output_paths(tasks: Sequence[str], out: PathLike, many: bool) -> dict[str, P
 def export_checkpoint(ckpt: PathLike, task: Union[str, Sequence[str]], out: PathLike, *, input: str = "z",
                       psi: bool = False, noise: str = "const", dtype: Any = "fp32", opset: int = DEFAULT_OPSET,
                       device: str = "cpu", overwrite: bool = False, batches: Sequence[int] = (1, 4),
-                      log: Optional[Callable[[str], None]] = None) -> list[ExportResult]:
-    """Export tasks of a checkpoint folder: `task` is a name, "base", "all" or a comma list.
+                      log: Optional[Callable[[str], None]] = None,
+                      strengths: Optional[Mapping[str, float]] = None) -> list[ExportResult]:
+    """Export tasks of a checkpoint folder: `task` is a name, "base", "all" or a comma list; `strengths`: {task: s}
+    merges those tasks at strength s instead of their saved one (`colorgan.generate.apply_strengths`).
 
     One task (not "all") → `out` is the file (or, for an existing folder or a path ending in '/',
     `out/<task>.onnx`); several → `out` is a folder of `<task>.onnx`. Everything (task names,
@@ -419,6 +421,7 @@ def export_checkpoint(ckpt: PathLike, task: Union[str, Sequence[str]], out: Path
     for p in paths.values():
         _refuse_existing(p, overwrite)
     G, _, _ = load_checkpoint(ckpt, "cpu", tasks=[t for t in tasks if t != BASE], load_d=False)
+    apply_strengths(G, strengths, tasks)
     results = []
     for t in tasks:
         adapter_bytes = None

@@ -147,6 +147,8 @@ class ExportGenerator(nn.Module):
         dt = self.dtype
         if task is not None and task not in fastlora.task_names(G):
             raise KeyError(f"unknown task {task!r}; the generator has tasks {fastlora.task_names(G)}")
+        # the fraction of the task merged in (`fastlora.set_strength`)
+        self.strength = None if task is None else float(fastlora.task_config(G, task).strength)
 
         self.mapping = nn.ModuleList()
         if input == "z":
@@ -198,7 +200,9 @@ class ExportGenerator(nn.Module):
 
     def metadata(self) -> dict[str, str]:
         """What the ONNX file records about itself (strings, for metadata_props)."""
-        return {"colorgan.task": "base" if self.task is None else self.task, "colorgan.input": self.input_kind,
+        task = {"colorgan.task": "base"} if self.task is None else {"colorgan.task": self.task,
+                                                                    "colorgan.strength": f"{self.strength:g}"}
+        return {**task, "colorgan.input": self.input_kind,
                 "colorgan.psi_input": str(int(self.psi_input)), "colorgan.noise": self.noise_mode,
                 "colorgan.dtype": self.dtype_name, "colorgan.size": str(self.size),
                 "colorgan.style_dim": str(self.style_dim), "colorgan.n_latent": str(self.n_latent),

@@ -93,6 +93,29 @@ def test_eval_ckpt_is_deterministic_and_errors_are_clear(setup, tmp_path):
     assert real_folders(data, "a", None) == (data / "a" / "full", data / "a" / "train")
 
 
+def test_eval_ckpt_at_another_strength(setup, tmp_path, capsys):
+    """--strength scores a task at another strength: at 0 its scores are the base's (the same images), at 1 the
+    saved task's; the JSON records it; it is refused without --ckpt."""
+    ckpt, data, net = setup
+    out = tmp_path / "e.json"
+    run = ["eval", "--ckpt", str(ckpt), "--real", str(data), "--inception", str(net), "--n", "8", "--kid-subsets", "3",
+           "--batch-size", "4", "--no-cache", "--no-progress", "--out", str(out)]
+    assert main(run + ["--task", "a,b", "--strength", "a=0,b=1"]) == 0
+    assert "[a] at strength 0" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res["strengths"] == {"a": 0.0, "b": 1.0}
+    kw = dict(n=8, inception=net, kid_subsets=3, use_cache=False, progress=False, batch_size=4)
+    base = evaluate_checkpoint(ckpt, "base", data / "a" / "full", **kw)["tasks"]["base"]
+    saved = evaluate_checkpoint(ckpt, "b", data, **kw)["tasks"]["b"]
+    assert res["tasks"]["a"]["fid"] == pytest.approx(base["fid"], rel=1e-6)
+    assert res["tasks"]["b"]["fid"] == pytest.approx(saved["fid"], rel=1e-6)
+    half = evaluate_checkpoint(ckpt, "a", data, strengths={"a": 0.5}, **kw)
+    assert half["strengths"] == {"a": 0.5} and half["tasks"]["a"]["fid"] != pytest.approx(base["fid"], rel=1e-6)
+    assert main(["eval", "--fake", str(data / "a" / "full"), "--real", str(data / "a" / "full"), "--inception",
+                 str(net), "--strength", "0.5", "--no-cache", "--no-progress"]) == 1
+    assert "--strength applies to --ckpt" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("method", ["color", "ewc"])
 def test_forgetting_table_of_a_train_run(setup, tmp_path, method):
     from colorgan import Discriminator

@@ -96,6 +96,35 @@ def test_a_task_kept_at_half_strength_exports_at_that_strength(G, tmp_path, kind
     assert errors(out, full)[1] > 1e-3 and errors(out, base)[1] > 1e-3
 
 
+def test_cli_export_at_another_strength(G, ckpt, tmp_path, capsys):
+    """`colorgan export --strength`: the task merged at that strength (0: the base's output, ½: the unmerged
+    generator at ½), recorded in the file's metadata; the checkpoint's saved strength unchanged."""
+    import copy
+
+    saved = (ckpt / "tasks" / "llora" / fastlora.bank.CONFIG_FILE).read_bytes()
+    out = tmp_path / "o"
+    assert cli(["export", "--ckpt", str(ckpt), "--task", "llora,lora", "--out", str(out),
+                "--strength", "llora=0,lora=0.5"]) == 0
+    assert cli(["export", "--ckpt", str(ckpt), "--task", "lora", "--out", str(tmp_path / "full.onnx")]) == 0
+    capsys.readouterr()
+    meta = {f: {p.key: p.value for p in onnx.load(str(f)).metadata_props}
+            for f in (out / "llora.onnx", out / "lora.onnx", tmp_path / "full.onnx")}
+    assert [m["colorgan.strength"] for m in meta.values()] == ["0", "0.5", "1"]
+    half = copy.deepcopy(G)
+    fastlora.set_strength(half, "lora", 0.5)
+    x = _inputs(ExportGenerator(G, "lora", input="z", psi_input=False, noise="const"), 2, seed=3)
+    for file, model, task in ((out / "llora.onnx", G, None), (out / "lora.onnx", half, "lora")):
+        ref = reference_forward(model, task, x, input="z", psi_input=False, noise="const")
+        max_abs, rel = errors(run_session(make_session(file, "cpu"), x), ref)
+        assert rel < 1e-5 and max_abs < 1e-4, (file, max_abs, rel)
+    full = reference_forward(G, "lora", x, input="z", psi_input=False, noise="const")
+    assert errors(run_session(make_session(out / "lora.onnx", "cpu"), x), full)[1] > 1e-3
+    assert (ckpt / "tasks" / "llora" / fastlora.bank.CONFIG_FILE).read_bytes() == saved
+    assert cli(["export", "--ckpt", str(ckpt), "--task", "left", "--out", str(tmp_path / "l.onnx"),
+                "--strength", "0.5"]) == 1
+    assert "not available for kind 'left'" in capsys.readouterr().err and not (tmp_path / "l.onnx").exists()
+
+
 def test_wplus_input_and_shared_noise(G, tmp_path):
     """w+ input; a single noise map [1, 1, r, r] broadcasts over the batch."""
     path = tmp_path / "wplus.onnx"

@@ -101,3 +101,42 @@ def test_cli_generate_and_errors(ckpt, tmp_path, capsys):
         assert msg in capsys.readouterr().err, extra
     assert main(["generate", "--ckpt", str(tmp_path / "none"), "--seeds", "1", "--outdir", out]) == 1
     assert "checkpoint folder" in capsys.readouterr().err
+
+
+def test_cli_generate_at_another_strength(ckpt, tmp_path, capsys):
+    """--strength renders a task at another strength for this command only: 0 is the base's image, 1 the saved
+    task's, ½ neither; per-task items; the checkpoint's saved strength is unchanged; bad values are one line."""
+    cfg_file = ckpt / "tasks" / "sketch" / fastlora.bank.CONFIG_FILE
+    saved = cfg_file.read_bytes()
+    run = ["generate", "--ckpt", str(ckpt), "--seeds", "3", "--no-progress"]
+    assert main(run + ["--task", "base,sketch", "--outdir", str(tmp_path / "saved")]) == 0
+    assert "at strength" not in capsys.readouterr().out
+    for spec, name in (("0", "s0"), ("sketch=0.5", "half"), ("0.25,sketch=1", "s1")):
+        assert main(run + ["--task", "sketch", "--strength", spec, "--outdir", str(tmp_path / name)]) == 0
+    out = capsys.readouterr().out
+    assert "sketch at strength 0)" in out and "sketch at strength 0.5)" in out and "sketch at strength 1)" in out
+    img = {n: load(tmp_path / n / "sketch" / "seed0003.png").astype(int) for n in ("saved", "s0", "half", "s1")}
+    base = load(tmp_path / "saved" / "base" / "seed0003.png").astype(int)
+    assert np.array_equal(img["s0"], base) and np.array_equal(img["s1"], img["saved"])
+    assert np.abs(img["half"] - base).max() > 1 and np.abs(img["half"] - img["saved"]).max() > 1
+    assert cfg_file.read_bytes() == saved
+    bad = run + ["--task", "sketch", "--outdir", str(tmp_path / "bad")]
+    for spec, msg in (("2", "expected a number between 0 and 1"), ("nope=0.5", "not one of the checkpoint's tasks"),
+                      ("auto", "expected a number between 0 and 1"), ("0.5,0.2", "more than one setting")):
+        assert main(bad + ["--strength", spec]) == 1, spec
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1, (spec, err)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_strength_refused_where_the_kind_has_no_exact_form(tmp_path, capsys):
+    """LeFT on convolutions has no exact strength below 1: --strength says so in one line and writes nothing."""
+    torch.manual_seed(1)
+    G = Generator(32, 16, 2, channels=CH)
+    fastlora.add_task(G, "lf", AdapterConfig(kind="left"))
+    path = save_checkpoint(tmp_path / "ck", G)
+    assert main(["generate", "--ckpt", str(path), "--seeds", "0", "--strength", "0.5", "--outdir",
+                 str(tmp_path / "o"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "strength of task 'lf'" in err and "not available for kind 'left'" in err
+    assert not any((tmp_path / "o").rglob("*.png"))

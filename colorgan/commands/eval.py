@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from colorgan.checkpoint import is_shipped, resolve_checkpoint
+from colorgan.commands._strength import add_strength_option, strength_overrides
 from colorgan.evaluate import DEFAULT_N, evaluate_checkpoint, evaluate_run, format_forgetting
 from colorgan.metrics import INCEPTION_HELP, evaluate_images, format_table
 from colorgan.metrics.features import default_inception
@@ -54,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="real-feature cache (default $COLORGAN_FEATURE_CACHE or ~/.cache/colorgan/features)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the real-feature cache")
     p.add_argument("--out", default=None, help="write the results as JSON here (--ckpt: default <ckpt>/eval.json)")
+    add_strength_option(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -65,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.inception:
         print(f"colorgan eval: error: no Inception network given (--inception PATH). {INCEPTION_HELP}", file=sys.stderr)
         return 2
+    if args.strength is not None and not args.ckpt:
+        raise ValueError("--strength applies to --ckpt (the tasks sampled from a checkpoint), not to --fake or --run")
     if args.lpips and not args.shots:
         raise ValueError("--lpips needs --shots DIR (the training shots used as cluster centres)")
     common = dict(inception=args.inception, resolution=args.resolution, seed=args.seed, kid_subsets=args.kid_subsets,
@@ -81,9 +85,11 @@ def run(args: argparse.Namespace) -> int:
         args.out = args.out or str(Path(args.run) / "eval.json")
     else:
         result = evaluate_checkpoint(args.ckpt, args.task, args.real, n=n, truncation=args.trunc,
-                                     shots=args.shots, **common)
+                                     shots=args.shots, strengths=strength_overrides(args.strength, args.ckpt),
+                                     **common)
+        at = result.get("strengths", {})
         for name, res in result["tasks"].items():
-            print(f"\n[{name}]")
+            print(f"\n[{name}]" + (f" at strength {at[name]:g}" if name in at else ""))
             print(format_table(res))
         ckpt = resolve_checkpoint(args.ckpt)  # a shipped base is read-only: its results go to the working folder
         args.out = args.out or str(Path(f"eval-{ckpt.name}.json") if is_shipped(ckpt) else ckpt / "eval.json")

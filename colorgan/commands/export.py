@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from colorgan.commands._strength import add_strength_option, strength_overrides
 from export.api import export_checkpoint
 
 
@@ -31,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="onnxruntime provider for the parity check (cuda fails if onnxruntime falls back to CPU)")
+    add_strength_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.set_defaults(func=run)
 
@@ -38,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     results = export_checkpoint(args.ckpt, args.task, args.out, input=args.input, psi=args.psi, noise=args.noise,
                                 dtype="fp16" if args.fp16 else "fp32", opset=args.opset, device=args.device,
-                                overwrite=args.overwrite, log=print)
+                                overwrite=args.overwrite, log=print,
+                                strengths=strength_overrides(args.strength, args.ckpt))
     print(f"wrote {len(results)} file(s): {', '.join(r.path for r in results)}")
     return 0

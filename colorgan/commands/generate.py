@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from colorgan.commands._strength import add_strength_option, strength_overrides
 from colorgan.generate import generate
 from colorgan.generator import NOISE_MODES
 from fastlora.backend import BACKEND_HELP, BACKENDS
@@ -33,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cuda-graph", action="store_true",
                    help="capture each task's forward once as a CUDA graph at --batch and replay it (needs --device "
                         "cuda; fewer launch gaps for the small layers)")
+    add_strength_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run, cli_words=CLI_WORDS)
@@ -46,9 +48,11 @@ CLI_WORDS = {"truncation": "--trunc", "batch": "--batch", "device": "--device", 
 def run(args: argparse.Namespace) -> int:
     result = generate(args.ckpt, args.task, args.seeds, args.outdir, truncation=args.trunc, batch=args.batch,
                       grid=args.grid, device=args.device, noise_mode=args.noise, backend=args.backend,
-                      overwrite=args.overwrite, progress=not args.no_progress, cuda_graph=args.cuda_graph)
-    print(f"wrote {len(result['files'])} images for {len(result['tasks'])} task(s) "
-          f"({', '.join(result['tasks'])}) to {args.outdir}")
+                      overwrite=args.overwrite, progress=not args.no_progress, cuda_graph=args.cuda_graph,
+                      strengths=strength_overrides(args.strength, args.ckpt))
+    at = result["strengths"]
+    names = ", ".join(t + (f" at strength {at[t]:g}" if t in at else "") for t in result["tasks"])
+    print(f"wrote {len(result['files'])} images for {len(result['tasks'])} task(s) ({names}) to {args.outdir}")
     if "grid" in result:
         print(f"grid: {result['grid']} (rows: {', '.join(result['tasks'])})")
     return 0

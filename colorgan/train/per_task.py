@@ -3,7 +3,7 @@ tasks not named; without one they get the setting's default, the TrainConfig fie
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from colorgan.train.strength import strength_value
 
@@ -40,10 +40,12 @@ def weight_or_spec(text: str) -> Union[float, str]:
         return text.strip()
 
 
-def parse_per_task(name: str, spec: Any, tasks: Sequence[str], default: Any) -> dict[str, Any]:
-    """Setting `name` (one of PER_TASK) resolved for every task: {task: value}; `default` for the tasks that
-    neither the list names nor a bare value covers."""
-    value = PER_TASK[name]
+def parse_per_task(name: str, spec: Any, tasks: Sequence[str], default: Any, *,
+                   read: Optional[Callable[[str], Any]] = None, among: str = "this run's tasks") -> dict[str, Any]:
+    """Setting `name` resolved for every task: {task: value}; `default` for the tasks that neither the list names
+    nor a bare value covers. Each value is read by `read` (default: PER_TASK[name]); `among` names the task list
+    in messages."""
+    value = read or PER_TASK[name]
     bare = None
     named = {}
     for item in (p.strip() for p in str(spec).split(",")):
@@ -59,7 +61,7 @@ def parse_per_task(name: str, spec: Any, tasks: Sequence[str], default: Any) -> 
                 raise ValueError(f"{name}: more than one setting for the tasks not named in {str(spec)!r}")
             bare = v
         elif task not in tasks:
-            raise ValueError(f"{name} names task {task!r}, which is not one of this run's tasks ({', '.join(tasks)})")
+            raise ValueError(f"{name} names task {task!r}, which is not one of {among} ({', '.join(tasks)})")
         elif task in named:
             raise ValueError(f"{name}: task {task!r} appears twice in {str(spec)!r}")
         else:

@@ -28,17 +28,25 @@ PICK_SAMPLES = 300
 SAMPLE_BATCH = 50
 
 
-def strength_value(text: str) -> Union[float, str]:
-    """One task's --strength: "auto", or a fraction in [0, 1]."""
-    if str(text).strip() == AUTO:
-        return AUTO
+def fraction(text: str) -> float:
+    """A strength typed as a number in [0, 1]."""
     try:
         s = float(text)
     except ValueError:
-        raise ValueError("expected auto or a number between 0 and 1") from None
+        raise ValueError("expected a number between 0 and 1") from None
     if not (math.isfinite(s) and 0.0 <= s <= 1.0):
-        raise ValueError("expected auto or a number between 0 and 1")
+        raise ValueError("expected a number between 0 and 1")
     return s
+
+
+def strength_value(text: str) -> Union[float, str]:
+    """One task's `colorgan train --strength`: "auto", or a fraction in [0, 1]."""
+    if str(text).strip() == AUTO:
+        return AUTO
+    try:
+        return fraction(text)
+    except ValueError:
+        raise ValueError("expected auto or a number between 0 and 1") from None
 
 
 def shot_kid(fake: np.ndarray, shots: np.ndarray) -> float:
