@@ -55,10 +55,11 @@ def evaluate_checkpoint(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequenc
     if n < 2:
         raise ValueError(f"n must be at least 2 samples per task, got {n}")
     cfg = read_checkpoint_config(ckpt)
-    names = resolve_tasks(tasks, [e["name"] for e in cfg["tasks"]])
+    available = [e["name"] for e in cfg["tasks"]]
+    names = resolve_tasks(tasks, available)
     G, _, _ = load_checkpoint(ckpt, device, tasks=[t for t in names if t != BASE], load_d=False)
     out: dict = {"ckpt": str(ckpt), "n": n, "truncation": truncation, "tasks": {}}
-    applied = apply_strengths(G, strengths, names)
+    applied = apply_strengths(G, strengths, names, available)
     if applied:
         out["strengths"] = applied
     for name in names:

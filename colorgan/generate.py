@@ -37,13 +37,18 @@ def resolve_tasks(spec: Union[str, Sequence[str]], available: Sequence[str]) -> 
     return out
 
 
-def apply_strengths(G: Generator, strengths: Optional[Mapping[str, float]], tasks: Sequence[str]) -> dict[str, float]:
-    """Put each task of `tasks` that `strengths` names at that strength instead of its saved one
-    (`fastlora.set_strength`: 0 the base, 1 the task as trained; the checkpoint on disk is not changed). Names not in
-    `tasks` are skipped. Returns {task: strength} as set."""
+def apply_strengths(G: Generator, strengths: Optional[Mapping[str, float]], tasks: Sequence[str],
+                    available: Sequence[str]) -> dict[str, float]:
+    """Put each task of `tasks` (the ones loaded into G) that `strengths` names at that strength instead of its
+    saved one (`fastlora.set_strength`: 0 the base, 1 the task as trained; the checkpoint on disk is not changed).
+    Names among the checkpoint's tasks `available` but not in `tasks` are skipped; any other name is a KeyError.
+    Returns {task: strength} as set."""
+    unknown = [t for t in (strengths or {}) if t not in available]
+    if unknown:
+        raise KeyError(f"strength for unknown task {unknown[0]!r}; the checkpoint has tasks {list(available)}")
     applied = {}
     for task, s in (strengths or {}).items():
-        if task in tasks and task != BASE:
+        if task in tasks:
             try:
                 fastlora.set_strength(G, task, s)
             except ValueError as exc:
@@ -161,7 +166,7 @@ def generate(ckpt: Union[str, os.PathLike], tasks: Union[str, Sequence[str]], se
     grid_path = outdir / "grid.png"
     check_outputs(files + ([grid_path] if grid else []), overwrite)
     G, _, _ = load_checkpoint(ckpt, dev, tasks=[t for t in task_list if t != BASE], load_d=False)
-    applied = apply_strengths(G, strengths, task_list)
+    applied = apply_strengths(G, strengths, task_list, available)
     rows: list[np.ndarray] = []
     chunks = [seed_list[i:i + batch] for i in range(0, len(seed_list), batch)]
     written: list[str] = []

@@ -23,7 +23,7 @@ from torch import nn
 
 import fastlora
 from colorgan.checkpoint import TASKS_DIR, load_checkpoint, read_checkpoint_config, resolve_checkpoint
-from colorgan.generate import apply_strengths, resolve_tasks
+from colorgan.generate import BASE, apply_strengths, resolve_tasks
 from colorgan.generator import must_be_finite
 from colorgan.outputs import check_replaceable_file
 from fastlora.io import check_finite, umask_mode
@@ -32,7 +32,6 @@ from export.graph import INPUTS, NOISE, ExportGenerator, reference_forward, reso
 PathLike = Union[str, os.PathLike]
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
-BASE = "base"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -421,7 +420,7 @@ def export_checkpoint(ckpt: PathLike, task: Union[str, Sequence[str]], out: Path
     for p in paths.values():
         _refuse_existing(p, overwrite)
     G, _, _ = load_checkpoint(ckpt, "cpu", tasks=[t for t in tasks if t != BASE], load_d=False)
-    apply_strengths(G, strengths, tasks)
+    apply_strengths(G, strengths, tasks, list(listed))
     results = []
     for t in tasks:
         adapter_bytes = None

@@ -127,6 +127,8 @@ def test_cli_generate_at_another_strength(ckpt, tmp_path, capsys):
         err = capsys.readouterr().err
         assert msg in err and len(err.strip().splitlines()) == 1, (spec, err)
     assert not (tmp_path / "bad").exists()
+    with pytest.raises(KeyError, match="strength for unknown task 'nope'"):  # the library call checks names too
+        generate(ckpt, "sketch", "3", tmp_path / "lib", strengths={"nope": 0.5}, progress=False)
 
 
 def test_strength_refused_where_the_kind_has_no_exact_form(tmp_path, capsys):
